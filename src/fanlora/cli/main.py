@@ -1,0 +1,54 @@
+"""``fanlora``: the command-line entry point.
+
+Usage::
+
+    fanlora modules --model tiny-random-llama
+    fanlora select --scores scores.json --k-max 2 --out setting.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from fanlora import __version__
+from fanlora.errors import FanLoRAError
+
+# Subcommand name -> module under fanlora.cli exposing register(subparsers).
+COMMANDS = {
+    "modules": "fanlora.cli.modules_cmd",
+    "select": "fanlora.cli.select_cmd",
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fanlora",
+        description="FanLoRA: find the few LoRA modules worth serving, tune and serve them.",
+    )
+    parser.add_argument("--version", action="version", version=f"fanlora {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS.values():
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # fanlora never downloads at run time: models come from presets, folders or the cache.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = make_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FanLoRAError as exc:
+        print(f"fanlora {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fanlora {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""``fanlora select --scores SCORES.json --k-max 2 --out SETTING.json``: step 3."""
+
+from __future__ import annotations
+
+from fanlora.errors import FanLoRAError
+from fanlora.modules.discovery import ModuleLayout
+from fanlora.select import parse_scores, select_setting
+from fanlora.utils.io import read_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("select", help="build the FanLoRA setting from importance scores")
+    p.add_argument("--scores", required=True, help="scores JSON (from `fanlora score`)")
+    p.add_argument("--k-max", type=int, default=2, help="most modules kept per layer (default 2)")
+    p.add_argument("--out", required=True, help="where to write the setting JSON")
+    p.add_argument(
+        "--model", help="model the scores belong to (default: the scores file's layout/model)"
+    )
+    p.set_defaults(func=run)
+
+
+def layout_for_scores(doc: dict, model: str | None) -> tuple[ModuleLayout, str]:
+    """The module layout the scores refer to: embedded in the file, or discovered from a model."""
+    if model is None and isinstance(doc, dict) and isinstance(doc.get("layout"), dict):
+        return ModuleLayout.from_dict(doc["layout"]), str(doc.get("model", ""))
+    name = model or (doc.get("model") if isinstance(doc, dict) else None)
+    if not name:
+        raise FanLoRAError("the scores file names no model or layout: pass --model")
+    from fanlora.models import load_config
+    from fanlora.modules.discovery import layout_from_config
+
+    return layout_from_config(load_config(name)), name
+
+
+def run(args) -> int:
+    if args.k_max < 1:
+        raise FanLoRAError(f"--k-max must be >= 1, got {args.k_max}")
+    doc = read_json(args.scores, "scores file")
+    layout, model = layout_for_scores(doc, args.model)
+    records = parse_scores(doc, layout)
+    setting = select_setting(records, layout, args.k_max, model=model)
+    setting.extra["scores_file"] = str(args.scores)
+    setting.save(args.out)
+    counts = ", ".join(f"{k} {n}" for k, n in setting.kind_counts().items())
+    print(
+        f"kept {setting.num_modules} of {layout.num_layers * len(layout.kinds)} modules "
+        f"(K_max {args.k_max}); layers per kind: {counts}; wrote {args.out}"
+    )
+    return 0

@@ -1,0 +1,76 @@
+"""The ``tiny-random-llama`` preset: a small LLaMA from config with a fixed seed.
+
+The tokenizer is byte-level BPE with no merges (every byte is a token), made locally in
+milliseconds, with ChatML special tokens and chat template like SmolLM2's, so that the
+same formatting code runs on the tiny model and the real one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+TINY_SEED = 0
+
+
+def make_byte_tokenizer(model_max_length: int = 512):
+    """A byte-level tokenizer (vocab: 4 specials + 256 bytes) with a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        model_max_length=model_max_length,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama_config(vocab_size: int, **overrides):
+    """LLaMA config of the tiny preset: 4 layers, hidden 64, 4 heads / 2 KV heads, MLP 128."""
+    from transformers import LlamaConfig
+
+    params = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    params.update(overrides)
+    return LlamaConfig(**params)
+
+
+def build_tiny_llama():
+    """(model, tokenizer) of the preset, identical on every call (seed 0)."""
+    from transformers import LlamaForCausalLM
+
+    tokenizer = make_byte_tokenizer()
+    config = tiny_llama_config(
+        len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = LlamaForCausalLM(config)
+    return model.eval(), tokenizer

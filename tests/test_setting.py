@@ -1,0 +1,123 @@
+import json
+import math
+
+import pytest
+
+from conftest import build_tiny
+from fanlora.errors import FanLoRAError
+from fanlora.modules import discover_layout
+from fanlora.select import FanLoRASetting, ScoreRecord, parse_scores, select_setting, top_modules
+
+
+@pytest.fixture(scope="module")
+def layout12():
+    return discover_layout(build_tiny("llama", num_hidden_layers=12))
+
+
+def records(table):
+    """{layer: {kind: score}} -> ScoreRecords."""
+    return [ScoreRecord(i, k, s) for i, row in table.items() for k, s in row.items()]
+
+
+def test_top_k_per_layer_and_negative_scores_pruned(layout12):
+    recs = records({
+        0: {"q": 0.5, "k": 0.1, "v": 0.9, "o": -1.0, "gate": 0.2, "up": 0.0, "down": 0.3},
+        1: {"q": -0.1, "k": -0.2, "v": 0.4, "o": -0.3, "gate": -1, "up": -1, "down": -2},
+        2: {kind: -1.0 for kind in layout12.kinds},
+    })  # fmt: skip
+    kept = top_modules(recs, layout12, k_max=2)
+    assert kept[0] == ["q", "v"]  # 0.9 and 0.5, in table order
+    assert kept[1] == ["v"]  # only one non-negative score
+    assert kept[2] == []  # all negative: the layer keeps none
+    assert all(kinds == [] for kinds in kept[3:])  # layers without records keep none
+    assert top_modules(recs, layout12, k_max=3)[0] == ["q", "v", "down"]
+
+
+def test_ties_break_by_table_order(layout12):
+    recs = records({0: {"down": 1.0, "k": 1.0, "up": 1.0, "q": 0.5}})
+    assert top_modules(recs, layout12, 2)[0] == ["k", "up"]
+    assert top_modules(list(reversed(recs)), layout12, 2)[0] == ["k", "up"]
+
+
+@pytest.mark.parametrize("k_max", [0, -1, True, 1.5])
+def test_bad_k_max(layout12, k_max):
+    with pytest.raises(FanLoRAError, match="K_max"):
+        top_modules([], layout12, k_max)
+
+
+def test_json_round_trip(tmp_path, layout12):
+    recs = records({1: {"q": 1.0, "down": 2.0}, 11: {"v": 0.5}})
+    setting = select_setting(recs, layout12, 2, model="tiny")
+    path = setting.save(tmp_path / "s.json")
+    loaded = FanLoRASetting.load(path)
+    assert loaded.layers == setting.layers and loaded.layout == setting.layout
+    doc = json.loads(path.read_text())
+    assert doc["target_modules"] == [
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.1.mlp.down_proj",
+        "model.layers.11.self_attn.v_proj",
+    ]
+    assert doc["k_max"] == 2 and doc["model"] == "tiny" and doc["num_modules"] == 3
+
+
+def test_tampered_setting_is_refused(tmp_path, layout12):
+    setting = select_setting(records({1: {"q": 1.0}}), layout12, 2)
+    doc = setting.to_dict()
+    doc["target_modules"].append("model.layers.2.self_attn.q_proj")
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(FanLoRAError, match="disagree"):
+        FanLoRASetting.load(tmp_path / "bad.json")
+
+
+def test_lora_config_wraps_exactly_the_chosen_modules(layout12):
+    from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    recs = records({1: {"q": 1.0, "down": 2.0}, 11: {"v": 0.5, "k": -1.0}})
+    setting = select_setting(recs, layout12, 2)
+    config = setting.to_lora_config(r=4)
+    assert config.layers_to_transform is None
+    peft_model = get_peft_model(build_tiny("llama", num_hidden_layers=12), config)
+    wrapped = sorted(
+        name.removeprefix("base_model.model.")
+        for name, module in peft_model.named_modules()
+        if isinstance(module, LoraLayer)
+    )
+    assert wrapped == sorted(setting.target_modules)
+    assert len(wrapped) == 3  # layer 1 must not also match layer 11, nor 11 match 1
+
+
+def test_empty_setting_cannot_become_a_lora_config(layout12):
+    setting = select_setting(records({0: {"q": -1.0}}), layout12, 2)
+    with pytest.raises(FanLoRAError, match="no module"):
+        setting.to_lora_config()
+
+
+BAD_RECORDS = [
+    ({"layer": 0, "module": "qq", "score": 1.0}, "unknown module kind 'qq'"),
+    ({"layer": 12, "module": "q", "score": 1.0}, "layer 12 is out of range"),
+    ({"layer": -1, "module": "q", "score": 1.0}, "out of range"),
+    ({"layer": "0", "module": "q", "score": 1.0}, "layer must be an integer"),
+    ({"layer": 0, "module": "q", "score": math.nan}, "finite number"),
+    ({"layer": 0, "module": "q", "score": None}, "finite number"),
+    ({"layer": 0, "module": "q"}, "missing score"),
+    ("q", "must be an object"),
+]
+
+
+@pytest.mark.parametrize(("record", "message"), BAD_RECORDS)
+def test_bad_records_are_named(layout12, record, message):
+    doc = {"scores": [{"layer": 3, "module": "v", "score": 0.1}, record]}
+    with pytest.raises(FanLoRAError, match="scores\\[1\\]") as info:
+        parse_scores(doc, layout12)
+    assert message in str(info.value)
+
+
+def test_duplicates_and_empty_lists(layout12):
+    dup = {"scores": [{"layer": 3, "module": "v", "score": 0.1}] * 2}
+    with pytest.raises(FanLoRAError, match=r"duplicate.*scores\[0\]"):
+        parse_scores(dup, layout12)
+    with pytest.raises(FanLoRAError, match="empty"):
+        parse_scores({"scores": []}, layout12)
+    with pytest.raises(FanLoRAError, match="list under 'scores'"):
+        parse_scores({"score": []}, layout12)
