@@ -31,8 +31,11 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# Until `fanlora run` lands, the demo runs the stages that exist: data, model, module table.
 demo: install
-	$(VENV)/bin/fanlora demo --out $(DEMO_OUT)
+	$(VENV)/bin/fanlora data prepare
+	$(VENV)/bin/fanlora data list
+	$(VENV)/bin/fanlora modules --model smollm2-135m
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

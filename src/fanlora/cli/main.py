@@ -20,6 +20,7 @@ from fanlora.errors import FanLoRAError
 COMMANDS = {
     "modules": "fanlora.cli.modules_cmd",
     "select": "fanlora.cli.select_cmd",
+    "data": "fanlora.cli.data_cmd",
 }
 
 

@@ -107,7 +107,9 @@ def load_tokenizer(name: str):
 def load_model(name: str, dtype: str = "float32"):
     """(model, tokenizer) for ``name`` in eval mode on the CPU."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     folder = resolve_model(name, dtype)
+    hf_logging.disable_progress_bar()  # one bar per load is noise; fanlora shows its own
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
     return model.eval(), load_tokenizer(name)

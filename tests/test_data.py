@@ -1,0 +1,168 @@
+import json
+import os
+
+import pytest
+from bigbench_fixture import fixture_files, write_archive
+
+from fanlora.cli.main import main
+from fanlora.data import TASKS, load_split
+from fanlora.data.bigbench import extract_folders, install_extracted, sha256_of
+from fanlora.data.example import Example, split_of
+from fanlora.data.registry import build_tasks, load_user_file, split_counts
+from fanlora.errors import FanLoRAError
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh FANLORA_HOME for one test."""
+    monkeypatch.setenv("FANLORA_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def prepared(home, tmp_path):
+    archive = write_archive(tmp_path / "bigbench-1.0.0.tar.gz")
+    install_extracted(archive, expected_sha256=sha256_of(archive), log=lambda _: None)
+    build_tasks(log=lambda _: None)
+    return home
+
+
+def test_every_dataset_builds_with_all_splits(prepared):
+    counts = split_counts()
+    assert set(counts) == set(TASKS)
+    for name, rows in counts.items():
+        assert sum(rows.values()) > 0, name
+    assert sum(counts["instruct"].values()) == 40
+    assert sum(counts["squad"].values()) == 30
+    assert sum(counts["yesno"].values()) == 20 + 6  # strategyqa + the yes/no CoQA turns
+    assert sum(counts["mc"].values()) == 25  # the row with two right answers is skipped
+
+
+def test_examples_have_the_expected_shape(prepared):
+    squad = load_split("squad", "train") + load_split("squad", "test")
+    assert squad[0].references == ("Paris", "in Paris") and "Question:" in squad[0].prompt
+    mc = [e for s in ("train", "dev", "test") for e in _maybe(lambda: load_split("mc", s))]
+    physics = [e for e in mc if e.uid.startswith("physics/")]
+    assert all(e.choices == ("A", "B", "C", "D") for e in physics)  # 5 options cut to 4
+    assert all("p=mv" in e.prompt and e.response == e.choices[e.label] for e in physics)
+    yesno = [e for s in ("train", "dev", "test") for e in _maybe(lambda: load_split("yesno", s))]
+    coqa = [e for e in yesno if e.uid.startswith("coqa/")]
+    assert {e.response for e in coqa} == {"Yes", "No"} and all("Story" in e.prompt for e in coqa)
+
+
+def _maybe(fn):
+    try:
+        return fn()
+    except FanLoRAError:
+        return []
+
+
+def test_squad_splits_never_share_an_article(prepared):
+    articles = {s: {e.group for e in _maybe(lambda s=s: load_split("squad", s))}
+                for s in ("train", "dev", "test")}  # fmt: skip
+    assert not articles["train"] & articles["test"]
+    assert not articles["train"] & articles["dev"]
+
+
+def test_split_is_deterministic_and_order_free():
+    keys = [f"k{i}" for i in range(2000)]
+    first = [split_of(k, (0.8, 0.1, 0.1)) for k in keys]
+    assert first == [split_of(k, (0.8, 0.1, 0.1)) for k in reversed(keys)][::-1]
+    assert 0.75 < first.count("train") / len(keys) < 0.85
+    assert first != [split_of(k, (0.8, 0.1, 0.1), seed=1) for k in keys]
+
+
+def test_prepare_twice_does_nothing(prepared, capsys):
+    stamp = os.stat(prepared / "data" / "tasks" / "manifest.json").st_mtime_ns
+    assert main(["data", "prepare"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert os.stat(prepared / "data" / "tasks" / "manifest.json").st_mtime_ns == stamp
+
+
+def test_data_list_prints_counts(prepared, capsys):
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("instruct"))
+    assert sum(map(int, row.split()[3:6])) == 40
+
+
+def test_missing_cache_says_what_to_run(home):
+    with pytest.raises(FanLoRAError, match="fanlora data prepare"):
+        load_split("squad", "train")
+
+
+def test_unknown_dataset_and_split(prepared):
+    with pytest.raises(FanLoRAError, match="unknown dataset 'sqaud'"):
+        load_split("sqaud", "train")
+    with pytest.raises(FanLoRAError, match="unknown split"):
+        load_split("squad", "validation")
+
+
+def test_truncated_archive_is_refused_and_leaves_nothing(home, tmp_path):
+    archive = write_archive(tmp_path / "bigbench-1.0.0.tar.gz")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(FanLoRAError, match="truncated or corrupt"):
+        install_extracted(cut, expected_sha256=sha256_of(archive), log=lambda _: None)
+    with pytest.raises(FanLoRAError, match="truncated or corrupt"):
+        install_extracted(cut, expected_sha256=None, log=lambda _: None)
+    leftovers = [p.name for p in (home / "data").iterdir()]
+    assert leftovers == []  # no half-written folder
+    # a second prepare with a good archive repairs it
+    install_extracted(archive, expected_sha256=sha256_of(archive), log=lambda _: None)
+    assert (home / "data" / "bigbench-1.0.0" / "COMPLETE").is_file()
+
+
+def test_archive_without_the_folders_is_refused(tmp_path):
+    files = fixture_files()
+    files.pop("strategyqa/task.json")
+    archive = write_archive(tmp_path / "a.tar.gz", files)
+    with pytest.raises(FanLoRAError, match="strategyqa"):
+        extract_folders(archive, tmp_path / "out", None)
+
+
+def test_dataset_file_with_missing_fields_is_named(home, tmp_path):
+    files = fixture_files()
+    files["semantic_parsing_spider/task.json"]["examples"][3] = {"question": "no input"}
+    archive = write_archive(tmp_path / "bigbench-1.0.0.tar.gz", files)
+    install_extracted(archive, expected_sha256=None, log=lambda _: None)
+    with pytest.raises(FanLoRAError, match=r"semantic_parsing_spider.*examples\[3\]"):
+        build_tasks(log=lambda _: None)
+    assert not (home / "data" / "tasks").exists()
+
+
+def test_user_files_jsonl_csv_and_chat(tmp_path):
+    rows = [{"instruction": f"Say {i}", "input": "x" if i % 2 else "", "output": str(i)}
+            for i in range(200)]  # fmt: skip
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows))
+    splits = {s: load_user_file(jsonl, s) for s in ("train", "dev", "test")}
+    assert sum(map(len, splits.values())) == 200 and len(splits["train"]) > 150
+    assert splits["train"][0].prompt.startswith("Say")
+    csv = tmp_path / "mine.csv"
+    csv.write_text("instruction,input,output,split\nAdd,1+1,2,test\nSub,2-1,1,train\n")
+    assert [e.response for e in load_split(str(csv), "test")] == ["2"]
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps([{"messages": [{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": "hello"}],
+                                 "split": "dev"}]))  # fmt: skip
+    with pytest.raises(FanLoRAError, match="empty"):
+        load_split(str(chat), "train")
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [({"instruction": "x"}, "row 1: missing output"),
+     ({"messages": [{"role": "user", "content": "q"}]}, "assistant turn"),
+     ({"instruction": "x", "output": "y", "split": "val"}, "split 'val'")],
+)  # fmt: skip
+def test_user_file_bad_rows(tmp_path, row, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(row))
+    with pytest.raises(FanLoRAError, match=message):
+        load_user_file(path, "train")
+
+
+def test_example_round_trip():
+    e = Example("u", "p", "r", choices=("a", "b"), label=1, references=("r",), group="g")
+    assert Example.from_dict(json.loads(json.dumps(e.to_dict()))) == e
