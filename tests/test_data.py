@@ -2,8 +2,8 @@ import json
 import os
 
 import pytest
-from bigbench_fixture import fixture_files, write_archive
 
+from bigbench_fixture import fixture_files, write_archive
 from fanlora.cli.main import main
 from fanlora.data import TASKS, load_split
 from fanlora.data.bigbench import extract_folders, install_extracted, sha256_of
@@ -41,24 +41,24 @@ def test_every_dataset_builds_with_all_splits(prepared):
 def test_examples_have_the_expected_shape(prepared):
     squad = load_split("squad", "train") + load_split("squad", "test")
     assert squad[0].references == ("Paris", "in Paris") and "Question:" in squad[0].prompt
-    mc = [e for s in ("train", "dev", "test") for e in _maybe(lambda: load_split("mc", s))]
+    mc = [e for s in ("train", "dev", "test") for e in _maybe(load_split, "mc", s)]
     physics = [e for e in mc if e.uid.startswith("physics/")]
     assert all(e.choices == ("A", "B", "C", "D") for e in physics)  # 5 options cut to 4
     assert all("p=mv" in e.prompt and e.response == e.choices[e.label] for e in physics)
-    yesno = [e for s in ("train", "dev", "test") for e in _maybe(lambda: load_split("yesno", s))]
+    yesno = [e for s in ("train", "dev", "test") for e in _maybe(load_split, "yesno", s)]
     coqa = [e for e in yesno if e.uid.startswith("coqa/")]
     assert {e.response for e in coqa} == {"Yes", "No"} and all("Story" in e.prompt for e in coqa)
 
 
-def _maybe(fn):
+def _maybe(fn, *args):
     try:
-        return fn()
+        return fn(*args)
     except FanLoRAError:
         return []
 
 
 def test_squad_splits_never_share_an_article(prepared):
-    articles = {s: {e.group for e in _maybe(lambda s=s: load_split("squad", s))}
+    articles = {s: {e.group for e in _maybe(load_split, "squad", s)}
                 for s in ("train", "dev", "test")}  # fmt: skip
     assert not articles["train"] & articles["test"]
     assert not articles["train"] & articles["dev"]

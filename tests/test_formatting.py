@@ -3,7 +3,13 @@ import torch
 
 from fanlora.data.example import Example
 from fanlora.data.formatting import (
-    IGNORE, PromptFrame, collate, encode_all, encode_example, fit_prompt, length_grouped_batches,
+    IGNORE,
+    PromptFrame,
+    collate,
+    encode_all,
+    encode_example,
+    fit_prompt,
+    length_grouped_batches,
 )  # fmt: skip
 from fanlora.errors import FanLoRAError
 
