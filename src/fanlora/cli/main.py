@@ -4,6 +4,8 @@ Usage::
 
     fanlora modules --model tiny-random-llama
     fanlora select --scores scores.json --k-max 2 --out setting.json
+    fanlora data prepare && fanlora data list
+    fanlora train --model smollm2-135m --data instruct --method full-lora --rank 12 --out runs/full
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ COMMANDS = {
     "modules": "fanlora.cli.modules_cmd",
     "select": "fanlora.cli.select_cmd",
     "data": "fanlora.cli.data_cmd",
+    "train": "fanlora.cli.train_cmd",
 }
 
 

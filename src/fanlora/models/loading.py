@@ -52,9 +52,13 @@ def preset_dir(name: str, dtype: str = "float32") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         PRESETS[name](tmp, dtype)
-        if dest.exists():  # a half-written folder from an old fanlora: replace it
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        if dest.exists() and not (dest / "config.json").is_file():
+            shutil.rmtree(dest)  # a half-written folder: replace it
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process finished the same preset first: use theirs
+            if not (dest / "config.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

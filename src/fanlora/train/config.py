@@ -1,0 +1,71 @@
+"""Training configuration; the defaults follow the paper's appendix C."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from fanlora.errors import FanLoRAError
+
+METHODS = ("full-lora", "fanlora", "lora", "adalora", "ia3", "random")
+
+
+def _help(text: str, **extra) -> dict:
+    return {"metadata": {"help": text, **extra}}
+
+
+@dataclass
+class TrainConfig:
+    """Everything one fine-tuning run needs; a YAML file can hold any of it."""
+
+    model: str = field(default="tiny-random-llama", **_help("preset, local folder or cached HF id"))
+    data: str = field(default="instruct", **_help("dataset name or a .jsonl/.json/.csv file"))
+    method: str = field(default="full-lora", **_help("what to train", choices=METHODS))
+    rank: int = field(default=12, **_help("LoRA rank (r0 for full-lora, r1 for fanlora)"))
+    alpha: int | None = field(default=None, **_help("LoRA alpha (default 2 x rank)"))
+    dropout: float = field(default=0.05, **_help("LoRA dropout"))
+    setting: str | None = field(default=None, **_help("setting JSON (fanlora, random)"))
+    adalora_init_rank: int = field(default=12, **_help("AdaLoRA initial rank per module"))
+    adalora_target_rank: int = field(default=8, **_help("AdaLoRA average target rank"))
+    ia3_kinds: list[str] = field(default_factory=lambda: ["q", "k", "up"],
+                                 **_help("(IA)3 module kinds (paper: query, key, up)"))  # fmt: skip
+    lr: float = field(default=1e-4, **_help("AdamW learning rate"))
+    weight_decay: float = field(default=0.0, **_help("AdamW weight decay"))
+    warmup_ratio: float = field(default=0.06, **_help("linear warm-up share of the steps"))
+    batch_size: int | None = field(
+        default=None, **_help("examples per optimizer step (default 16 below 10k rows, else 128)")
+    )
+    micro_batch_size: int = field(default=8, **_help("examples per forward pass and process"))
+    max_epochs: float = field(default=10.0, **_help("epochs at most"))
+    max_steps: int | None = field(default=None, **_help("optimizer steps at most"))
+    max_train_examples: int | None = field(default=None, **_help("use only this many rows"))
+    max_length: int = field(default=512, **_help("tokens per sequence (prompt cut in the middle)"))
+    eval_every: int = field(default=200, **_help("evaluate on dev every N steps"))
+    eval_examples: int = field(default=256, **_help("dev rows used per evaluation"))
+    patience: int = field(default=10, **_help("stop after N evaluations without improvement"))
+    seed: int = field(default=0, **_help("seed of initialisation, data order and dropout"))
+    dtype: str = field(default="float32", **_help("weights dtype", choices=("float32", "bfloat16")))
+    mixed_precision: str = field(default="no", **_help("accelerate mixed precision",
+                                                       choices=("no", "bf16", "fp16")))  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise FanLoRAError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        for name in ("rank", "adalora_init_rank", "adalora_target_rank", "micro_batch_size",
+                     "max_length", "eval_every", "eval_examples", "patience"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise FanLoRAError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.method in ("fanlora", "random") and not self.setting:
+            raise FanLoRAError(f"method {self.method!r} needs --setting SETTING.json")
+        if not 0 <= self.warmup_ratio < 1:
+            raise FanLoRAError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def effective_batch_size(self, train_rows: int) -> int:
+        """Paper: 16 for sets under 10k rows, else 128."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return 16 if train_rows < 10_000 else 128

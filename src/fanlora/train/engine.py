@@ -1,0 +1,208 @@
+"""The fine-tuning loop shared by every method (paper appendix C defaults).
+
+One optimizer step takes ``batch_size`` examples (a length-grouped batch), split across
+processes and into micro-batches; the loss is the mean over the step's response tokens
+(``num_items_in_batch``), so it does not depend on the micro-batch size. AdamW, linear
+decay after a linear warm-up, gradient clipping at 1.0 (the transformers default). The dev
+loss is measured every ``eval_every`` steps and at the end; the best adapter is kept and
+training stops after ``patience`` evaluations without improvement.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from fanlora.data import load_split
+from fanlora.data.formatting import collate, encode_all, length_grouped_batches
+from fanlora.errors import FanLoRAError
+from fanlora.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from fanlora.train.config import TrainConfig
+from fanlora.train.outputs import RunFolder
+
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass
+class Batches:
+    """Encoded train and dev rows with the numbers the schedule needs."""
+
+    train: list[dict]
+    dev: list[dict]
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    dropped: int
+
+
+def prepare_data(cfg: TrainConfig, tokenizer) -> Batches:
+    train_rows = load_split(cfg.data, "train", cfg.max_train_examples)
+    dev_rows = load_split(cfg.data, "dev", cfg.eval_examples)
+    train, dropped = encode_all(tokenizer, train_rows, cfg.max_length)
+    dev, _ = encode_all(tokenizer, dev_rows, cfg.max_length)
+    batch = cfg.effective_batch_size(len(train))
+    per_epoch = math.ceil(len(train) / batch)
+    total = math.ceil(cfg.max_epochs * per_epoch)
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    if total < 1:
+        raise FanLoRAError("the schedule has no step: raise --max-epochs or --max-steps")
+    return Batches(train, dev, batch, per_epoch, total, dropped)
+
+
+def micro_batches(rows: list[dict], indices: list[int], size: int, pad_id: int):
+    for start in range(0, len(indices), size):
+        yield collate([rows[i] for i in indices[start : start + size]], pad_id)
+
+
+def label_tokens(rows: list[dict], indices: list[int]) -> int:
+    """Tokens that carry loss after the causal shift (labels[1:] != -100)."""
+    return sum(sum(1 for t in rows[i]["labels"][1:] if t != -100) for i in indices)
+
+
+class Trainer:
+    """Runs one fine-tuning job into a :class:`RunFolder`."""
+
+    def __init__(self, cfg: TrainConfig, folder: RunFolder, log=print):
+        from accelerate import Accelerator
+
+        self.cfg, self.folder, self.log = cfg, folder, log
+        # accelerate 1.15 picks gloo for torchrun ranks only when told cpu=True; a plain
+        # Accelerator() on a machine without a GPU silently runs each rank alone.
+        self.acc = Accelerator(mixed_precision=cfg.mixed_precision,
+                               cpu=not torch.cuda.is_available())  # fmt: skip
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+
+    def setup(self, model, tokenizer, peft_config, data: Batches) -> None:
+        from peft import get_peft_model
+        from transformers import get_linear_schedule_with_warmup
+
+        torch.manual_seed(self.cfg.seed)  # the same fresh LoRA weights on every process
+        self.peft_model = get_peft_model(model, peft_config)
+        self.trainable = sum(p.numel() for p in self.peft_model.parameters() if p.requires_grad)
+        params = [p for p in self.peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        warmup = math.ceil(self.cfg.warmup_ratio * data.total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(optimizer, warmup, data.total_steps)
+        self.model, self.optimizer = self.acc.prepare(self.peft_model, optimizer)
+        self.data, self.pad_id = data, tokenizer.pad_token_id
+        self.is_adalora = type(peft_config).__name__ == "AdaLoraConfig"
+        self.state = TrainState()
+
+    def resume(self) -> None:
+        checkpoint = latest_checkpoint(self.folder.checkpoints)
+        if checkpoint is None:
+            self.log("no checkpoint to resume from: starting at step 0")
+            return
+        self.state = load_checkpoint(checkpoint, self.peft_model, self.optimizer, self.scheduler)
+        self.folder.truncate_metrics(self.state.step)
+        self.log(f"resumed from {checkpoint.name} (step {self.state.step})")
+
+    def train_step(self, indices: list[int]) -> tuple[float, int]:
+        """One optimizer step on this process's share of ``indices``; (loss, tokens)."""
+        cfg, data = self.cfg, self.data
+        torch.manual_seed(cfg.seed * 1_000_003 + self.state.step * 1009 + self.rank)
+        mine = indices[self.rank :: self.world]
+        n_items = max(label_tokens(data.train, mine), 1)
+        self.model.train()
+        total, tokens = 0.0, 0
+        chunks = list(micro_batches(data.train, mine, cfg.micro_batch_size, self.pad_id))
+        for i, batch in enumerate(chunks):
+            sync = self.acc.no_sync(self.model) if i < len(chunks) - 1 else nullcontext()
+            with sync, self.acc.autocast():
+                loss = self.model(**batch, num_items_in_batch=n_items).loss
+                self.acc.backward(loss)
+            total += loss.item()
+            tokens += int(batch["attention_mask"].sum())
+        if not math.isfinite(total):
+            raise FanLoRAError(
+                f"the training loss became {total} at step {self.state.step + 1}; stopped "
+                f"before updating. The last good checkpoint is kept in {self.folder.checkpoints}"
+            )
+        self.acc.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.is_adalora:  # PEFT's budget schedule; needs the gradients, before zero_grad
+            self.peft_model.base_model.update_and_allocate(self.state.step + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, tokens
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the dev rows' response tokens, summed across processes."""
+        self.model.eval()
+        rows = self.data.dev
+        mine = list(range(self.rank, len(rows), self.world))
+        loss_sum = torch.zeros(2)
+        for batch in micro_batches(rows, mine, self.cfg.micro_batch_size, self.pad_id):
+            count = int((batch["labels"][:, 1:] != -100).sum())
+            with self.acc.autocast():
+                out = self.model(**batch, num_items_in_batch=max(count, 1))
+            loss_sum += torch.tensor([out.loss.item() * count, count])
+        loss_sum = self.acc.reduce(loss_sum.to(self.acc.device), reduction="sum").cpu()
+        return float(loss_sum[0] / max(loss_sum[1], 1))
+
+    def after_eval(self, dev_loss: float) -> None:
+        state = self.state
+        if dev_loss < state.best_loss:
+            state.best_loss, state.best_step, state.bad_evals = dev_loss, state.step, 0
+            if self.acc.is_main_process:
+                self.folder.save_best(self.peft_model)
+        else:
+            state.bad_evals += 1
+            state.stopped_early = state.bad_evals >= self.cfg.patience
+
+    def run(self) -> TrainState:
+        from tqdm.auto import tqdm
+
+        cfg, data, state = self.cfg, self.data, self.state
+        bar = tqdm(total=data.total_steps, initial=state.step, unit="step",
+                   disable=not self.acc.is_main_process, desc=f"train {cfg.method}")  # fmt: skip
+        epochs = math.ceil(data.total_steps / data.steps_per_epoch)
+        while state.step < data.total_steps and not state.stopped_early:
+            batches = length_grouped_batches(
+                [len(r["input_ids"]) for r in data.train], data.batch_size, cfg.seed + state.epoch
+            )
+            while state.batch_in_epoch < len(batches) and state.step < data.total_steps:
+                started = time.perf_counter()
+                loss, tokens = self.train_step(batches[state.batch_in_epoch])
+                state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
+                state.tokens += tokens
+                record = {"step": state.step, "epoch": state.epoch, "loss": round(loss, 6),
+                          "lr": self.scheduler.get_last_lr()[0],
+                          "tokens_per_s": round(tokens * self.world
+                                                / (time.perf_counter() - started), 1)}  # fmt: skip
+                if state.step % cfg.eval_every == 0 or state.step == data.total_steps:
+                    record["dev_loss"] = round(self.evaluate(), 6)
+                    self.after_eval(record["dev_loss"])
+                    self.checkpoint()
+                self.folder.append_metrics(record, self.acc.is_main_process)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=record["tokens_per_s"])
+                bar.update(1)
+                if state.stopped_early:
+                    self.log(f"early stop at step {state.step}: no better dev loss in "
+                             f"{cfg.patience} evaluations")  # fmt: skip
+                    break
+            if state.batch_in_epoch >= len(batches):
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            if state.epoch >= epochs:
+                break
+        bar.close()
+        return state
+
+    def rank_checksums(self) -> list[float]:
+        """Sum of the trainable weights on every process (equal when DDP kept them in sync)."""
+        total = sum(p.detach().double().sum() for p in self.peft_model.parameters()
+                    if p.requires_grad)  # fmt: skip
+        gathered = self.acc.gather(torch.as_tensor(total).reshape(1).to(self.acc.device))
+        return [float(x) for x in gathered.cpu()]
+
+    def checkpoint(self) -> None:
+        if self.acc.is_main_process:
+            save_checkpoint(self.folder.checkpoints, self.peft_model, self.optimizer,
+                            self.scheduler, self.state)  # fmt: skip
+        self.acc.wait_for_everyone()

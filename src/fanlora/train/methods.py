@@ -1,0 +1,79 @@
+"""Method name -> PEFT config: the one place that maps fanlora's methods onto PEFT."""
+
+from __future__ import annotations
+
+import random
+
+from fanlora.errors import FanLoRAError
+from fanlora.modules.discovery import ModuleLayout
+from fanlora.select.setting import FanLoRASetting
+from fanlora.train.config import TrainConfig
+
+
+def random_setting(setting: FanLoRASetting, seed: int) -> FanLoRASetting:
+    """The control the paper lacks: per layer as many modules as ``setting`` keeps there,
+    but of kinds drawn uniformly at random (``random.Random(seed)``)."""
+    rng = random.Random(seed)
+    kinds = list(setting.layout.kinds)
+    layers = [sorted(rng.sample(kinds, len(kept)), key=kinds.index) for kept in setting.layers]
+    return FanLoRASetting(
+        setting.model,
+        setting.k_max,
+        setting.layout,
+        layers,
+        extra={"random_of": setting.extra.get("scores_file", ""), "seed": seed},
+    )
+
+
+def check_setting_matches(setting: FanLoRASetting, layout: ModuleLayout) -> None:
+    """Refuse a setting made for another model shape, naming what differs."""
+    names = set(layout.all_names())
+    missing = [n for n in setting.target_modules if n not in names]
+    if missing or setting.layout.num_layers != layout.num_layers:
+        raise FanLoRAError(
+            f"the setting names modules this model lacks (e.g. {missing[:3]}); it was made for "
+            f"{setting.layout.model_class} with {setting.layout.num_layers} layers, the model is "
+            f"{layout.model_class} with {layout.num_layers} layers"
+        )
+
+
+def build_peft_config(cfg: TrainConfig, layout: ModuleLayout, total_steps: int,
+                      setting: FanLoRASetting | None = None):  # fmt: skip
+    """The PEFT config of ``cfg.method``; target modules are always fully qualified names."""
+    from peft import AdaLoraConfig, IA3Config, LoraConfig, TaskType
+
+    alpha = cfg.alpha if cfg.alpha is not None else 2 * cfg.rank
+    if cfg.method in ("full-lora", "lora"):
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=cfg.rank,
+            lora_alpha=alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=layout.all_names(),
+        )
+    if cfg.method in ("fanlora", "random"):
+        if setting is None:
+            raise FanLoRAError(f"method {cfg.method!r} needs a setting")
+        check_setting_matches(setting, layout)
+        chosen = setting if cfg.method == "fanlora" else random_setting(setting, cfg.seed)
+        return chosen.to_lora_config(r=cfg.rank, alpha=alpha, dropout=cfg.dropout)
+    if cfg.method == "adalora":
+        # PEFT's budget schedule: warm up tinit steps at init_r, prune to target_r by
+        # total_step - tfinal, reallocating every deltaT steps (update_and_allocate).
+        tinit, tfinal = int(0.1 * total_steps), int(0.2 * total_steps)
+        return AdaLoraConfig(task_type=TaskType.CAUSAL_LM, init_r=cfg.adalora_init_rank,
+                             target_r=cfg.adalora_target_rank, lora_alpha=alpha,
+                             lora_dropout=cfg.dropout, target_modules=layout.all_names(),
+                             total_step=max(total_steps, tinit + tfinal + 1), tinit=tinit,
+                             tfinal=tfinal, deltaT=max(1, total_steps // 50))  # fmt: skip
+    if cfg.method == "ia3":
+        unknown = [k for k in cfg.ia3_kinds if k not in layout.kinds]
+        if unknown:
+            raise FanLoRAError(f"ia3_kinds {unknown} are not kinds of this model "
+                               f"({', '.join(layout.kinds)})")  # fmt: skip
+        # The paper scales the *outputs* (activations) of q, k and up, so no module is a
+        # PEFT "feedforward" module (those scale their input instead).
+        targets = [layout.name(i, k) for i in range(layout.num_layers) for k in cfg.ia3_kinds]
+        return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=targets,
+                         feedforward_modules=[])  # fmt: skip
+    raise FanLoRAError(f"unknown method {cfg.method!r}")

@@ -1,0 +1,89 @@
+"""The output folder of a training run.
+
+``OUT/adapter_config.json`` + ``OUT/adapter_model.safetensors``: the best adapter, loadable
+with plain ``PeftModel.from_pretrained(base, OUT)``. ``OUT/run.json``: config, versions,
+parameter count, wall time. ``OUT/metrics.jsonl``: one line per step. ``OUT/checkpoints``:
+resumable state. ``OUT/best``: the best adapter while training runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from fanlora.errors import FanLoRAError
+from fanlora.utils.io import atomic_write_json, read_json
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def config_hash(config: dict, extra_files: list[str | None] = ()) -> str:
+    """sha256 of the config and of the files it points at (a setting, say)."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for path in extra_files:
+        if path:
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class RunFolder:
+    """Paths and atomic writes of one run's folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.metrics = self.path / "metrics.jsonl"
+        self.run_json = self.path / "run.json"
+
+    def claim(self, cfg_hash: str, resume: bool, overwrite: bool) -> None:
+        """Refuse a folder that holds a different run unless told to overwrite it."""
+        existing = read_json(self.run_json, "run.json") if self.run_json.is_file() else None
+        occupied = self.path.is_dir() and any(self.path.iterdir())
+        if overwrite and occupied:
+            shutil.rmtree(self.path)
+        elif resume and existing and existing.get("config_hash") != cfg_hash:
+            raise FanLoRAError(f"{self.path} holds a run with another config "
+                               f"({existing.get('config_hash')}); cannot resume it with this "
+                               "one")  # fmt: skip
+        elif occupied and not resume:
+            raise FanLoRAError(f"{self.path} already holds a run: pass --resume to continue it "
+                               "or --overwrite to replace it")  # fmt: skip
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def append_metrics(self, record: dict, main: bool = True) -> None:
+        if main:
+            with open(self.metrics, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop log lines past ``step`` (written after the checkpoint a resume starts from)."""
+        if self.metrics.is_file():
+            lines = self.metrics.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["step"] <= step]
+            self.metrics.write_text("".join(line + "\n" for line in kept))
+
+    def save_best(self, peft_model) -> None:
+        """``save_pretrained`` into a temporary folder, then swap it in as ``best``."""
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-best-", dir=self.path))
+        peft_model.save_pretrained(tmp)
+        best = self.path / "best"
+        if best.exists():
+            shutil.rmtree(best)
+        os.replace(tmp, best)
+
+    def publish_best(self) -> None:
+        """Copy the best adapter's files to the folder's top level, each atomically."""
+        for name in ADAPTER_FILES:
+            source = self.path / "best" / name
+            if not source.is_file():
+                raise FanLoRAError(f"no best adapter was saved in {self.path / 'best'}")
+            tmp = self.path / f".{name}.tmp"
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, self.path / name)
+
+    def write_run(self, record: dict) -> None:
+        atomic_write_json(self.run_json, record)

@@ -1,0 +1,73 @@
+"""``train(cfg, out)``: load, build the method's PEFT model, fine-tune, write the run folder."""
+
+from __future__ import annotations
+
+import platform
+import time
+
+from fanlora.errors import FanLoRAError
+from fanlora.train.config import TrainConfig
+from fanlora.train.engine import Trainer, prepare_data
+from fanlora.train.methods import build_peft_config
+from fanlora.train.outputs import RunFolder, config_hash
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import torch
+    import transformers
+
+    import fanlora
+
+    return {"fanlora": fanlora.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version()}  # fmt: skip
+
+
+def train(cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = False,
+          log=print) -> dict:  # fmt: skip
+    """Fine-tune per ``cfg`` into folder ``out``; return the run record (also run.json)."""
+    from fanlora.models import load_model
+    from fanlora.modules import discover_layout
+    from fanlora.select import FanLoRASetting
+
+    started = time.time()
+    folder = RunFolder(out)
+    cfg_hash = config_hash(cfg.to_dict(), [cfg.setting])
+    trainer = Trainer(cfg, folder, log)
+    if trainer.acc.is_main_process:
+        folder.claim(cfg_hash, resume, overwrite)
+    trainer.acc.wait_for_everyone()
+    setting = FanLoRASetting.load(cfg.setting) if cfg.setting else None
+    with trainer.acc.main_process_first():  # the first load may write the model cache
+        model, tokenizer = load_model(cfg.model, cfg.dtype)
+    layout = discover_layout(model)
+    data = prepare_data(cfg, tokenizer)
+    peft_config = build_peft_config(cfg, layout, data.total_steps, setting)
+    trainer.setup(model, tokenizer, peft_config, data)
+    record = {"status": "running", "config": cfg.to_dict(), "config_hash": cfg_hash,
+              "versions": versions(), "seed": cfg.seed, "trainable_params": trainer.trainable,
+              "train_examples": len(data.train), "dropped_examples": data.dropped,
+              "batch_size": data.batch_size, "total_steps": data.total_steps,
+              "world_size": trainer.world, "peft_type": type(peft_config).__name__}  # fmt: skip
+    log(f"{cfg.method}: {trainer.trainable:,} trainable parameters; {len(data.train)} train "
+        f"rows ({data.dropped} dropped: response too long), batch {data.batch_size}, "
+        f"{data.total_steps} steps on {trainer.world} process(es)")  # fmt: skip
+    if trainer.acc.is_main_process:
+        folder.write_run(record)
+    if resume:
+        trainer.resume()
+    state = trainer.run()
+    checksums = trainer.rank_checksums()
+    if trainer.acc.is_main_process:
+        if state.best_step < 0:
+            raise FanLoRAError("training ended without an evaluation; nothing to publish")
+        folder.publish_best()
+        record.update(status="finished", steps=state.step, best_step=state.best_step,
+                      best_dev_loss=state.best_loss, stopped_early=state.stopped_early,
+                      tokens=state.tokens, wall_time_s=round(time.time() - started, 2),
+                      rank_weight_checksums=checksums)  # fmt: skip
+        folder.write_run(record)
+    trainer.acc.wait_for_everyone()
+    return record

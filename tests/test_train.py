@@ -1,0 +1,264 @@
+"""The training engine on the tiny preset and a small local dataset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fanlora.errors import FanLoRAError
+from fanlora.modules import discover_layout
+from fanlora.select import ScoreRecord, select_setting
+from fanlora.train import TrainConfig
+from fanlora.train.checkpoint import latest_checkpoint
+from fanlora.train.engine import Trainer
+from fanlora.train.run import train
+
+WORDS = ["apple", "pear", "plum", "fig", "kiwi", "lime", "date", "sloe"]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "words.jsonl"
+    rows = [{"instruction": f"Repeat the word {w}", "output": w,
+             "split": "dev" if i % 8 == 0 else "train"}
+            for i, w in enumerate(WORDS * 8)]  # fmt: skip
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def setting_file(tmp_path_factory, tiny_llama):
+    layout = discover_layout(tiny_llama[0])
+    records = [ScoreRecord(layer, kind, 1.0 if kind in ("v", "down") else -1.0)
+               for layer in range(layout.num_layers) for kind in layout.kinds]  # fmt: skip
+    setting = select_setting(records, layout, 2, model="tiny-random-llama")
+    return str(setting.save(tmp_path_factory.mktemp("setting") / "setting.json"))
+
+
+def cfg(data_file, **kw):
+    base = dict(model="tiny-random-llama", data=data_file, rank=4, lr=1e-2, batch_size=8,
+                micro_batch_size=4, max_steps=12, eval_every=4, max_length=64, seed=1)  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def losses(out):
+    return [json.loads(line)["loss"] for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+@pytest.mark.parametrize("method", ["full-lora", "fanlora", "lora", "adalora", "ia3", "random"])
+def test_each_method_trains_with_a_falling_loss(tmp_path, data_file, setting_file, method):
+    extra = {"setting": setting_file} if method in ("fanlora", "random") else {}
+    if method == "ia3":
+        extra["lr"] = 0.5  # (IA)3 only rescales activations: it needs a large step here
+    record = train(cfg(data_file, method=method, **extra), tmp_path / method, log=lambda _: None)
+    curve = losses(tmp_path / method)
+    assert len(curve) == 12
+    assert sum(curve[-3:]) / 3 < curve[0] - 0.1, curve
+    assert record["trainable_params"] > 0 and record["status"] == "finished"
+    assert (tmp_path / method / "adapter_model.safetensors").is_file()
+
+
+def test_fanlora_wraps_exactly_the_setting(tmp_path, data_file, setting_file):
+    from peft.tuners.lora import LoraLayer
+
+    from fanlora.select import FanLoRASetting
+
+    setting = FanLoRASetting.load(setting_file)
+    captured = {}
+    original = Trainer.setup
+
+    def spy(self, *args):
+        original(self, *args)
+        captured["names"] = sorted(n.removeprefix("base_model.model.")
+                                   for n, m in self.peft_model.named_modules()
+                                   if isinstance(m, LoraLayer))  # fmt: skip
+
+    Trainer.setup = spy
+    try:
+        record = train(cfg(data_file, method="fanlora", setting=setting_file, max_steps=2),
+                       tmp_path / "f", log=lambda _: None)  # fmt: skip
+    finally:
+        Trainer.setup = original
+    assert captured["names"] == sorted(setting.target_modules)
+    assert len(captured["names"]) == 8  # v and down in each of 4 layers
+    # rank 4: A (in x 4) + B (4 x out) per module; v is 64->32, down is 128->64
+    assert record["trainable_params"] == 4 * ((64 + 32) * 4 + (128 + 64) * 4)
+
+
+def test_random_placement_keeps_modules_per_layer(setting_file):
+    from fanlora.select import FanLoRASetting
+    from fanlora.train import random_setting
+
+    setting = FanLoRASetting.load(setting_file)
+    placed = random_setting(setting, seed=3)
+    assert [len(k) for k in placed.layers] == [len(k) for k in setting.layers]
+    assert placed.layers != setting.layers
+    assert placed.layers == random_setting(setting, seed=3).layers
+
+
+def test_resume_equals_uninterrupted(tmp_path, data_file):
+    straight = tmp_path / "straight"
+    train(cfg(data_file, dropout=0.1), straight, log=lambda _: None)
+
+    broken = tmp_path / "broken"
+    original = Trainer.train_step
+
+    def crash_at_step_7(self, indices):
+        if self.state.step == 6:
+            raise KeyboardInterrupt
+        return original(self, indices)
+
+    Trainer.train_step = crash_at_step_7
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg(data_file, dropout=0.1), broken, log=lambda _: None)
+    finally:
+        Trainer.train_step = original
+    assert latest_checkpoint(broken / "checkpoints").name == "step-4"
+    train(cfg(data_file, dropout=0.1), broken, resume=True, log=lambda _: None)
+    a = load_file(straight / "adapter_model.safetensors")
+    b = load_file(broken / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert losses(straight) == losses(broken)
+
+
+def test_reload_through_plain_peft_gives_identical_logits(tmp_path, data_file):
+    from peft import PeftModel, get_peft_model
+
+    from fanlora.models import load_model
+    from fanlora.train import build_peft_config
+
+    out = tmp_path / "run"
+    train(cfg(data_file, max_steps=4, eval_every=4), out, log=lambda _: None)
+    base, _ = load_model("tiny-random-llama")
+    reloaded = PeftModel.from_pretrained(base, out).eval()
+    # the same weights put in by hand from the final checkpoint (best = last step here)
+    fresh, _ = load_model("tiny-random-llama")
+    config = build_peft_config(cfg(data_file), discover_layout(fresh), 4)
+    manual = get_peft_model(fresh, config).eval()
+    weights = load_file(latest_checkpoint(out / "checkpoints") / "trainable.safetensors")
+    manual.load_state_dict(weights, strict=False)
+    x = torch.tensor([[5, 60, 70, 80, 90, 100]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, manual(x).logits, rtol=0, atol=0)
+        plain = load_model("tiny-random-llama")[0](x).logits
+        assert not torch.equal(reloaded(x).logits, plain)  # the adapter does something
+
+
+def test_output_folder_with_another_run_is_refused(tmp_path, data_file):
+    out = tmp_path / "run"
+    train(cfg(data_file, max_steps=2, eval_every=2), out, log=lambda _: None)
+    with pytest.raises(FanLoRAError, match=r"--resume.*--overwrite"):
+        train(cfg(data_file, max_steps=2, eval_every=2), out, log=lambda _: None)
+    with pytest.raises(FanLoRAError, match="another config"):
+        train(cfg(data_file, max_steps=3, eval_every=2), out, resume=True, log=lambda _: None)
+    record = train(cfg(data_file, max_steps=3, eval_every=3), out, overwrite=True,
+                   log=lambda _: None)  # fmt: skip
+    assert record["steps"] == 3
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, data_file):
+    out = tmp_path / "nan"
+    original = Trainer.train_step
+
+    def poison(self, indices):
+        if self.state.step == 2:
+            with torch.no_grad():
+                next(p for p in self.peft_model.parameters() if p.requires_grad).fill_(float("nan"))
+        return original(self, indices)
+
+    Trainer.train_step = poison
+    try:
+        with pytest.raises(FanLoRAError, match="step 3"):
+            train(cfg(data_file, eval_every=1), out, log=lambda _: None)
+    finally:
+        Trainer.train_step = original
+    good = latest_checkpoint(out / "checkpoints")
+    assert good.name == "step-2"
+    weights = load_file(good / "trainable.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_killed_mid_save_leaves_previous_checkpoint_loadable(tmp_path, data_file):
+    out = tmp_path / "run"
+    train(cfg(data_file, max_steps=4, eval_every=2), out, log=lambda _: None)
+    half = out / "checkpoints" / ".tmp-step-6-abc"
+    half.mkdir()
+    (half / "trainable.safetensors").write_bytes(b"\x00" * 10)  # a save cut short
+    assert latest_checkpoint(out / "checkpoints").name == "step-4"
+    record = train(cfg(data_file, max_steps=4, eval_every=2), out, resume=True,
+                   log=lambda _: None)  # fmt: skip
+    assert record["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"rank": 0}, "rank must be >= 1"),
+     ({"method": "fanlora"}, "needs --setting"),
+     ({"method": "dora"}, "unknown method")],
+)  # fmt: skip
+def test_bad_configs(data_file, overrides, message):
+    with pytest.raises(FanLoRAError, match=message):
+        cfg(data_file, **overrides)
+
+
+def test_setting_for_another_model_is_refused(tmp_path, data_file):
+    from conftest import build_tiny
+    from fanlora.select import select_setting as sel
+
+    layout = discover_layout(build_tiny("llama", num_hidden_layers=12))
+    setting = sel([ScoreRecord(11, "q", 1.0)], layout, 2)
+    path = setting.save(tmp_path / "s12.json")
+    with pytest.raises(FanLoRAError, match="lacks"):
+        train(cfg(data_file, method="fanlora", setting=str(path)), tmp_path / "o",
+              log=lambda _: None)  # fmt: skip
+
+
+def test_empty_training_split_is_refused(tmp_path):
+    path = tmp_path / "dev_only.jsonl"
+    path.write_text(json.dumps({"instruction": "a", "output": "b", "split": "dev"}))
+    with pytest.raises(FanLoRAError, match=r"train split.*empty"):
+        train(TrainConfig(data=str(path), max_steps=1), tmp_path / "o", log=lambda _: None)
+
+
+def test_cli_with_yaml_config_and_flag_override(tmp_path, data_file):
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {data_file}\nrank: 2\nmax_steps: 2\neval_every: 2\n"
+                      "batch_size: 4\nmax_length: 64\n")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "fanlora.cli.main", "train", "--config",
+                           str(config), "--rank", "3", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["config"]["rank"] == 3 and run["config"]["max_steps"] == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rnak: 3\n")
+    proc = subprocess.run([sys.executable, "-m", "fanlora.cli.main", "train", "--config",
+                           str(bad), "--out", str(tmp_path / "o2")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2 and "'rnak'" in proc.stderr and "bad.yaml" in proc.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_on_cpu_agree(tmp_path, data_file):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29533", "-m", "fanlora.cli.main", "train", "--data", data_file,
+         "--rank", "4", "--max-steps", "3",
+         "--eval-every", "3", "--batch-size", "8", "--max-length", "64",
+         "--out", str(tmp_path / "ddp")],
+        capture_output=True, text=True, timeout=600, env=env,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert run["world_size"] == 2
+    sums = run["rank_weight_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
