@@ -58,36 +58,35 @@ def fit_prompt(prompt_ids: list[int], budget: int, ellipsis: list[int]) -> list[
     return prompt_ids[:head] + ellipsis + prompt_ids[len(prompt_ids) - (keep - head) :]
 
 
-def encode_prompt(tokenizer, frame: PromptFrame, prompt: str, budget: int) -> list[int]:
-    """Template-wrapped prompt ids using at most ``budget`` tokens in all."""
-    room = budget - len(frame.pre) - len(frame.post)
+def assemble(frame: PromptFrame, prompt_ids: list[int], response_ids: list[int],
+             max_length: int, ellipsis: list[int]) -> dict | None:  # fmt: skip
+    """Template + prompt (cut in the middle to fit) + response + eos; labels on the response
+    and eos only. None when the response alone leaves no room for the prompt."""
+    answer = [*response_ids, frame.eos]
+    room = max_length - len(answer) - len(frame.pre) - len(frame.post)
     if room < 1:
-        raise FanLoRAError(f"max length leaves no room for the prompt: the chat template alone "
-                           f"takes {len(frame.pre) + len(frame.post)} tokens")  # fmt: skip
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    ellipsis = tokenizer(ELLIPSIS, add_special_tokens=False)["input_ids"]
-    return frame.pre + fit_prompt(ids, room, ellipsis) + frame.post
+        return None
+    prompt = frame.pre + fit_prompt(prompt_ids, room, ellipsis) + frame.post
+    return {"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer}
 
 
 def encode_example(tokenizer, frame: PromptFrame, example: Example, max_length: int,
                    response: str | None = None) -> dict | None:  # fmt: skip
     """input_ids and labels (response tokens only) or None when the response cannot fit."""
+    ids = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     answer = example.response if response is None else response
-    response_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [frame.eos]
-    budget = max_length - len(response_ids)
-    if budget < len(frame.pre) + len(frame.post) + 1:
-        return None
-    prompt_ids = encode_prompt(tokenizer, frame, example.prompt, budget)
-    return {
-        "input_ids": prompt_ids + response_ids,
-        "labels": [IGNORE] * len(prompt_ids) + response_ids,
-    }
+    return assemble(frame, ids(example.prompt), ids(answer), max_length, ids(ELLIPSIS))
 
 
 def encode_all(tokenizer, examples: list[Example], max_length: int) -> tuple[list[dict], int]:
-    """Encode ``examples``; return (encoded, number dropped because the response is too long)."""
+    """Encode ``examples`` (two batched tokenizer calls, fast on 10^5 rows); return
+    (encoded, number dropped because the response is too long)."""
     frame = PromptFrame.of(tokenizer)
-    encoded = [encode_example(tokenizer, frame, e, max_length) for e in examples]
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
+    ellipsis = tokenizer(ELLIPSIS, add_special_tokens=False)["input_ids"]
+    encoded = [assemble(frame, p, a, max_length, ellipsis)
+               for p, a in zip(prompts, answers, strict=True)]  # fmt: skip
     kept = [e for e in encoded if e is not None]
     if not kept:
         raise FanLoRAError(f"no example fits in max length {max_length}: every response is "

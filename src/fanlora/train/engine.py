@@ -11,6 +11,7 @@ training stops after ``patience`` evaluations without improvement.
 from __future__ import annotations
 
 import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -42,9 +43,12 @@ class Batches:
 def prepare_data(cfg: TrainConfig, tokenizer) -> Batches:
     train_rows = load_split(cfg.data, "train", cfg.max_train_examples)
     dev_rows = load_split(cfg.data, "dev", cfg.eval_examples)
+    batch = cfg.effective_batch_size(len(train_rows))
+    reach = cfg.max_steps * batch if cfg.max_steps is not None else len(train_rows)
+    if reach < len(train_rows):  # a short schedule sees at most `reach` rows: encode only those
+        train_rows = random.Random(cfg.seed).sample(train_rows, reach)
     train, dropped = encode_all(tokenizer, train_rows, cfg.max_length)
     dev, _ = encode_all(tokenizer, dev_rows, cfg.max_length)
-    batch = cfg.effective_batch_size(len(train))
     per_epoch = math.ceil(len(train) / batch)
     total = math.ceil(cfg.max_epochs * per_epoch)
     if cfg.max_steps is not None:
