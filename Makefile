@@ -31,11 +31,16 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-# Until `fanlora run` lands, the demo runs the stages that exist: data, model, module table.
+# Until `fanlora run` lands, the demo runs the stages that exist: data, model, module table,
+# and a short step-1 run (full LoRA, 8 steps, about 4 minutes here). --resume makes a second
+# `make demo` skip what is finished.
 demo: install
 	$(VENV)/bin/fanlora data prepare
 	$(VENV)/bin/fanlora data list
 	$(VENV)/bin/fanlora modules --model smollm2-135m
+	$(VENV)/bin/fanlora train --model smollm2-135m --data instruct --method full-lora \
+		--rank 12 --max-steps 8 --batch-size 8 --micro-batch-size 4 --max-length 256 \
+		--eval-every 4 --eval-examples 32 --out $(DEMO_OUT)/full-lora --resume
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

@@ -185,16 +185,37 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, data_
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, data_file):
+    out = tmp_path / "run"
+    first = train(cfg(data_file, max_steps=2, eval_every=2), out, log=lambda _: None)
+    stamp = (out / "adapter_model.safetensors").stat().st_mtime_ns
+    again = train(cfg(data_file, max_steps=2, eval_every=2), out, resume=True, log=lambda _: None)
+    assert again == first
+    assert (out / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
 def test_killed_mid_save_leaves_previous_checkpoint_loadable(tmp_path, data_file):
     out = tmp_path / "run"
-    train(cfg(data_file, max_steps=4, eval_every=2), out, log=lambda _: None)
-    half = out / "checkpoints" / ".tmp-step-6-abc"
+    original = Trainer.train_step
+
+    def crash_at_step_3(self, indices):
+        if self.state.step == 2:
+            raise KeyboardInterrupt
+        return original(self, indices)
+
+    Trainer.train_step = crash_at_step_3
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg(data_file, max_steps=4, eval_every=2), out, log=lambda _: None)
+    finally:
+        Trainer.train_step = original
+    half = out / "checkpoints" / ".tmp-step-4-abc"
     half.mkdir()
     (half / "trainable.safetensors").write_bytes(b"\x00" * 10)  # a save cut short
-    assert latest_checkpoint(out / "checkpoints").name == "step-4"
+    assert latest_checkpoint(out / "checkpoints").name == "step-2"
     record = train(cfg(data_file, max_steps=4, eval_every=2), out, resume=True,
                    log=lambda _: None)  # fmt: skip
-    assert record["steps"] == 4
+    assert record["steps"] == 4 and record["status"] == "finished"
 
 
 @pytest.mark.parametrize(

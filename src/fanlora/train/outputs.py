@@ -39,6 +39,14 @@ class RunFolder:
         self.metrics = self.path / "metrics.jsonl"
         self.run_json = self.path / "run.json"
 
+    def finished_record(self, cfg_hash: str) -> dict | None:
+        """run.json of a finished run with this config, if the folder holds one."""
+        if not self.run_json.is_file():
+            return None
+        record = read_json(self.run_json, "run.json")
+        same = record.get("config_hash") == cfg_hash and record.get("status") == "finished"
+        return record if same else None
+
     def claim(self, cfg_hash: str, resume: bool, overwrite: bool) -> None:
         """Refuse a folder that holds a different run unless told to overwrite it."""
         existing = read_json(self.run_json, "run.json") if self.run_json.is_file() else None

@@ -35,6 +35,10 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = Fa
     started = time.time()
     folder = RunFolder(out)
     cfg_hash = config_hash(cfg.to_dict(), [cfg.setting])
+    done = folder.finished_record(cfg_hash) if resume and not overwrite else None
+    if done is not None:
+        log(f"{out} already holds this finished run; nothing to do")
+        return done
     trainer = Trainer(cfg, folder, log)
     if trainer.acc.is_main_process:
         folder.claim(cfg_hash, resume, overwrite)
