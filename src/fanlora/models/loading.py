@@ -98,11 +98,11 @@ def load_config(name: str):
     return AutoConfig.from_pretrained(resolve_model(name), local_files_only=True)
 
 
-def load_tokenizer(name: str):
-    """The model's tokenizer, with padding on the left ready for batched generation."""
+def load_tokenizer(name: str, dtype: str = "float32"):
+    """The model's tokenizer, with a pad token (eos when the model has none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name, dtype), local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -116,4 +116,4 @@ def load_model(name: str, dtype: str = "float32"):
     folder = resolve_model(name, dtype)
     hf_logging.disable_progress_bar()  # one bar per load is noise; fanlora shows its own
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
-    return model.eval(), load_tokenizer(name)
+    return model.eval(), load_tokenizer(name, dtype)
