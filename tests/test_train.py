@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -43,6 +44,32 @@ def cfg(data_file, **kw):
     base = dict(model="tiny-random-llama", data=data_file, rank=4, lr=1e-2, batch_size=8,
                 micro_batch_size=4, max_steps=12, eval_every=4, max_length=64, seed=1)  # fmt: skip
     return TrainConfig(**{**base, **kw})
+
+
+@contextmanager
+def before_each_step(hook):
+    """Run ``hook(trainer)`` ahead of every train step; it may raise to simulate a kill."""
+    original = Trainer.train_step
+
+    def wrapped(self, indices):
+        hook(self)
+        return original(self, indices)
+
+    Trainer.train_step = wrapped
+    try:
+        yield
+    finally:
+        Trainer.train_step = original
+
+
+def kill_before_step(step):
+    """A hook that interrupts the run when ``step`` steps are done."""
+
+    def hook(trainer):
+        if trainer.state.step == step:
+            raise KeyboardInterrupt
+
+    return hook
 
 
 def losses(out):
@@ -105,19 +132,8 @@ def test_resume_equals_uninterrupted(tmp_path, data_file):
     train(cfg(data_file, dropout=0.1), straight, log=lambda _: None)
 
     broken = tmp_path / "broken"
-    original = Trainer.train_step
-
-    def crash_at_step_7(self, indices):
-        if self.state.step == 6:
-            raise KeyboardInterrupt
-        return original(self, indices)
-
-    Trainer.train_step = crash_at_step_7
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg(data_file, dropout=0.1), broken, log=lambda _: None)
-    finally:
-        Trainer.train_step = original
+    with before_each_step(kill_before_step(6)), pytest.raises(KeyboardInterrupt):
+        train(cfg(data_file, dropout=0.1), broken, log=lambda _: None)
     assert latest_checkpoint(broken / "checkpoints").name == "step-4"
     train(cfg(data_file, dropout=0.1), broken, resume=True, log=lambda _: None)
     a = load_file(straight / "adapter_model.safetensors")
@@ -165,20 +181,15 @@ def test_output_folder_with_another_run_is_refused(tmp_path, data_file):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, data_file):
     out = tmp_path / "nan"
-    original = Trainer.train_step
 
-    def poison(self, indices):
-        if self.state.step == 2:
+    def poison(trainer):
+        if trainer.state.step == 2:
             with torch.no_grad():
-                next(p for p in self.peft_model.parameters() if p.requires_grad).fill_(float("nan"))
-        return original(self, indices)
+                param = next(p for p in trainer.peft_model.parameters() if p.requires_grad)
+                param.fill_(float("nan"))
 
-    Trainer.train_step = poison
-    try:
-        with pytest.raises(FanLoRAError, match="step 3"):
-            train(cfg(data_file, eval_every=1), out, log=lambda _: None)
-    finally:
-        Trainer.train_step = original
+    with before_each_step(poison), pytest.raises(FanLoRAError, match="step 3"):
+        train(cfg(data_file, eval_every=1), out, log=lambda _: None)
     good = latest_checkpoint(out / "checkpoints")
     assert good.name == "step-2"
     weights = load_file(good / "trainable.safetensors")
@@ -196,19 +207,8 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, data_file):
 
 def test_killed_mid_save_leaves_previous_checkpoint_loadable(tmp_path, data_file):
     out = tmp_path / "run"
-    original = Trainer.train_step
-
-    def crash_at_step_3(self, indices):
-        if self.state.step == 2:
-            raise KeyboardInterrupt
-        return original(self, indices)
-
-    Trainer.train_step = crash_at_step_3
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg(data_file, max_steps=4, eval_every=2), out, log=lambda _: None)
-    finally:
-        Trainer.train_step = original
+    with before_each_step(kill_before_step(2)), pytest.raises(KeyboardInterrupt):
+        train(cfg(data_file, max_steps=4, eval_every=2), out, log=lambda _: None)
     half = out / "checkpoints" / ".tmp-step-4-abc"
     half.mkdir()
     (half / "trainable.safetensors").write_bytes(b"\x00" * 10)  # a save cut short
