@@ -48,10 +48,6 @@ class ModuleLayout:
         """Every candidate module, layer by layer, kinds in table order."""
         return [self.name(layer, k) for layer in range(self.num_layers) for k in self.kinds]
 
-    @property
-    def kind_order(self) -> list[str]:
-        return list(self.kinds)
-
     def to_dict(self) -> dict:
         return asdict(self)
 
