@@ -24,6 +24,8 @@ COMMANDS = {
     "select": "fanlora.cli.select_cmd",
     "data": "fanlora.cli.data_cmd",
     "train": "fanlora.cli.train_cmd",
+    "score": "fanlora.cli.score_cmd",
+    "compare": "fanlora.cli.compare_cmd",
 }
 
 

@@ -55,3 +55,15 @@ def kinds_for(model_type: str) -> dict[str, str] | None:
     """Kind -> in-layer path for a known ``model_type``, or None when the table lacks it."""
     table = ARCHITECTURES.get(model_type)
     return dict(table) if table is not None else None
+
+
+# The final norm applied after the last decoder layer, as a path from the causal LM (the
+# fast exact AB-score runs the tail of the model itself: layers l..L-1, this norm, lm_head).
+FINAL_NORMS: dict[str, str] = {
+    **dict.fromkeys(
+        ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"],
+        "model.norm",
+    ),
+    "gpt2": "transformer.ln_f",
+    "gpt_neox": "gpt_neox.final_layer_norm",
+}

@@ -1,0 +1,29 @@
+"""``fanlora score --model M --adapter FULL_LORA --data D --out SCORES.json``: step 2.
+
+Examples::
+
+    fanlora score --model smollm2-135m --adapter runs/full --data instruct --out scores.json
+    fanlora score ... --method shapley --scope layer --out shapley.json
+    fanlora score ... --method sensitivity --out sensitivity.json
+    torchrun --nproc_per_node 2 -m fanlora.cli.main score ...   # modules sharded
+"""
+
+from __future__ import annotations
+
+from fanlora.config import add_dataclass_args, resolve
+from fanlora.score.run import ScoreConfig
+
+
+def register(sub) -> None:
+    p = sub.add_parser("score", help="importance of every LoRA module (AB-score, Shapley, ...)")
+    p.add_argument("--config", help="YAML file with any of the options below; flags win")
+    p.add_argument("--out", required=True, help="scores JSON (a .png heatmap lands beside it)")
+    add_dataclass_args(p, ScoreConfig)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from fanlora.score.run import score
+
+    score(resolve(ScoreConfig, args, args.config), args.out)
+    return 0

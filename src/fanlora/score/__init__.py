@@ -1,0 +1,1 @@
+"""Step 2: the importance of every LoRA module (AB-score, Shapley values, sensitivity)."""

@@ -1,0 +1,169 @@
+"""S_val of a gated model, straightforwardly or reusing cached layer inputs.
+
+Per sequence i the evaluators return (sum of token losses over the response, token count).
+``S = -sum_i loss_i / sum_i n_i`` (metric ``loss``: the negative mean response-token
+loss), or the share of examples whose right option has the highest log-likelihood (metric
+``accuracy``, each option being one sequence).
+
+Fast and exact: in M_without(m,l) the layers below l have every gate open, so the input of
+layer l equals that of M_all; in M_only(m,l) they are all closed, as in M_null. Caching the
+input of every layer for M_all and M_null, a module of layer l costs layers l..L-1 only,
+and logits are computed only at response positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fanlora.data.example import Example
+from fanlora.data.formatting import IGNORE, PromptFrame, collate, encode_example
+from fanlora.errors import FanLoRAError
+from fanlora.modules.architectures import FINAL_NORMS
+from fanlora.modules.discovery import find_layer_list
+
+
+@dataclass
+class ValSet:
+    """Validation sequences in fixed batches; ``owner[i]``/``option[i]``: for sequence i,
+    its example and option index (accuracy); ``labels[e]``: the right option of example e."""
+
+    batches: list[dict]
+    owner: list[int]
+    option: list[int]
+    labels: list[int]
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.owner)
+
+
+def build_valset(tokenizer, examples: list[Example], max_length: int, batch_size: int,
+                 metric: str) -> ValSet:  # fmt: skip
+    """Encode ``examples`` (every option of each, for accuracy) into fixed batches."""
+    frame = PromptFrame.of(tokenizer)
+    rows, owner, option, labels = [], [], [], []
+    for e, example in enumerate(examples):
+        if metric == "accuracy":
+            if not example.choices:
+                raise FanLoRAError(f"--metric accuracy needs a choice task; {example.uid} "
+                                   "has no options")  # fmt: skip
+            answers = list(example.choices)
+            labels.append(example.label)
+        else:
+            answers = [example.response]
+        for j, answer in enumerate(answers):
+            row = encode_example(tokenizer, frame, example, max_length, response=answer)
+            if row is None or all(t == IGNORE for t in row["labels"][1:]):
+                continue
+            rows.append(row)
+            owner.append(e)
+            option.append(j)
+    if not rows:
+        raise FanLoRAError("the validation split has no response tokens within max length")
+    pad = tokenizer.pad_token_id
+    batches = [collate(rows[i : i + batch_size], pad) for i in range(0, len(rows), batch_size)]
+    return ValSet(batches, owner, option, labels)
+
+
+def score_of(stats: torch.Tensor, valset: ValSet, metric: str) -> float:
+    """S_val from per-sequence (loss_sum, count) ``stats`` of shape [n_seq, 2]."""
+    if metric == "loss":
+        return float(-stats[:, 0].sum() / stats[:, 1].sum())
+    best: dict[int, tuple[float, int]] = {}
+    for i, (loss, _) in enumerate(stats.tolist()):
+        e = valset.owner[i]
+        if e not in best or -loss > best[e][0]:
+            best[e] = (-loss, valset.option[i])
+    return sum(best[e][1] == valset.labels[e] for e in best) / len(best)
+
+
+def sequence_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B, 2]: per sequence, summed next-token loss over labelled positions and their count."""
+    targets = labels[:, 1:]
+    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets,
+                             ignore_index=IGNORE, reduction="none")  # fmt: skip
+    mask = targets != IGNORE
+    return torch.stack([(losses * mask).sum(1), mask.sum(1).to(losses.dtype)], dim=1)
+
+
+@torch.no_grad()
+def full_eval(model, valset: ValSet) -> torch.Tensor:
+    """The straightforward evaluation: a full forward pass with logits everywhere."""
+    out = []
+    for batch in valset.batches:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       use_cache=False).logits  # fmt: skip
+        out.append(sequence_losses(logits, batch["labels"]))
+    return torch.cat(out)
+
+
+class PrefixCache:
+    """Inputs of every decoder layer (and their call kwargs) for each validation batch."""
+
+    def __init__(self, model, valset: ValSet):
+        causal_lm = model.get_base_model()
+        model_type = causal_lm.config.model_type
+        if model_type not in FINAL_NORMS:
+            raise FanLoRAError(f"fast scoring does not know {model_type!r}'s final norm; "
+                               "use --exact-mode straightforward")  # fmt: skip
+        _, self.layers = find_layer_list(causal_lm)
+        self.norm = causal_lm.get_submodule(FINAL_NORMS[model_type])
+        self.head = causal_lm.get_output_embeddings()
+        self.softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+        self.model, self.valset = model, valset
+
+    @torch.no_grad()
+    def capture(self) -> list[list[tuple[torch.Tensor, dict]]]:
+        """For each batch, [(input hidden state, kwargs)] per layer, plus the final output."""
+        captured: list[list[tuple[torch.Tensor, dict]]] = []
+
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            # never replay a KV cache: each tail call would append to it
+            rest = {
+                k: v
+                for k, v in kwargs.items()
+                if k not in ("hidden_states", "past_key_values", "past_key_value", "layer_past")
+            }
+            rest["use_cache"] = False
+            captured[-1].append((hidden, rest))
+
+        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True)
+                   for layer in self.layers]  # fmt: skip
+        try:
+            for batch in self.valset.batches:
+                captured.append([])
+                self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False)  # fmt: skip
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured
+
+    @torch.no_grad()
+    def tail(self, cache, start: int) -> torch.Tensor:
+        """Per-sequence (loss_sum, count) running layers start..L-1 from ``cache``."""
+        out = []
+        for batch, layer_inputs in zip(self.valset.batches, cache, strict=True):
+            hidden = layer_inputs[start][0]
+            for j in range(start, len(self.layers)):
+                result = self.layers[j](hidden, **layer_inputs[j][1])
+                hidden = result[0] if isinstance(result, tuple) else result
+            out.append(self.response_losses(hidden, batch["labels"]))
+        return torch.cat(out)
+
+    def response_losses(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Norm + lm_head only where a next token carries loss."""
+        targets = labels[:, 1:]
+        rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
+        logits = self.head(self.norm(hidden[:, :-1][rows, cols]))
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        losses = F.cross_entropy(logits.float(), targets[rows, cols], reduction="none")
+        stats = torch.zeros(labels.shape[0], 2)
+        stats[:, 0].index_add_(0, rows, losses)
+        stats[:, 1].index_add_(0, rows, torch.ones_like(losses))
+        return stats

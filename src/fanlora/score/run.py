@@ -1,0 +1,219 @@
+"""``score(cfg)``: load the model and full-LoRA adapter, score every module, write the file."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from fanlora.errors import FanLoRAError
+
+METHODS = ("ab", "shapley", "sensitivity")
+
+
+@dataclass
+class ScoreConfig:
+    """Options of ``fanlora score``."""
+
+    model: str = field(default="tiny-random-llama", metadata={"help": "the base model"})
+    adapter: str = field(default="", metadata={"help": "full-LoRA adapter folder (step 1)"})
+    data: str = field(default="instruct", metadata={"help": "validation data: dataset or file"})
+    split: str = field(default="dev", metadata={"help": "split used as D_val"})
+    val_examples: int = field(default=64, metadata={"help": "examples drawn from the split"})
+    max_length: int = field(default=256, metadata={"help": "tokens per sequence"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
+    method: str = field(default="ab", metadata={"help": "scoring method", "choices": METHODS})
+    metric: str = field(default="loss", metadata={"help": "S_val: loss or accuracy",
+                                                   "choices": ("loss", "accuracy")})  # fmt: skip
+    mode: str = field(
+        default="fast",
+        metadata={
+            "help": "AB evaluation: fast or straightforward",
+            "choices": ("fast", "straightforward"),
+        },
+    )
+    scope: str = field(
+        default="model",
+        metadata={
+            "help": "Shapley: model (Monte Carlo) or layer (exact)",
+            "choices": ("model", "layer"),
+        },
+    )
+    budget: int = field(default=4, metadata={"help": "Shapley permutations (scope model)"})
+    k_max: int = field(default=2, metadata={"help": "K_max marked in the heatmap"})
+    seed: int = field(default=0, metadata={"help": "seed of the example draw and permutations"})
+
+    def __post_init__(self) -> None:
+        if not self.adapter:
+            raise FanLoRAError("--adapter is required: the full-LoRA folder from step 1")
+        if self.method not in METHODS:
+            raise FanLoRAError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if self.method == "shapley" and self.scope == "model" and self.budget < 1:
+            raise FanLoRAError(f"--budget must be >= 1 permutation, got {self.budget}")
+        for name in ("val_examples", "max_length", "batch_size", "k_max"):
+            if getattr(self, name) < 1:
+                raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def load_adapter(cfg: ScoreConfig):
+    """(peft model, tokenizer, layout); a clear error when the adapter does not fit."""
+    from peft import PeftModel
+
+    from fanlora.models import load_model
+    from fanlora.modules import discover_layout
+
+    if not (Path(cfg.adapter) / "adapter_config.json").is_file():
+        raise FanLoRAError(f"{cfg.adapter} is not a PEFT adapter folder (no adapter_config.json)")
+    base, tokenizer = load_model(cfg.model)
+    layout = discover_layout(base)
+    check_adapter_modules(cfg.adapter, base, cfg.model)
+    try:
+        model = PeftModel.from_pretrained(base, cfg.adapter).eval()
+    except Exception as exc:
+        raise FanLoRAError(f"the adapter {cfg.adapter} does not match model {cfg.model!r}: "
+                           f"{type(exc).__name__}: {str(exc)[:300]}") from None  # fmt: skip
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tokenizer, layout
+
+
+def check_adapter_modules(folder: str, base, model_name: str) -> None:
+    """Every LoRA weight in the adapter must belong to a module of ``base`` (PEFT itself
+    loads what matches and skips the rest, so a 6-layer adapter would load on 4 layers)."""
+    from safetensors import safe_open
+
+    path = Path(folder) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise FanLoRAError(f"{folder} has no adapter_model.safetensors")
+    with safe_open(path, "pt") as handle:
+        keys = list(handle.keys())
+    names = set(dict(base.named_modules()))
+    wrapped = {k.removeprefix("base_model.model.").split(".lora_")[0]
+               for k in keys if ".lora_" in k}  # fmt: skip
+    missing = sorted(n for n in wrapped if n not in names)
+    if missing:
+        raise FanLoRAError(
+            f"the adapter {folder} does not match model {model_name!r}: it has LoRA weights "
+            f"for modules the model lacks, e.g. {missing[:3]}"
+        )
+
+
+def adapter_hash(folder: str) -> str:
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        path = Path(folder) / name
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def draw_examples(cfg: ScoreConfig):
+    from fanlora.data import load_split
+
+    examples = load_split(cfg.data, cfg.split)
+    if len(examples) > cfg.val_examples:  # a seeded draw, not the file's first rows
+        examples = random.Random(cfg.seed).sample(examples, cfg.val_examples)
+    return examples
+
+
+def identity(cfg: ScoreConfig) -> dict:
+    """What a journal must share with this run to be resumed by it."""
+    keys = ("model", "data", "split", "val_examples", "max_length", "batch_size", "method",
+            "metric", "mode", "scope", "budget", "seed")  # fmt: skip
+    return {**{k: getattr(cfg, k) for k in keys}, "adapter_sha256": adapter_hash(cfg.adapter)}
+
+
+def build_and_gate(cfg: ScoreConfig):
+    """(peft model, gates, validation set) for ``cfg``."""
+    from fanlora.score.evaluator import build_valset
+    from fanlora.score.gates import Gates
+
+    model, tokenizer, layout = load_adapter(cfg)
+    gates = Gates(model, layout)
+    valset = build_valset(tokenizer, draw_examples(cfg), cfg.max_length, cfg.batch_size,
+                          cfg.metric)  # fmt: skip
+    return model, gates, valset
+
+
+def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
+    """Score every LoRA module; write ``out`` (JSON) and its heatmap (PNG) on the main process."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from fanlora.score import ab, shapley
+    from fanlora.score.journal import Journal
+
+    started = time.time()
+    state = PartialState(cpu=not torch.cuda.is_available())
+    model, gates, valset = build_and_gate(cfg)
+    layout = gates.layout
+    out = Path(out)
+    journal = Journal(out.with_name(out.name + ".journal"), identity(cfg), state.process_index)
+    evaluate = (ab.fast if cfg.mode == "fast" else ab.straightforward)(model, gates, valset)
+    mine = gates.keys[state.process_index :: state.num_processes]
+    bar = tqdm(total=len(mine), unit="module", desc=f"score {cfg.method} ({cfg.mode})",
+               disable=not state.is_main_process)  # fmt: skip
+    extra: dict = {}
+    if cfg.method == "ab":
+        ab.ab_scores(evaluate, gates, valset, cfg.metric, journal, mine, bar)
+    elif cfg.method == "shapley" and cfg.scope == "layer":
+        layers = sorted({layer for layer, _ in gates.keys})
+        layers = layers[state.process_index :: state.num_processes]
+        bar.reset(total=len(layers))
+        for layer in layers:
+            if f"phi:{layer}" not in journal:
+                phi = shapley.exact_layer(evaluate, gates, valset, cfg.metric, journal, layer)
+                journal.write(f"phi:{layer}", phi=phi)
+            bar.update(1)
+    elif cfg.method == "shapley":
+        bar.reset(total=cfg.budget)
+        if state.is_main_process:  # permutations are sequential; one process draws them
+            extra = shapley.monte_carlo(evaluate, gates, valset, cfg.metric, journal,
+                                        cfg.budget, cfg.seed, bar)  # fmt: skip
+    bar.close()
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    journal.reload()
+    records = collect(cfg, journal, gates, valset, model, extra)
+    return write_scores(cfg, out, records, layout, valset, time.time() - started, log)
+
+
+def collect(cfg, journal, gates, valset, model, extra) -> list[dict]:
+    from fanlora.score import ab
+    from fanlora.score.sensitivity import sensitivity
+
+    if cfg.method == "ab":
+        return ab.ab_records(journal, gates, valset, cfg.metric)
+    if cfg.method == "sensitivity":
+        values = sensitivity(model, gates, valset)
+        return [{"layer": l_, "module": k, "score": v} for (l_, k), v in values.items()]
+    if cfg.scope == "layer":
+        layers = sorted({layer for layer, _ in gates.keys})
+        return [{"layer": l_, "module": k, "score": v}
+                for l_ in layers for k, v in journal.get(f"phi:{l_}")["phi"].items()]  # fmt: skip
+    return [{"layer": l_, "module": k, "score": m, "stderr": se}
+            for (l_, k), (m, se) in extra.items()]  # fmt: skip
+
+
+def write_scores(cfg, out: Path, records, layout, valset, wall, log) -> dict:
+    from fanlora.score.heatmap import draw_heatmap
+    from fanlora.select.scores import ScoreRecord
+    from fanlora.utils.io import atomic_write_json
+
+    doc = {"format": "fanlora-scores", "model": cfg.model, "adapter": cfg.adapter,
+           "method": cfg.method, "metric": cfg.metric, "mode": cfg.mode, "scope": cfg.scope,
+           "validation": {"data": cfg.data, "split": cfg.split, "examples": cfg.val_examples,
+                          "sequences": valset.num_sequences},
+           "seed": cfg.seed, "wall_time_s": round(wall, 2), "config": asdict(cfg),
+           "layout": layout.to_dict(), "scores": records}  # fmt: skip
+    atomic_write_json(out, doc)
+    plain = [ScoreRecord(r["layer"], r["module"], r["score"]) for r in records]
+    png = draw_heatmap(plain, layout, cfg.k_max, out.with_suffix(".png"),
+                       title=f"{cfg.method} scores of {cfg.model}")  # fmt: skip
+    log(f"scored {len(records)} modules in {wall:.1f} s; wrote {out} and {png}")
+    return doc

@@ -1,0 +1,253 @@
+"""Step 2 on the tiny preset: AB-score (fast = straightforward), Shapley, sensitivity."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fanlora.errors import FanLoRAError
+from fanlora.score.run import ScoreConfig, score
+
+WORDS = ["apple", "pear", "plum", "fig", "kiwi", "lime", "date", "sloe"]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("d") / "words.jsonl"
+    rows = [{"instruction": f"Repeat {w} {i}", "output": f"{w} {w}", "split": "dev"}
+            for i, w in enumerate(WORDS * 2)]  # fmt: skip
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(path)
+
+
+def make_adapter(folder, zero=(), seed=0, num_layers=None):
+    """A LoRA adapter on every module with random, non-zero A and B (B of ``zero`` set to 0)."""
+    from peft import LoraConfig, get_peft_model
+
+    from fanlora.models import load_model
+    from fanlora.modules import discover_layout
+
+    if num_layers is None:
+        base, _ = load_model("tiny-random-llama")
+    else:
+        from conftest import build_tiny
+
+        base = build_tiny("llama", vocab_size=260, num_hidden_layers=num_layers)
+    layout = discover_layout(base)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=layout.all_names(),
+                        init_lora_weights=False)  # fmt: skip
+    model = get_peft_model(base, config)
+    for layer, kind in zero:
+        module = model.base_model.model.get_submodule(layout.name(layer, kind))
+        torch.nn.init.zeros_(module.lora_B["default"].weight)
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    return make_adapter(tmp_path_factory.mktemp("a"), zero=[(1, "v")])
+
+
+def run_score(tmp_path, adapter, data_file, name="s.json", **kw):
+    cfg = ScoreConfig(adapter=adapter, data=data_file, val_examples=16, batch_size=16, **kw)
+    return score(cfg, tmp_path / name, log=lambda _: None)
+
+
+def by_key(doc):
+    return {(r["layer"], r["module"]): r for r in doc["scores"]}
+
+
+def test_fast_equals_straightforward(tmp_path, adapter, data_file):
+    fast = by_key(run_score(tmp_path, adapter, data_file, "fast.json", mode="fast"))
+    plain = by_key(run_score(tmp_path, adapter, data_file, "plain.json", mode="straightforward"))
+    assert fast.keys() == plain.keys() and len(fast) == 28
+    assert max(abs(fast[k]["score"] - plain[k]["score"]) for k in fast) <= 1e-4
+    assert any(abs(r["score"]) > 1e-3 for r in fast.values())  # the scores are not all ~0
+    for r in fast.values():  # every term is kept and eq. 3 recomputes V
+        assert r["score"] == pytest.approx(r["s_all"] - r["s_without"] + r["s_only"] - r["s_none"])
+
+
+def test_zero_lora_module_scores_zero(tmp_path, adapter, data_file):
+    doc = run_score(tmp_path, adapter, data_file)
+    assert abs(by_key(doc)[(1, "v")]["score"]) < 1e-6
+    assert doc["method"] == "ab" and doc["validation"]["examples"] == 16
+    assert doc["wall_time_s"] > 0 and doc["seed"] == 0
+
+
+def test_accuracy_metric_on_a_choice_task(tmp_path, adapter):
+    path = tmp_path / "choice.jsonl"
+    from fanlora.data.example import Example
+
+    rows = [Example(f"c{i}", f"Pick {i}", "yes", choices=("yes", "no"), label=0).to_dict()
+            for i in range(6)]  # fmt: skip
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    from fanlora.models import load_tokenizer
+    from fanlora.score.evaluator import build_valset, score_of
+
+    valset = build_valset(load_tokenizer("tiny-random-llama"),
+                          [Example.from_dict(r) for r in rows], 64, 4, "accuracy")  # fmt: skip
+    assert valset.num_sequences == 12 and valset.labels == [0] * 6
+    stats = torch.tensor([[1.0, 2.0], [2.0, 2.0]] * 6)  # option 0 has the lower loss
+    assert score_of(stats, valset, "accuracy") == 1.0
+    assert score_of(torch.tensor([[3.0, 2.0], [2.0, 2.0]] * 6), valset, "accuracy") == 0.0
+
+
+def test_exact_layer_shapley_is_efficient(tmp_path, adapter, data_file):
+    from fanlora.score.ab import straightforward
+    from fanlora.score.evaluator import score_of
+    from fanlora.score.run import build_and_gate
+
+    doc = run_score(tmp_path, adapter, data_file, method="shapley", scope="layer",
+                    mode="straightforward")  # fmt: skip
+    model, gates, valset = build_and_gate(ScoreConfig(adapter=adapter, data=data_file,
+                                                      val_examples=16, batch_size=16))  # fmt: skip
+    evaluate = straightforward(model, gates, valset)
+    every = set(gates.keys)
+    s_all = score_of(evaluate(every, 0, "on"), valset, "loss")
+    for layer in range(4):
+        phi = sum(r["score"] for r in doc["scores"] if r["layer"] == layer)
+        closed = {k for k in every if k[0] != layer}
+        s_closed = score_of(evaluate(closed, 0, "on"), valset, "loss")
+        assert phi == pytest.approx(s_all - s_closed, abs=1e-5)
+
+
+def test_monte_carlo_shapley_sums_to_all_minus_none(tmp_path, adapter, data_file):
+    doc = run_score(tmp_path, adapter, data_file, method="shapley", budget=2)
+    ab = run_score(tmp_path, adapter, data_file, "ab.json")
+    s = ab["scores"][0]
+    total = sum(r["score"] for r in doc["scores"])  # each permutation telescopes
+    assert total == pytest.approx(s["s_all"] - s["s_none"], abs=1e-4)
+    assert all("stderr" in r for r in doc["scores"])
+
+
+def test_sensitivity_matches_finite_differences(tmp_path, adapter, data_file):
+    from fanlora.score.evaluator import full_eval, score_of
+    from fanlora.score.run import build_and_gate
+
+    doc = run_score(tmp_path, adapter, data_file, method="sensitivity")
+    model, gates, valset = build_and_gate(ScoreConfig(adapter=adapter, data=data_file,
+                                                      val_examples=16, batch_size=16))  # fmt: skip
+    assert len(valset.batches) == 1  # one batch: the sum of |grad| is |grad|
+    key = (2, "o")
+    module = gates.modules[key]
+    s0, h = module.scaling["default"], 1e-2
+    gates.all_open()
+    losses = []
+    for g in (1 + h, 1 - h):
+        module.scaling["default"] = s0 * g
+        losses.append(-score_of(full_eval(model, valset), valset, "loss"))
+    module.scaling["default"] = s0
+    finite = abs(losses[0] - losses[1]) / (2 * h)
+    assert by_key(doc)[key]["score"] == pytest.approx(finite, rel=2e-2, abs=1e-5)
+    assert all(r["score"] >= 0 for r in doc["scores"])
+
+
+def test_resume_recomputes_nothing_finished(tmp_path, adapter, data_file, monkeypatch):
+    from fanlora.score import ab
+
+    straight = run_score(tmp_path, adapter, data_file, "straight.json")
+    calls = {"n": 0}
+    original = ab.fast
+
+    def counting_fast(model, gates, valset):
+        inner = original(model, gates, valset)
+
+        def evaluate(open_keys, layer, base):
+            calls["n"] += 1
+            if calls["n"] == 20 and calls.get("kill"):
+                raise KeyboardInterrupt
+            return inner(open_keys, layer, base)
+
+        return evaluate
+
+    monkeypatch.setattr(ab, "fast", counting_fast)
+    calls["kill"] = True
+    with pytest.raises(KeyboardInterrupt):
+        run_score(tmp_path, adapter, data_file, "killed.json")
+    done = calls["n"] - 1
+    calls.update(n=0, kill=False)
+    resumed = run_score(tmp_path, adapter, data_file, "killed.json")
+    assert calls["n"] == 2 + 2 * 28 - done  # only what the journal lacked
+    assert [r["score"] for r in resumed["scores"]] == [r["score"] for r in straight["scores"]]
+
+
+def test_journal_of_another_run_is_refused(tmp_path, adapter, data_file):
+    run_score(tmp_path, adapter, data_file, "s.json")
+    before = (tmp_path / "s.json.journal" / "rank-0.jsonl").read_text()
+    with pytest.raises(FanLoRAError, match="different scoring run"):
+        run_score(tmp_path, adapter, data_file, "s.json", metric="loss", seed=5)
+    assert (tmp_path / "s.json.journal" / "rank-0.jsonl").read_text() == before
+
+
+def test_heatmap_is_a_png_of_the_right_shape(tmp_path, adapter, data_file):
+    import matplotlib.image
+
+    run_score(tmp_path, adapter, data_file, "h.json")
+    png = tmp_path / "h.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, channels = matplotlib.image.imread(png).shape
+    assert channels == 4 and width > 300 and height > 100
+
+
+def test_bad_inputs(tmp_path, data_file):
+    wrong = make_adapter(tmp_path / "wrong", num_layers=6)
+    with pytest.raises(FanLoRAError, match="does not match"):
+        run_score(tmp_path, wrong, data_file)
+    with pytest.raises(FanLoRAError, match="not a PEFT adapter"):
+        run_score(tmp_path, str(tmp_path), data_file)
+    with pytest.raises(FanLoRAError, match="budget"):
+        ScoreConfig(adapter="x", method="shapley", budget=0)
+
+
+def test_ia3_adapter_has_no_lora_modules(tmp_path, data_file):
+    from peft import IA3Config, get_peft_model
+
+    from fanlora.models import load_model
+
+    base, _ = load_model("tiny-random-llama")
+    get_peft_model(base, IA3Config(target_modules=["k_proj"], feedforward_modules=[])
+                   ).save_pretrained(tmp_path / "ia3")  # fmt: skip
+    with pytest.raises(FanLoRAError, match="no LoRA modules"):
+        run_score(tmp_path, str(tmp_path / "ia3"), data_file)
+
+
+def test_validation_without_response_tokens(tmp_path, adapter, data_file):
+    with pytest.raises(FanLoRAError, match="no response tokens"):
+        run_score(tmp_path, adapter, data_file, max_length=8)
+
+
+def test_compare_identical_and_reversed():
+    from fanlora.modules.discovery import ModuleLayout
+    from fanlora.score.compare import compare
+    from fanlora.select import ScoreRecord
+
+    layout = ModuleLayout("M", "llama", "model.layers", 2, {"q": "q", "k": "k", "v": "v"})
+    a = [ScoreRecord(l_, k, float(i)) for i, (l_, k) in
+         enumerate((l_, k) for l_ in range(2) for k in "qkv")]  # fmt: skip
+    b = [ScoreRecord(r.layer, r.module, -r.score) for r in a]
+    out = compare({"a": a, "b": b, "a2": a}, layout, 1)
+    assert out["spearman"]["a"]["a2"] == pytest.approx(1.0)
+    assert out["spearman"]["a"]["b"] == pytest.approx(-1.0)
+    assert out["kendall"]["a"]["b"] == pytest.approx(-1.0)
+    assert out["topk_agreement"]["a"]["a2"] == 1.0
+
+
+def test_cli_score_then_select_and_compare(tmp_path, adapter, data_file):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "fanlora.cli.main", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    proc = cli("score", "--adapter", adapter, "--data", data_file, "--val-examples", "8",
+               "--out", tmp_path / "s.json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = cli("select", "--scores", tmp_path / "s.json", "--out", tmp_path / "set.json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "set.json").read_text())["num_modules"] <= 8
+    proc = cli("compare", tmp_path / "s.json", tmp_path / "s.json")
+    assert proc.returncode == 0 and "spearman" in proc.stdout
+    proc = cli("score", "--adapter", tmp_path / "nope", "--out", tmp_path / "x.json")
+    assert proc.returncode == 2 and "not a PEFT adapter" in proc.stderr
