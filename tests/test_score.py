@@ -53,7 +53,9 @@ def adapter(tmp_path_factory):
 
 
 def run_score(tmp_path, adapter, data_file, name="s.json", **kw):
-    cfg = ScoreConfig(adapter=adapter, data=data_file, val_examples=16, batch_size=16, **kw)
+    cfg = ScoreConfig(
+        **{"adapter": adapter, "data": data_file, "val_examples": 16, "batch_size": 16, **kw}
+    )
     return score(cfg, tmp_path / name, log=lambda _: None)
 
 
@@ -251,3 +253,67 @@ def test_cli_score_then_select_and_compare(tmp_path, adapter, data_file):
     assert proc.returncode == 0 and "spearman" in proc.stdout
     proc = cli("score", "--adapter", tmp_path / "nope", "--out", tmp_path / "x.json")
     assert proc.returncode == 2 and "not a PEFT adapter" in proc.stderr
+
+
+def test_adaptive_racing_matches_the_exact_setting(tmp_path, adapter, data_file):
+    from fanlora.modules.discovery import ModuleLayout
+    from fanlora.select import ScoreRecord, top_modules
+
+    exact = run_score(tmp_path, adapter, data_file, "exact.json", batch_size=2)
+    fast = run_score(tmp_path, adapter, data_file, "adaptive.json", batch_size=2, adaptive=True)
+    layout = ModuleLayout.from_dict(exact["layout"])
+    as_records = lambda doc: [ScoreRecord(r["layer"], r["module"], r["score"])  # noqa: E731
+                              for r in doc["scores"]]  # fmt: skip
+    kept_exact = top_modules(as_records(exact), layout, 2)
+    kept_fast = top_modules(as_records(fast), layout, 2)
+    exact_by = by_key(exact)
+    for layer, (a, b) in enumerate(zip(kept_exact, kept_fast, strict=True)):
+        if set(a) != set(b):  # a disagreement must be within the adaptive standard errors
+            swapped = set(a) ^ set(b)
+            values = [exact_by[(layer, k)]["score"] for k in swapped]
+            ses = [by_key(fast)[(layer, k)]["stderr"] for k in swapped]
+            assert max(values) - min(values) < 2 * max(ses)
+    spent = [r["sequences_spent"] for r in fast["scores"]]
+    assert all(2 * 2 <= s <= 16 for s in spent)  # at least min_batches of 2 sequences
+    assert fast["method"] == "ab-adaptive"
+
+
+def test_adaptive_settles_only_decided_modules():
+    from fanlora.score.adaptive import estimate, settled
+
+    clear = {(0, "a"): (1.0, 0.01), (0, "b"): (0.5, 0.01), (0, "c"): (-0.5, 0.01)}
+    assert settled(clear, 2, 2.0) == set(clear)
+    close = {(0, "a"): (1.0, 0.3), (0, "b"): (0.9, 0.3), (0, "c"): (0.1, 0.01)}
+    done = settled(close, 1, 2.0)
+    assert (0, "a") not in done and (0, "b") not in done
+    v, se = estimate(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 1.0]))
+    assert v == 2.0 and se == pytest.approx(1.0)
+
+
+def test_adaptive_needs_loss_metric_and_a_sane_k_max(tmp_path, adapter, data_file):
+    with pytest.raises(FanLoRAError, match="loss metric"):
+        ScoreConfig(adapter="x", adaptive=True, metric="accuracy")
+    with pytest.raises(FanLoRAError, match="exceeds"):
+        run_score(tmp_path, adapter, data_file, adaptive=True, k_max=9)
+
+
+@pytest.mark.slow
+def test_two_processes_shard_modules_with_the_same_scores(tmp_path, adapter, data_file):
+    import os
+
+    one = run_score(tmp_path, adapter, data_file, "one.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29541", "-m", "fanlora.cli.main", "score", "--adapter", adapter,
+         "--data", data_file, "--val-examples", "16", "--batch-size", "16",
+         "--out", str(tmp_path / "two.json")],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    journals = sorted(p.name for p in (tmp_path / "two.json.journal").iterdir())
+    assert journals == ["rank-0.jsonl", "rank-1.jsonl"]  # the work was shared
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert [r["score"] for r in two["scores"]] == pytest.approx(
+        [r["score"] for r in one["scores"]], abs=1e-6
+    )

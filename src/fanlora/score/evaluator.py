@@ -144,10 +144,12 @@ class PrefixCache:
         return captured
 
     @torch.no_grad()
-    def tail(self, cache, start: int) -> torch.Tensor:
-        """Per-sequence (loss_sum, count) running layers start..L-1 from ``cache``."""
+    def tail(self, cache, start: int, batches: list[int] | None = None) -> torch.Tensor:
+        """Per-sequence (loss_sum, count) running layers start..L-1 from ``cache``, for all
+        batches or only ``batches`` (indices)."""
         out = []
-        for batch, layer_inputs in zip(self.valset.batches, cache, strict=True):
+        for index in range(len(cache)) if batches is None else batches:
+            batch, layer_inputs = self.valset.batches[index], cache[index]
             hidden = layer_inputs[start][0]
             for j in range(start, len(self.layers)):
                 result = self.layers[j](hidden, **layer_inputs[j][1])

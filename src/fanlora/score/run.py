@@ -44,7 +44,10 @@ class ScoreConfig:
         },
     )
     budget: int = field(default=4, metadata={"help": "Shapley permutations (scope model)"})
-    k_max: int = field(default=2, metadata={"help": "K_max marked in the heatmap"})
+    k_max: int = field(default=2, metadata={"help": "K_max (adaptive races, heatmap marks)"})
+    adaptive: bool = field(default=False, metadata={
+        "help": "AB-score by racing: stop each module once its place in the setting is settled"})
+    z: float = field(default=2.0, metadata={"help": "adaptive: standard errors of confidence"})
     seed: int = field(default=0, metadata={"help": "seed of the example draw and permutations"})
 
     def __post_init__(self) -> None:
@@ -54,6 +57,8 @@ class ScoreConfig:
             raise FanLoRAError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if self.method == "shapley" and self.scope == "model" and self.budget < 1:
             raise FanLoRAError(f"--budget must be >= 1 permutation, got {self.budget}")
+        if self.adaptive and (self.method != "ab" or self.metric != "loss"):
+            raise FanLoRAError("--adaptive races the AB-score with the loss metric only")
         for name in ("val_examples", "max_length", "batch_size", "k_max"):
             if getattr(self, name) < 1:
                 raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -123,7 +128,7 @@ def draw_examples(cfg: ScoreConfig):
 def identity(cfg: ScoreConfig) -> dict:
     """What a journal must share with this run to be resumed by it."""
     keys = ("model", "data", "split", "val_examples", "max_length", "batch_size", "method",
-            "metric", "mode", "scope", "budget", "seed")  # fmt: skip
+            "metric", "mode", "scope", "budget", "seed", "adaptive", "z", "k_max")  # fmt: skip
     return {**{k: getattr(cfg, k) for k in keys}, "adapter_sha256": adapter_hash(cfg.adapter)}
 
 
@@ -153,12 +158,19 @@ def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
     layout = gates.layout
     out = Path(out)
     journal = Journal(out.with_name(out.name + ".journal"), identity(cfg), state.process_index)
-    evaluate = (ab.fast if cfg.mode == "fast" else ab.straightforward)(model, gates, valset)
+    if not (cfg.adaptive or cfg.method == "sensitivity"):  # those need no gated evaluator
+        evaluate = (ab.fast if cfg.mode == "fast" else ab.straightforward)(model, gates, valset)
     mine = gates.keys[state.process_index :: state.num_processes]
     bar = tqdm(total=len(mine), unit="module", desc=f"score {cfg.method} ({cfg.mode})",
                disable=not state.is_main_process)  # fmt: skip
     extra: dict = {}
-    if cfg.method == "ab":
+    if cfg.adaptive:
+        from fanlora.score.adaptive import adaptive_scores
+
+        layers = sorted({layer for layer, _ in gates.keys})
+        adaptive_scores(model, gates, valset, journal, cfg.k_max, cfg.z, progress=bar,
+                        layers=layers[state.process_index :: state.num_processes])  # fmt: skip
+    elif cfg.method == "ab":
         ab.ab_scores(evaluate, gates, valset, cfg.metric, journal, mine, bar)
     elif cfg.method == "shapley" and cfg.scope == "layer":
         layers = sorted({layer for layer, _ in gates.keys})
@@ -187,6 +199,10 @@ def collect(cfg, journal, gates, valset, model, extra) -> list[dict]:
     from fanlora.score import ab
     from fanlora.score.sensitivity import sensitivity
 
+    if cfg.adaptive:  # every race is journalled: this only reads the journal back
+        from fanlora.score.adaptive import adaptive_scores
+
+        return adaptive_scores(model, gates, valset, journal, cfg.k_max, cfg.z)
     if cfg.method == "ab":
         return ab.ab_records(journal, gates, valset, cfg.metric)
     if cfg.method == "sensitivity":
@@ -206,7 +222,8 @@ def write_scores(cfg, out: Path, records, layout, valset, wall, log) -> dict:
     from fanlora.utils.io import atomic_write_json
 
     doc = {"format": "fanlora-scores", "model": cfg.model, "adapter": cfg.adapter,
-           "method": cfg.method, "metric": cfg.metric, "mode": cfg.mode, "scope": cfg.scope,
+           "method": cfg.method + ("-adaptive" if cfg.adaptive else ""), "metric": cfg.metric,
+           "mode": cfg.mode, "scope": cfg.scope,
            "validation": {"data": cfg.data, "split": cfg.split, "examples": cfg.val_examples,
                           "sequences": valset.num_sequences},
            "seed": cfg.seed, "wall_time_s": round(wall, 2), "config": asdict(cfg),
