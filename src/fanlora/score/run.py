@@ -45,8 +45,12 @@ class ScoreConfig:
     )
     budget: int = field(default=4, metadata={"help": "Shapley permutations (scope model)"})
     k_max: int = field(default=2, metadata={"help": "K_max (adaptive races, heatmap marks)"})
-    adaptive: bool = field(default=False, metadata={
-        "help": "AB-score by racing: stop each module once its place in the setting is settled"})
+    adaptive: bool = field(
+        default=False,
+        metadata={
+            "help": "AB-score by racing: stop each module once its place in the setting is settled"
+        },
+    )
     z: float = field(default=2.0, metadata={"help": "adaptive: standard errors of confidence"})
     seed: int = field(default=0, metadata={"help": "seed of the example draw and permutations"})
 
