@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from fanlora.data import builders
 from fanlora.data.bigbench import BIGBENCH_VERSION, data_root, extracted_dir
 from fanlora.data.example import SPLITS, Example, split_of
 from fanlora.errors import FanLoRAError
-from fanlora.utils.io import atomic_write_json
+from fanlora.utils.io import atomic_dir, atomic_write_json
 
 SPLIT_SEED = 0
 TASKS_FORMAT_VERSION = 1
@@ -74,9 +72,7 @@ def build_tasks(log: Callable[[str], None] = print) -> dict:
     root = extracted_dir()
     if not (root / "COMPLETE").is_file():
         raise FanLoRAError("BIG-bench is not extracted yet: run `fanlora data prepare`")
-    final = tasks_dir()
-    work = Path(tempfile.mkdtemp(prefix=".tmp-tasks-", dir=data_root()))
-    try:
+    with atomic_dir(tasks_dir()) as work:
         counts = {}
         for spec in TASKS.values():
             examples = spec.builder(root)
@@ -85,11 +81,6 @@ def build_tasks(log: Callable[[str], None] = print) -> dict:
         manifest = {"format_version": TASKS_FORMAT_VERSION, "bigbench": BIGBENCH_VERSION,
                     "split_seed": SPLIT_SEED, "counts": counts}  # fmt: skip
         atomic_write_json(work / "manifest.json", manifest)
-        if final.exists():
-            shutil.rmtree(final)
-        work.rename(final)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return manifest
 
 

@@ -15,7 +15,8 @@ from fanlora.score.evaluator import PrefixCache, ValSet, full_eval, score_of
 from fanlora.score.gates import Gates, Key
 from fanlora.score.journal import Journal
 
-Evaluate = Callable[[set, int, str], torch.Tensor]  # (open gates, layer, "on"/"off") -> stats
+# (open gates, layer, "on"/"off"[, batch indices]) -> per-sequence stats
+Evaluate = Callable[..., torch.Tensor]
 
 
 def straightforward(model, gates: Gates, valset: ValSet) -> Evaluate:
@@ -33,9 +34,9 @@ def fast(model, gates: Gates, valset: ValSet) -> Evaluate:
     gates.set_open(())
     prefixes["off"] = cache.capture()
 
-    def evaluate(open_keys: set, layer: int, base: str) -> torch.Tensor:
+    def evaluate(open_keys: set, layer: int, base: str, batches=None) -> torch.Tensor:
         gates.set_open(open_keys)
-        return cache.tail(prefixes[base], layer)
+        return cache.tail(prefixes[base], layer, batches)
 
     return evaluate
 

@@ -21,8 +21,8 @@ import math
 import torch
 
 from fanlora.errors import FanLoRAError
-from fanlora.score.ab import journalled
-from fanlora.score.evaluator import PrefixCache, ValSet
+from fanlora.score.ab import Evaluate, journalled
+from fanlora.score.evaluator import ValSet
 from fanlora.score.gates import Gates, Key
 from fanlora.score.journal import Journal
 
@@ -55,23 +55,15 @@ def settled(stats: dict[Key, tuple[float, float]], k_max: int, z: float) -> set[
 
 
 class Racer:
-    """Runs the race over the validation batches with the fast evaluator."""
+    """Per-batch, journalled d_i and n_i on top of the fast evaluator (:func:`ab.fast`)."""
 
-    def __init__(self, model, gates: Gates, valset: ValSet, journal: Journal):
-        self.cache = PrefixCache(model, valset)
-        self.gates, self.valset, self.journal = gates, valset, journal
-        gates.all_open()
-        self.on = self.cache.capture()
-        gates.set_open(())
-        self.off = self.cache.capture()
-        self.last = len(self.cache.layers) - 1
+    def __init__(self, evaluate: Evaluate, gates: Gates, journal: Journal):
+        self.evaluate, self.gates, self.journal = evaluate, gates, journal
+        self.last = gates.layers[-1]
 
     def stats(self, name: str, open_keys: set, layer: int, base: str, batch: int):
-        def compute():
-            self.gates.set_open(open_keys)
-            return self.cache.tail(self.on if base == "on" else self.off, layer, [batch])
-
-        return journalled(self.journal, f"{name}:b{batch}", compute)
+        return journalled(self.journal, f"{name}:b{batch}",
+                          lambda: self.evaluate(open_keys, layer, base, [batch]))  # fmt: skip
 
     def diffs(self, key: Key, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sequence d_i and n_i of ``key`` on one batch."""
@@ -85,17 +77,18 @@ class Racer:
         return d, all_[:, 1]
 
 
-def adaptive_scores(model, gates: Gates, valset: ValSet, journal: Journal, k_max: int,
-                    z: float = 2.0, min_batches: int = 2, progress=None,
+def adaptive_scores(evaluate: Evaluate, gates: Gates, valset: ValSet, journal: Journal,
+                    k_max: int, z: float = 2.0, min_batches: int = 2, progress=None,
                     layers: list[int] | None = None) -> list[dict]:  # fmt: skip
     """Race each of ``layers`` (default all); return records with V, its standard error
     and the batches spent (journalled, so a second call recomputes nothing)."""
-    if k_max > len({k for _, k in gates.keys}):
-        raise FanLoRAError(f"--adaptive with K_max {k_max} exceeds the {len(set(gates.keys))} "
-                           "modules per layer: nothing to decide")  # fmt: skip
-    racer = Racer(model, gates, valset, journal)
+    per_layer = len({kind for _, kind in gates.keys})
+    if k_max > per_layer:
+        raise FanLoRAError(f"--adaptive with K_max {k_max} exceeds the {per_layer} modules "
+                           "per layer: nothing to decide")  # fmt: skip
+    racer = Racer(evaluate, gates, journal)
     if layers is None:
-        layers = sorted({layer for layer, _ in gates.keys})
+        layers = gates.layers
     records = []
     for layer in layers:
         keys = [k for k in gates.keys if k[0] == layer]

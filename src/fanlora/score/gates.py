@@ -44,6 +44,10 @@ class Gates:
     def keys(self) -> list[Key]:
         return list(self.modules)
 
+    @property
+    def layers(self) -> list[int]:
+        return sorted({layer for layer, _ in self.modules})
+
     def set_open(self, open_keys: Iterable[Key]) -> None:
         """Open exactly ``open_keys``; close every other gate."""
         chosen = set(open_keys)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from fanlora.modules.discovery import ModuleLayout
 from fanlora.select.scores import ScoreRecord
 from fanlora.select.setting import top_modules
+from fanlora.utils.io import atomic_path
 
 
 def draw_heatmap(records: list[ScoreRecord], layout: ModuleLayout, k_max: int,
@@ -40,13 +39,9 @@ def draw_heatmap(records: list[ScoreRecord], layout: ModuleLayout, k_max: int,
     ax.set_title(title or f"importance scores (dots: kept, K_max = {k_max})", fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8, label="score")
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return Path(path)

@@ -162,8 +162,10 @@ def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
     layout = gates.layout
     out = Path(out)
     journal = Journal(out.with_name(out.name + ".journal"), identity(cfg), state.process_index)
-    if not (cfg.adaptive or cfg.method == "sensitivity"):  # those need no gated evaluator
-        evaluate = (ab.fast if cfg.mode == "fast" else ab.straightforward)(model, gates, valset)
+    evaluate = None  # sensitivity needs no gated evaluator; adaptive races on the fast one
+    if cfg.method != "sensitivity":
+        fast = cfg.mode == "fast" or cfg.adaptive
+        evaluate = (ab.fast if fast else ab.straightforward)(model, gates, valset)
     mine = gates.keys[state.process_index :: state.num_processes]
     bar = tqdm(total=len(mine), unit="module", desc=f"score {cfg.method} ({cfg.mode})",
                disable=not state.is_main_process)  # fmt: skip
@@ -171,14 +173,13 @@ def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
     if cfg.adaptive:
         from fanlora.score.adaptive import adaptive_scores
 
-        layers = sorted({layer for layer, _ in gates.keys})
-        adaptive_scores(model, gates, valset, journal, cfg.k_max, cfg.z, progress=bar,
-                        layers=layers[state.process_index :: state.num_processes])  # fmt: skip
+        shard = gates.layers[state.process_index :: state.num_processes]
+        adaptive_scores(evaluate, gates, valset, journal, cfg.k_max, cfg.z, progress=bar,
+                        layers=shard)  # fmt: skip
     elif cfg.method == "ab":
         ab.ab_scores(evaluate, gates, valset, cfg.metric, journal, mine, bar)
     elif cfg.method == "shapley" and cfg.scope == "layer":
-        layers = sorted({layer for layer, _ in gates.keys})
-        layers = layers[state.process_index :: state.num_processes]
+        layers = gates.layers[state.process_index :: state.num_processes]
         bar.reset(total=len(layers))
         for layer in layers:
             if f"phi:{layer}" not in journal:
@@ -195,27 +196,26 @@ def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
     if not state.is_main_process:
         return None
     journal.reload()
-    records = collect(cfg, journal, gates, valset, model, extra)
+    records = collect(cfg, journal, gates, valset, model, evaluate, extra)
     return write_scores(cfg, out, records, layout, valset, time.time() - started, log)
 
 
-def collect(cfg, journal, gates, valset, model, extra) -> list[dict]:
+def collect(cfg, journal, gates, valset, model, evaluate, extra) -> list[dict]:
     from fanlora.score import ab
     from fanlora.score.sensitivity import sensitivity
 
     if cfg.adaptive:  # every race is journalled: this only reads the journal back
         from fanlora.score.adaptive import adaptive_scores
 
-        return adaptive_scores(model, gates, valset, journal, cfg.k_max, cfg.z)
+        return adaptive_scores(evaluate, gates, valset, journal, cfg.k_max, cfg.z)
     if cfg.method == "ab":
         return ab.ab_records(journal, gates, valset, cfg.metric)
     if cfg.method == "sensitivity":
         values = sensitivity(model, gates, valset)
         return [{"layer": l_, "module": k, "score": v} for (l_, k), v in values.items()]
     if cfg.scope == "layer":
-        layers = sorted({layer for layer, _ in gates.keys})
-        return [{"layer": l_, "module": k, "score": v}
-                for l_ in layers for k, v in journal.get(f"phi:{l_}")["phi"].items()]  # fmt: skip
+        return [{"layer": l_, "module": k, "score": v} for l_ in gates.layers
+                for k, v in journal.get(f"phi:{l_}")["phi"].items()]  # fmt: skip
     return [{"layer": l_, "module": k, "score": m, "stderr": se}
             for (l_, k), (m, se) in extra.items()]  # fmt: skip
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from fanlora.utils.io import atomic_write_text
+from fanlora.utils.io import atomic_dir, atomic_write_text
 
 KEEP = 2  # complete checkpoints kept on disk
 
@@ -45,16 +44,12 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(root: Path, model, optimizer, scheduler, state: TrainState) -> Path:
     """Write ``root/step-N`` atomically, point ``root/latest`` at it, prune old ones."""
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{state.step}-", dir=root))
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-               tmp / "optim.pt")  # fmt: skip
-    (tmp / "state.json").write_text(json.dumps(asdict(state)))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with atomic_dir(final) as tmp:
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                   tmp / "optim.pt")  # fmt: skip
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
     atomic_write_text(root / "latest", final.name + "\n")
     for old in sorted(root.glob("step-*"), key=lambda p: int(p.name[5:]))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)

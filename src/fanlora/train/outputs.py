@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from fanlora.errors import FanLoRAError
-from fanlora.utils.io import atomic_write_json, read_json
+from fanlora.utils.io import atomic_dir, atomic_path, atomic_write_json, read_json
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -76,12 +74,8 @@ class RunFolder:
 
     def save_best(self, peft_model) -> None:
         """``save_pretrained`` into a temporary folder, then swap it in as ``best``."""
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-best-", dir=self.path))
-        peft_model.save_pretrained(tmp)
-        best = self.path / "best"
-        if best.exists():
-            shutil.rmtree(best)
-        os.replace(tmp, best)
+        with atomic_dir(self.path / "best") as tmp:
+            peft_model.save_pretrained(tmp)
 
     def publish_best(self) -> None:
         """Copy the best adapter's files to the folder's top level, each atomically."""
@@ -89,9 +83,8 @@ class RunFolder:
             source = self.path / "best" / name
             if not source.is_file():
                 raise FanLoRAError(f"no best adapter was saved in {self.path / 'best'}")
-            tmp = self.path / f".{name}.tmp"
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, self.path / name)
+            with atomic_path(self.path / name) as tmp:
+                shutil.copyfile(source, tmp)
 
     def write_run(self, record: dict) -> None:
         atomic_write_json(self.run_json, record)
