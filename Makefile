@@ -31,22 +31,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-# Until `fanlora run` lands, the demo runs the stages that exist: data, model, module table,
-# a short step-1 run (full LoRA, 8 steps, about 4 minutes here), step 2 (AB-scores of all
-# 210 modules, fast exact mode, about 13 minutes here) and step 3 (the setting). --resume and
-# the scoring journal make a second `make demo` skip what is finished.
+# The main job: the whole FanLoRA pipeline on the embedded default (SmolLM2-135M, steps 1-4,
+# evaluation, decoding speed, report), about 25 minutes on a 2-core CPU. A second
+# `make demo` finds every stage done; an interrupted one resumes.
 demo: install
 	$(VENV)/bin/fanlora data prepare
-	$(VENV)/bin/fanlora data list
-	$(VENV)/bin/fanlora modules --model smollm2-135m
-	$(VENV)/bin/fanlora train --model smollm2-135m --data instruct --method full-lora \
-		--rank 12 --max-steps 8 --batch-size 8 --micro-batch-size 4 --max-length 256 \
-		--eval-every 4 --eval-examples 32 --out $(DEMO_OUT)/full-lora --resume
-	$(VENV)/bin/fanlora score --model smollm2-135m --adapter $(DEMO_OUT)/full-lora \
-		--data instruct --val-examples 8 --batch-size 4 --max-length 160 \
-		--out $(DEMO_OUT)/scores.json
-	$(VENV)/bin/fanlora select --scores $(DEMO_OUT)/scores.json --k-max 2 \
-		--out $(DEMO_OUT)/setting.json
+	$(VENV)/bin/fanlora run --out $(DEMO_OUT)
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

@@ -61,3 +61,35 @@ def tiny_llama():
     from fanlora.models import load_model
 
     return load_model("tiny-random-llama")
+
+
+@pytest.fixture(scope="session")
+def tasks_home_dir(tmp_path_factory):
+    """A FANLORA_HOME whose tasks are built from the test archive (400 rows per task
+    folder, enough for every split of every task); made once per session."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bigbench_fixture import fixture_files, write_archive
+    from fanlora.data.bigbench import install_extracted, sha256_of
+    from fanlora.data.registry import build_tasks
+
+    root = tmp_path_factory.mktemp("tasks_home")
+    home = root / "home"
+    previous = os.environ["FANLORA_HOME"]
+    os.environ["FANLORA_HOME"] = str(home)
+    try:
+        archive = write_archive(root / "bigbench-1.0.0.tar.gz", fixture_files(400))
+        install_extracted(archive, expected_sha256=sha256_of(archive), log=lambda _: None)
+        build_tasks(log=lambda _: None)
+    finally:
+        os.environ["FANLORA_HOME"] = previous
+    return str(home)
+
+
+@pytest.fixture
+def tasks_home(tasks_home_dir, monkeypatch):
+    """Point FANLORA_HOME at the prepared test tasks for one test."""
+    monkeypatch.setenv("FANLORA_HOME", tasks_home_dir)
+    return tasks_home_dir

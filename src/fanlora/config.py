@@ -62,9 +62,13 @@ def _check_value(cls, key: str, value: Any, source: str) -> Any:
         int: isinstance(value, int) and not isinstance(value, bool),
         float: isinstance(value, int | float) and not isinstance(value, bool),
         str: isinstance(value, str),
+        dict: isinstance(value, dict),
     }.get(base)
     if ok is None and typing.get_origin(base) is list:
-        ok = isinstance(value, list)
+        (item,) = typing.get_args(base)
+        ok = isinstance(value, list) and all(
+            isinstance(v, item) and not isinstance(v, bool) for v in value
+        )
     if not ok:
         name = getattr(base, "__name__", str(base))
         raise FanLoRAError(f"{source}: key {key!r} must be {name}, got {value!r}")

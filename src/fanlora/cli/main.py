@@ -26,6 +26,10 @@ COMMANDS = {
     "train": "fanlora.cli.train_cmd",
     "score": "fanlora.cli.score_cmd",
     "compare": "fanlora.cli.compare_cmd",
+    "eval": "fanlora.cli.eval_cmd",
+    "run": "fanlora.cli.run_cmd",
+    "report": "fanlora.cli.report_cmd",
+    "bench": "fanlora.cli.bench_cmd",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,25 @@ def load_split(name: str, split: str, limit: int | None = None) -> list[Example]
     if not examples:
         raise FanLoRAError(f"the {split} split of {name!r} is empty")
     return examples[:limit] if limit else examples
+
+
+def load_sample(name: str, split: str, n: int | None, seed: int = 0) -> list[Example]:
+    """At most ``n`` examples of the split: a seeded draw (``random.Random(seed).sample``),
+    not the file's first rows, which may all come from one source."""
+    examples = load_split(name, split)
+    if n is not None and len(examples) > n:
+        examples = random.Random(seed).sample(examples, n)
+    return examples
+
+
+def task_metric(name: str, examples: list[Example] | None = None) -> str:
+    """The metric of a registered task; for a user file, accuracy when it has options."""
+    if name in TASKS:
+        return TASKS[name].metric
+    if examples and all(e.choices for e in examples):
+        return "accuracy"
+    raise FanLoRAError(f"{name} is not a registered task and has no options: pass --metric "
+                       "(f1_em, sql_em, number_acc or accuracy)")  # fmt: skip
 
 
 USER_SUFFIXES = (".jsonl", ".json", ".csv")

@@ -7,19 +7,16 @@ from pathlib import Path
 from fanlora.modules.discovery import ModuleLayout
 from fanlora.select.scores import ScoreRecord
 from fanlora.select.setting import top_modules
-from fanlora.utils.io import atomic_path
+from fanlora.utils.plotting import pyplot, save_figure
 
 
 def draw_heatmap(records: list[ScoreRecord], layout: ModuleLayout, k_max: int,
                  path: str | Path, title: str = "") -> Path:  # fmt: skip
     """Write a PNG: colour = score (blue < 0 < red), a dot = kept for ``k_max``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm
 
+    plt = pyplot()
     kinds = list(layout.kinds)
     grid = np.full((layout.num_layers, len(kinds)), np.nan)
     for r in records:
@@ -39,9 +36,4 @@ def draw_heatmap(records: list[ScoreRecord], layout: ModuleLayout, k_max: int,
     ax.set_title(title or f"importance scores (dots: kept, K_max = {k_max})", fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8, label="score")
     fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import torch
 
 from fanlora.errors import FanLoRAError
+from fanlora.models.adapters import adapter_hash
 
 METHODS = ("ab", "shapley", "sensitivity")
 
@@ -70,63 +69,23 @@ class ScoreConfig:
 
 def load_adapter(cfg: ScoreConfig):
     """(peft model, tokenizer, layout); a clear error when the adapter does not fit."""
-    from peft import PeftModel
-
     from fanlora.models import load_model
+    from fanlora.models.adapters import attach_adapter, check_adapter_folder
     from fanlora.modules import discover_layout
 
-    if not (Path(cfg.adapter) / "adapter_config.json").is_file():
-        raise FanLoRAError(f"{cfg.adapter} is not a PEFT adapter folder (no adapter_config.json)")
+    check_adapter_folder(cfg.adapter)
     base, tokenizer = load_model(cfg.model)
     layout = discover_layout(base)
-    check_adapter_modules(cfg.adapter, base, cfg.model)
-    try:
-        model = PeftModel.from_pretrained(base, cfg.adapter).eval()
-    except Exception as exc:
-        raise FanLoRAError(f"the adapter {cfg.adapter} does not match model {cfg.model!r}: "
-                           f"{type(exc).__name__}: {str(exc)[:300]}") from None  # fmt: skip
+    model = attach_adapter(base, cfg.adapter, cfg.model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer, layout
 
 
-def check_adapter_modules(folder: str, base, model_name: str) -> None:
-    """Every LoRA weight in the adapter must belong to a module of ``base`` (PEFT itself
-    loads what matches and skips the rest, so a 6-layer adapter would load on 4 layers)."""
-    from safetensors import safe_open
-
-    path = Path(folder) / "adapter_model.safetensors"
-    if not path.is_file():
-        raise FanLoRAError(f"{folder} has no adapter_model.safetensors")
-    with safe_open(path, "pt") as handle:
-        keys = list(handle.keys())
-    names = set(dict(base.named_modules()))
-    wrapped = {k.removeprefix("base_model.model.").split(".lora_")[0]
-               for k in keys if ".lora_" in k}  # fmt: skip
-    missing = sorted(n for n in wrapped if n not in names)
-    if missing:
-        raise FanLoRAError(
-            f"the adapter {folder} does not match model {model_name!r}: it has LoRA weights "
-            f"for modules the model lacks, e.g. {missing[:3]}"
-        )
-
-
-def adapter_hash(folder: str) -> str:
-    digest = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        path = Path(folder) / name
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def draw_examples(cfg: ScoreConfig):
-    from fanlora.data import load_split
+    from fanlora.data.registry import load_sample
 
-    examples = load_split(cfg.data, cfg.split)
-    if len(examples) > cfg.val_examples:  # a seeded draw, not the file's first rows
-        examples = random.Random(cfg.seed).sample(examples, cfg.val_examples)
-    return examples
+    return load_sample(cfg.data, cfg.split, cfg.val_examples, cfg.seed)
 
 
 def identity(cfg: ScoreConfig) -> dict:

@@ -72,6 +72,16 @@ class FanLoRASetting:
         """How many layers keep each kind (the paper's figure 1)."""
         return {k: sum(k in kinds for kinds in self.layers) for k in self.layout.kinds}
 
+    def params_per_rank(self) -> int:
+        """LoRA parameters per unit of rank: sum over kept modules of (d_in + d_out)."""
+        return sum(sum(self.layout.shapes[k]) for kinds in self.layers for k in kinds)
+
+    def matched_rank(self, r: int) -> int:
+        """The rank of LoRA on *every* module whose parameter count is closest to this
+        setting's at rank ``r``: round(r * P_setting / P_all), at least 1."""
+        all_kinds = self.layout.num_layers * sum(sum(v) for v in self.layout.shapes.values())
+        return max(1, round(r * self.params_per_rank() / all_kinds))
+
     def to_lora_config(self, r: int = 12, alpha: int | None = None, dropout: float = 0.05, **kw):
         """A PEFT ``LoraConfig`` wrapping exactly the kept modules.
 

@@ -1,0 +1,191 @@
+"""``fanlora bench decode`` / ``fanlora bench tenants``: serving speed on this machine.
+
+Examples::
+
+    fanlora bench decode --setting S.json --out bench/results/decode.json
+    fanlora bench tenants --setting S.json --out bench/results/tenants.json
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+from fanlora.errors import FanLoRAError
+
+
+def _common(p) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="the base model")
+    p.add_argument("--setting", help="FanLoRA setting JSON (default: a seeded random "
+                                     "placement of 2 modules per layer)")  # fmt: skip
+    p.add_argument("--rank", type=int, default=12, help="LoRA rank of every adapter")
+    p.add_argument("--out", required=True, help="JSON to write (a .md table lands beside it)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="serving benchmarks: decoding speed, mixed-tenant batches")
+    bench = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    d = bench.add_parser("decode", help="table 3: unmerged PEFT adapters, beam 1 and 3")
+    _common(d)
+    d.add_argument("--methods", nargs="+", default=["fanlora", "lora", "adalora", "ia3"])
+    d.add_argument("--beams", type=int, nargs="+", default=[1, 3])
+    d.add_argument("--runs", type=int, default=5, help="timed runs per variant")
+    d.add_argument("--new-tokens", type=int, default=32)
+    d.add_argument("--prompt-tokens", type=int, default=276)
+    d.set_defaults(func=run_decode)
+    t = bench.add_parser("tenants", help="mixed-tenant batches: PEFT vs the batched path")
+    _common(t)
+    t.add_argument("--kinds", nargs="+", default=["fanlora", "lora"])
+    t.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    t.add_argument("--batch", type=int, default=32, help="requests per batch in the sweep")
+    t.add_argument("--runs", type=int, default=2, help="timed runs per point of the sweep")
+    t.add_argument("--new-tokens", type=int, default=16)
+    t.add_argument("--prompt-tokens", type=int, default=64)
+    t.add_argument("--goal-sizes", type=int, nargs="*", default=[16, 64],
+                   help="batches of this many distinct FanLoRA tenants (the goals)")  # fmt: skip
+    t.add_argument("--goal-runs", type=int, default=3)
+    t.add_argument("--goal-new-tokens", type=int, default=32)
+    t.add_argument("--goal-prompt-tokens", type=int, default=128)
+    t.set_defaults(func=run_tenants)
+
+
+def load_setting(args):
+    from fanlora.models import load_config
+    from fanlora.modules.discovery import layout_from_config
+    from fanlora.select import FanLoRASetting
+    from fanlora.train.methods import random_setting
+
+    if args.setting:
+        return FanLoRASetting.load(args.setting), args.setting
+    layout = layout_from_config(load_config(args.model))
+    two = FanLoRASetting(args.model, 2, layout, [list(layout.kinds)[:2]] * layout.num_layers)
+    return random_setting(two, seed=0), "random 2 per layer (seed 0)"
+
+
+def envelope(args, kind: str, started: float, setting_source: str, body: dict) -> dict:
+    import torch
+
+    from fanlora.train.run import versions
+
+    return {
+        "benchmark": kind,
+        "model": args.model,
+        "setting": setting_source,
+        "rank": args.rank,
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "wall_time_s": round(time.time() - started, 1),
+        "versions": versions(),
+        **body,
+    }
+
+
+def write(out: str, doc: dict, table: str) -> None:
+    from fanlora.utils.io import atomic_write_json, atomic_write_text
+
+    atomic_write_json(out, json.loads(json.dumps(doc, default=float)))
+    atomic_write_text(Path(out).with_suffix(".md"), table)
+    print(table)
+    print(f"wrote {out} and {Path(out).with_suffix('.md')}")
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]) + "\n"
+
+
+def run_decode(args) -> int:
+    from fanlora.serve.bench import bench_decode
+
+    if args.runs < 1 or args.new_tokens < 1 or args.prompt_tokens < 1:
+        raise FanLoRAError("--runs, --new-tokens and --prompt-tokens must be >= 1")
+    started = time.time()
+    setting, source = load_setting(args)
+    body = bench_decode(args.model, setting, args.methods, args.rank, args.beams, args.runs,
+                        args.new_tokens, args.prompt_tokens)  # fmt: skip
+    rows = [[r["variant"], r["beams"], f"{r['tokens_per_s_median']:.1f}",
+             f"{r['tokens_per_s_p90']:.1f}", f"{100 * r['speed_vs_base']:.1f}%",
+             f"{r['adapter_params']:,}", f"{r['peak_extra_mb_median']:.1f}"]
+            for r in body["rows"]]  # fmt: skip
+    ph = body["physical"]
+    table = md_table(
+        [
+            "variant",
+            "beams",
+            "tok/s median",
+            "tok/s p90",
+            "vs base",
+            "adapter params",
+            "peak extra MB",
+        ],
+        rows,
+    ) + (
+        f"\nBase model at beam 1: {100 * ph['base_share_of_limit']:.0f}% of the bandwidth "
+        f"limit ({ph['limit_tokens_per_s_batch1']:.1f} tok/s = "
+        f"{ph['memory_bandwidth_gb_s']:.1f} GB/s / {ph['weight_bytes'] / 1e6:.0f} MB).\n"
+    )
+    write(args.out, envelope(args, "decode", started, source, body), table)
+    return 0
+
+
+def run_tenants(args) -> int:
+    from fanlora.serve.bench import bench_goals, bench_sweep, plot_sweep
+
+    started = time.time()
+    setting, source = load_setting(args)
+    goals = {}
+    if args.goal_sizes:
+        goals = bench_goals(args.model, setting, args.rank, args.goal_runs, args.goal_new_tokens,
+                            args.goal_prompt_tokens, args.goal_sizes)  # fmt: skip
+    sweep = (
+        bench_sweep(
+            args.model,
+            setting,
+            args.kinds,
+            args.counts,
+            args.batch,
+            args.rank,
+            args.runs,
+            args.new_tokens,
+            args.prompt_tokens,
+        )
+        if args.counts
+        else []
+    )
+    verdict = judge(goals)
+    doc = envelope(args, "tenants", started, source, {"goals": goals, "goal_check": verdict,
+                                                      "sweep": sweep})  # fmt: skip
+    if sweep:
+        plot_sweep(sweep, Path(args.out).with_suffix(".png"))
+    rows = [[r["kind"], r["tenants"], r["path"], f"{r['tokens_per_s_median']:.1f}",
+             f"{r['latency_s_median']:.2f}"] for r in sweep]  # fmt: skip
+    table = md_table(["adapters", "tenants", "path", "tok/s", "s per batch"], rows)
+    table += "".join(f"\n- {k}: {v}" for k, v in verdict.items()) + "\n"
+    write(args.out, doc, table)
+    return 0
+
+
+def judge(goals: dict) -> dict:
+    """The issue's goals (16 and 64 tenants by default), each with the measured ratio and
+    whether it is met."""
+    out = {}
+    sizes = sorted(goals, key=int)
+    if sizes:
+        n, r = sizes[0], goals[sizes[0]]["ratios"]
+        out[f"{n} tenants: batched >= 1.3x PEFT"] = f"{r['batched_vs_peft']:.2f}x: " + (
+            "met" if r["batched_vs_peft"] >= 1.3 else "not met"
+        )
+        out[f"{n} tenants: batched within 5% of one adapter"] = (
+            f"{r['batched_distinct_vs_one_adapter']:.3f}: "
+            + ("met" if r["batched_distinct_vs_one_adapter"] >= 0.95 else "not met")
+        )
+    if len(sizes) > 1:
+        a = goals[sizes[0]]["ratios"]["batched_vs_peft"]
+        b = goals[sizes[-1]]["ratios"]["batched_vs_peft"]
+        out[f"{sizes[-1]} tenants: the gap to PEFT widens"] = (
+            f"{b:.2f}x vs {a:.2f}x at {sizes[0]}: " + ("yes" if b > a else "no")
+        )
+    return out

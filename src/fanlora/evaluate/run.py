@@ -1,0 +1,132 @@
+"""``evaluate(cfg, out)``: a model (with or without an adapter) on one task's split.
+
+Writes ``OUT/predictions.jsonl`` (one line per example: what the model answered, what was
+right, the example's metric values) and then ``OUT/metrics.json`` (the mean of each metric
+and where it came from), both atomically, so every reported number traces to its examples.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fanlora.errors import FanLoRAError
+
+METRICS = ("accuracy", "f1_em", "sql_em", "number_acc")
+DEFAULT_NEW_TOKENS = {"f1_em": 32, "sql_em": 128, "number_acc": 24}
+
+
+@dataclass
+class EvalConfig:
+    """Options of ``fanlora eval``."""
+
+    model: str = field(default="tiny-random-llama", metadata={"help": "the base model"})
+    adapter: str | None = field(default=None, metadata={"help": "PEFT adapter folder (none: "
+                                                                 "the base model)"})  # fmt: skip
+    task: str = field(default="yesno", metadata={"help": "dataset name or a local file"})
+    split: str = field(default="test", metadata={"help": "split to evaluate",
+                                                  "choices": ("train", "dev", "test")})  # fmt: skip
+    limit: int | None = field(default=None, metadata={"help": "a seeded draw of N examples"})
+    metric: str | None = field(default=None, metadata={"help": "default: the task's (A.2)",
+                                                        "choices": METRICS})  # fmt: skip
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
+    max_length: int = field(default=512, metadata={"help": "tokens per sequence (prompt cut "
+                                                             "in the middle)"})  # fmt: skip
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "generated tokens at most (default: 32 SQuAD, 128 SQL, 24 math)"},
+    )
+    num_beams: int = field(default=1, metadata={"help": "1: greedy; paper: 3"})
+    dtype: str = field(
+        default="float32", metadata={"help": "weights dtype", "choices": ("float32", "bfloat16")}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the example draw"})
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_length", "num_beams"):
+            if getattr(self, name) < 1:
+                raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("limit", "max_new_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def choice_records(examples, loglik) -> list[dict]:
+    """Per example: options' log-likelihoods, the chosen index, the label, correctness."""
+    records = []
+    for example, scores in zip(examples, loglik, strict=True):
+        chosen = max(range(len(scores)), key=scores.__getitem__)
+        records.append({"uid": example.uid, "prediction": example.choices[chosen],
+                        "chosen": chosen, "label": example.label, "loglik": scores,
+                        "values": {"accuracy": float(chosen == example.label)}})  # fmt: skip
+    return records
+
+
+def generated_records(examples, texts, metric: str) -> list[dict]:
+    from fanlora.evaluate.metrics import score_generated
+
+    records = []
+    for example, text in zip(examples, texts, strict=True):
+        refs = list(example.references) or [example.response]
+        records.append({"uid": example.uid, "prediction": text, "references": refs,
+                        "values": score_generated(metric, text, refs)})  # fmt: skip
+    return records
+
+
+def summarize(records: list[dict], metric: str) -> dict[str, float]:
+    """Mean of each per-example value, in percent; ``metric`` is the headline one."""
+    names = records[0]["values"].keys()
+    means = {k: 100 * sum(r["values"][k] for r in records) / len(records) for k in names}
+    return {"value": round(means[metric], 4), **{k: round(v, 4) for k, v in means.items()}}
+
+
+def predict(cfg: EvalConfig, model, tokenizer, examples, metric: str, progress=None):
+    """Per-example records for ``examples`` under ``metric``."""
+    if metric == "accuracy":
+        from fanlora.evaluate.choice import option_loglik
+
+        if progress is not None:
+            progress.reset(total=sum(len(e.choices) for e in examples))
+        loglik = option_loglik(model, tokenizer, examples, cfg.max_length, cfg.batch_size,
+                               progress)  # fmt: skip
+        return choice_records(examples, loglik)
+    from fanlora.evaluate.generate import generate, prompt_ids
+
+    new = cfg.max_new_tokens or DEFAULT_NEW_TOKENS[metric]
+    prompts = prompt_ids(tokenizer, examples, cfg.max_length - new)
+    texts = generate(model, tokenizer, prompts, cfg.batch_size, new, cfg.num_beams, progress)
+    return generated_records(examples, texts, metric)
+
+
+def evaluate(cfg: EvalConfig, out: str | Path, log=print, model=None, tokenizer=None) -> dict:
+    """Evaluate and write ``out``/predictions.jsonl and ``out``/metrics.json; return the
+    metrics. ``model``/``tokenizer`` may be passed in to skip loading them again."""
+    from tqdm.auto import tqdm
+
+    from fanlora.data.registry import load_sample, task_metric
+    from fanlora.models.adapters import adapter_hash, load_with_adapter
+    from fanlora.train.run import versions
+    from fanlora.utils.io import atomic_write_json, atomic_write_text
+
+    started = time.time()
+    examples = load_sample(cfg.task, cfg.split, cfg.limit, cfg.seed)
+    metric = cfg.metric or task_metric(cfg.task, examples)
+    if model is None:
+        model, tokenizer = load_with_adapter(cfg.model, cfg.adapter, cfg.dtype)
+    what = f"{cfg.adapter or cfg.model} on {cfg.task}/{cfg.split}"
+    with tqdm(total=len(examples), desc=f"eval {cfg.task}", unit="seq") as bar:
+        records = predict(cfg, model, tokenizer, examples, metric, bar)
+    out = Path(out)
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    atomic_write_text(out / "predictions.jsonl", lines)
+    doc = {"format": "fanlora-eval", "task": cfg.task, "split": cfg.split, "metric": metric,
+           **summarize(records, metric), "examples": len(records), "config": asdict(cfg),
+           "adapter_sha256": adapter_hash(cfg.adapter) if cfg.adapter else None,
+           "predictions": "predictions.jsonl", "wall_time_s": round(time.time() - started, 2),
+           "versions": versions()}  # fmt: skip
+    atomic_write_json(out / "metrics.json", doc)
+    log(f"{what}: {metric} {doc['value']:.2f} over {len(records)} examples "
+        f"({doc['wall_time_s']:.1f} s); wrote {out}/metrics.json")  # fmt: skip
+    return doc

@@ -1,0 +1,147 @@
+"""The pipeline's config: top-level choices plus one section per stage.
+
+A YAML file looks like the embedded default (``fanlora run --print-default``)::
+
+    model: smollm2-135m
+    tasks: [yesno, choice]
+    methods: [fanlora, lora]
+    full_lora: {max_steps: 8, ...}     # step 1: any `fanlora train` option
+    scoring: {adaptive: true, ...}     # step 2: any `fanlora score` option
+    downstream: {max_steps: 6, ...}    # step 4: any `fanlora train` option
+    evaluation: {limit: 64, ...}       # any `fanlora eval` option
+    decoding: {runs: 3, ...}           # the short decoding-speed measurement
+
+Keys the pipeline sets itself (the model, the method, the adapter, the data of each step)
+are refused in the sections, as are unknown keys and wrong types; each error names the key,
+the section and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from fanlora.config import from_mapping, load_yaml
+from fanlora.errors import FanLoRAError
+from fanlora.evaluate.run import EvalConfig
+from fanlora.score.run import ScoreConfig
+from fanlora.train.config import METHODS as TRAIN_METHODS
+from fanlora.train.config import TrainConfig
+
+DOWNSTREAM_METHODS = tuple(m for m in TRAIN_METHODS if m != "full-lora")
+BUDGETS = ("matched", "as-configured")
+
+
+@dataclass
+class DecodeConfig:
+    """The pipeline's short decoding-speed measurement (table 3's protocol, fewer runs)."""
+
+    runs: int = field(default=3, metadata={"help": "timed runs per variant (after 1 warm-up)"})
+    new_tokens: int = field(default=32, metadata={"help": "tokens generated per run"})
+    prompt_tokens: int = field(default=276, metadata={"help": "prompt length (paper: 276)"})
+    beams: list[int] = field(default_factory=lambda: [1], metadata={"help": "beam sizes"})
+    batch_size: int = field(default=1, metadata={"help": "prompts per generate call"})
+
+    def __post_init__(self) -> None:
+        for name in ("runs", "new_tokens", "prompt_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise FanLoRAError(f"decoding.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.beams or min(self.beams) < 1:
+            raise FanLoRAError(f"decoding.beams must be beam sizes >= 1, got {self.beams}")
+
+
+# section name -> (dataclass, keys the pipeline sets itself)
+SECTIONS = {
+    "full_lora": (TrainConfig, ("model", "method", "setting", "seed")),
+    "scoring": (ScoreConfig, ("model", "adapter", "k_max", "seed")),
+    "downstream": (TrainConfig, ("model", "method", "data", "setting", "seed")),
+    "evaluation": (EvalConfig, ("model", "adapter", "task", "split", "seed")),
+    "decoding": (DecodeConfig, ()),
+}
+
+
+@dataclass
+class RunConfig:
+    """What ``fanlora run`` does; ``sections`` hold each stage's validated overrides."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "the backbone"})
+    seed: int = field(default=0, metadata={"help": "seed of every stage"})
+    k_max: int = field(default=2, metadata={"help": "K_max: modules kept per layer at most"})
+    tasks: list[str] = field(default_factory=lambda: ["yesno", "choice"],
+                             metadata={"help": "downstream tasks (step 4)"})  # fmt: skip
+    methods: list[str] = field(default_factory=lambda: ["fanlora", "lora"],
+                               metadata={"help": "methods tuned per task"})  # fmt: skip
+    budget: str = field(default="matched", metadata={
+        "help": "matched: LoRA/AdaLoRA ranks set so their trainable parameters match FanLoRA's",
+        "choices": BUDGETS})  # fmt: skip
+    eval_base: bool = field(default=True, metadata={"help": "also evaluate the base model"})
+    decode: bool = field(default=True, metadata={"help": "measure decoding speed"})
+    sections: dict = field(default_factory=dict, metadata={"help": "per-stage overrides"})
+
+    def __post_init__(self) -> None:
+        from fanlora.data.registry import TASKS, USER_SUFFIXES
+
+        if self.k_max < 1:
+            raise FanLoRAError(f"k_max must be >= 1, got {self.k_max}")
+        bad = [m for m in self.methods if m not in DOWNSTREAM_METHODS]
+        if bad or not self.methods:
+            raise FanLoRAError(f"unknown downstream method(s) {bad or '(none given)'}; choose "
+                               f"from {', '.join(DOWNSTREAM_METHODS)}")  # fmt: skip
+        bad = [t for t in self.tasks if t not in TASKS and Path(t).suffix not in USER_SUFFIXES]
+        if bad or not self.tasks:
+            raise FanLoRAError(f"unknown task(s) {bad or '(none given)'}; known: "
+                               f"{', '.join(TASKS)}, or a .jsonl/.json/.csv file")  # fmt: skip
+        if self.budget not in BUDGETS:
+            raise FanLoRAError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
+
+    def section(self, name: str) -> dict:
+        return dict(self.sections.get(name, {}))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_sections(data: dict, source: str) -> dict[str, dict]:
+    """Pop and check every section of ``data``: a mapping of known, not pipeline-set keys
+    that builds its dataclass (with harmless placeholders for the pipeline's keys)."""
+    sections = {}
+    for name, (cls, reserved) in SECTIONS.items():
+        section = data.pop(name, None) or {}
+        where = f"{source}: section {name!r}"
+        if not isinstance(section, dict):
+            raise FanLoRAError(f"{where} must be a mapping of keys to values")
+        taken = sorted(set(section) & set(reserved))
+        if taken:
+            keys = ", ".join(map(repr, taken))
+            raise FanLoRAError(f"{where}: key(s) {keys} are set by the pipeline itself; "
+                               "set model, seed and k_max at the top level")  # fmt: skip
+        placeholders = {"adapter": "(step 1)"} if name == "scoring" else {}
+        from_mapping(cls, {**placeholders, **section}, where)  # validates keys and types
+        sections[name] = section
+    return sections
+
+
+def run_config_from(data: dict, source: str, overrides: dict | None = None) -> RunConfig:
+    """A RunConfig from a YAML mapping; ``overrides`` (flags) replace top-level keys."""
+    data = dict(data)
+    sections = parse_sections(data, source)
+    data.update(overrides or {})
+    if "sections" in data:
+        raise FanLoRAError(f"{source}: unknown key 'sections'")
+    return from_mapping(RunConfig, {**data, "sections": sections}, source)
+
+
+DEFAULT_CONFIG = "default.yaml"
+
+
+def default_config_path() -> Path:
+    """The embedded default shipped inside the package."""
+    return Path(str(resources.files("fanlora") / "configs" / DEFAULT_CONFIG))
+
+
+def load_run_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
+    """The config at ``path`` (None: the embedded default), with top-level ``overrides``."""
+    path = Path(path) if path else default_config_path()
+    return run_config_from(load_yaml(path), str(path), overrides)

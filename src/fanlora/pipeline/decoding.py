@@ -1,0 +1,47 @@
+"""The pipeline's decoding table: the base model and each method's adapter, unmerged."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from fanlora.pipeline.config import DecodeConfig
+
+
+def decode_variants(model_name: str, adapters: dict[str, Path], params: dict, out: Path,
+                    log=print) -> dict:  # fmt: skip
+    """Time generation for the base and for each adapter (a copy of the base each, so no
+    variant pays for another's wrapped modules); write ``out`` and return it."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from fanlora.data.registry import load_sample
+    from fanlora.models.adapters import attach_adapter, load_with_adapter
+    from fanlora.serve.decode import Variant, fixed_prompt, measure
+    from fanlora.train.run import versions
+    from fanlora.utils.io import atomic_write_json
+
+    dc = DecodeConfig(**{k: v for k, v in params.items() if k in DecodeConfig.__annotations__})
+    base, tokenizer = load_with_adapter(model_name, None)
+    variants = [Variant.of("base", base)]
+    for method, folder in adapters.items():
+        model = attach_adapter(copy.deepcopy(base), folder, model_name).eval()
+        variants.append(Variant.of(method, model))
+    texts = [e.prompt for e in load_sample(params["task"], "test", 32, 0)]
+    prompt = fixed_prompt(tokenizer, texts, dc.prompt_tokens)
+    rows = []
+    total = len(dc.beams) * (dc.runs + 1) * len(variants)
+    with tqdm(total=total, desc="decode", unit="run") as bar:
+        for beams in dc.beams:
+            rows += measure(variants, prompt, dc.new_tokens, beams, dc.runs, dc.batch_size,
+                            progress=bar)  # fmt: skip
+    for row in rows:
+        log(f"  {row['variant']:<8} beams {row['beams']}: "
+            f"{row['tokens_per_s_median']:.1f} tok/s (p90 {row['tokens_per_s_p90']:.1f}), "
+            f"adapter {row['adapter_params']:,} params")  # fmt: skip
+    doc = {"format": "fanlora-decode", "model": model_name, "device": "cpu"
+           if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+           "threads": torch.get_num_threads(), "config": params, "rows": rows,
+           "versions": versions()}  # fmt: skip
+    atomic_write_json(out, doc)
+    return doc

@@ -1,0 +1,180 @@
+"""``run_pipeline(cfg, out)``: the paper's four steps, evaluation, decoding and the report.
+
+Units, in order (folder under RUN_DIR: what it holds)::
+
+    1-full-lora/                 step 1: LoRA rank r0 on every module, instruction set
+    2-scores/scores.json         step 2: AB-score of every module (+ heatmap)
+    3-setting/setting.json       step 3: at most K_max modules per layer
+    4-downstream/TASK/METHOD/    step 4: each method tuned on each task
+    5-eval/TASK/METHOD/          metrics.json + predictions.jsonl on the test split
+    6-decode/decode.json         decoding speed of the base and each method (first task)
+    report/report.{md,html}      everything above, rendered from the JSON files
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fanlora.pipeline.config import RunConfig
+from fanlora.pipeline.stages import RunDir, Unit, run_units
+
+TRAIN_OUTPUTS = ("adapter_config.json", "adapter_model.safetensors", "run.json")
+
+
+def train_unit(cfg: RunConfig, name: str, stage: str, section: dict, deps=(), run_dir=None,
+               setting_unit: str | None = None) -> Unit:  # fmt: skip
+    """A `fanlora train` run; the method and data live in ``section``."""
+    params = {"model": cfg.model, "seed": cfg.seed, **section}
+
+    def run(folder: Path) -> dict:
+        from fanlora.train.config import TrainConfig
+        from fanlora.train.run import train
+
+        extra = {}
+        if setting_unit:
+            extra["setting"] = str(run_dir.path / setting_unit / "setting.json")
+        extra.update(matched_ranks(cfg, section, extra.get("setting")))
+        tc = TrainConfig(**{**params, **extra})
+        record = train(tc, str(folder), resume=True, log=_log(run_dir))
+        return {k: record.get(k) for k in ("trainable_params", "steps", "best_dev_loss",
+                                           "train_examples", "wall_time_s")} | {
+            "method": tc.method, "rank": tc.rank, "data": tc.data}  # fmt: skip
+
+    return Unit(name, stage, params, run, TRAIN_OUTPUTS, tuple(deps))
+
+
+def matched_ranks(cfg: RunConfig, section: dict, setting_path: str | None) -> dict:
+    """With budget "matched", LoRA and AdaLoRA on every module get the rank whose trainable
+    parameters are closest to FanLoRA's at rank r1 (AdaLoRA: the average target rank, from
+    1.5x that at the start); the section's ``rank`` is r1."""
+    method = section.get("method")
+    if cfg.budget != "matched" or method not in ("lora", "adalora") or not setting_path:
+        return {}
+    from fanlora.select import FanLoRASetting
+    from fanlora.train.config import TrainConfig
+
+    r1 = section.get("rank", TrainConfig.rank)
+    rank = FanLoRASetting.load(setting_path).matched_rank(r1)
+    if method == "lora":
+        return {"rank": rank}
+    return {"adalora_target_rank": rank, "adalora_init_rank": max(rank + 1, round(1.5 * rank))}
+
+
+def _log(run_dir):
+    def log(message: str) -> None:
+        print(message, flush=True)
+        if run_dir is not None:
+            with open(run_dir.path / "pipeline.log", "a", encoding="utf-8") as handle:
+                handle.write(message + "\n")
+
+    return log
+
+
+def scores_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
+    params = {"model": cfg.model, "seed": cfg.seed, "k_max": cfg.k_max, **cfg.section("scoring")}
+
+    def run(folder: Path) -> dict:
+        from fanlora.score.run import ScoreConfig, score
+
+        adapter = str(run_dir.path / "1-full-lora")
+        doc = score(ScoreConfig(**params, adapter=adapter), folder / "scores.json",
+                    log=_log(run_dir))  # fmt: skip
+        return {"method": doc["method"], "modules": len(doc["scores"]),
+                "sequences": doc["validation"]["sequences"]}  # fmt: skip
+
+    return Unit("2-scores", "scores", params, run, ("scores.json",), ("1-full-lora",))
+
+
+def setting_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
+    def run(folder: Path) -> dict:
+        from fanlora.modules.discovery import ModuleLayout
+        from fanlora.select import parse_scores, select_setting
+        from fanlora.utils.io import read_json
+
+        doc = read_json(run_dir.path / "2-scores" / "scores.json", "scores file")
+        layout = ModuleLayout.from_dict(doc["layout"])
+        setting = select_setting(parse_scores(doc, layout), layout, cfg.k_max, model=cfg.model)
+        setting.extra["scores_file"] = "../2-scores/scores.json"
+        setting.save(folder / "setting.json")
+        _log(run_dir)(f"setting: {setting.num_modules} modules; layers per kind "
+                      f"{setting.kind_counts()}")  # fmt: skip
+        return {"modules": setting.num_modules, "kind_counts": setting.kind_counts()}
+
+    return Unit("3-setting", "setting", {"k_max": cfg.k_max}, run, ("setting.json",),
+                ("2-scores",))  # fmt: skip
+
+
+def eval_unit(cfg: RunConfig, run_dir: RunDir, task: str, method: str) -> Unit:
+    adapter_unit = None if method == "base" else f"4-downstream/{task}/{method}"
+    params = {"model": cfg.model, "task": task, "split": "test", "seed": cfg.seed,
+              **cfg.section("evaluation")}  # fmt: skip
+
+    def run(folder: Path) -> dict:
+        from fanlora.evaluate.run import EvalConfig, evaluate
+
+        adapter = str(run_dir.path / adapter_unit) if adapter_unit else None
+        doc = evaluate(EvalConfig(**params, adapter=adapter), folder, log=_log(run_dir))
+        return {"metric": doc["metric"], "value": doc["value"], "examples": doc["examples"]}
+
+    deps = (adapter_unit,) if adapter_unit else ()
+    return Unit(f"5-eval/{task}/{method}", "eval", params, run,
+                ("metrics.json", "predictions.jsonl"), deps)  # fmt: skip
+
+
+def decode_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
+    task = cfg.tasks[0]
+    params = {"model": cfg.model, "task": task, "methods": cfg.methods,
+              **cfg.section("decoding")}  # fmt: skip
+
+    def run(folder: Path) -> dict:
+        from fanlora.pipeline.decoding import decode_variants
+
+        adapters = {m: run_dir.path / f"4-downstream/{task}/{m}" for m in cfg.methods}
+        doc = decode_variants(cfg.model, adapters, params, folder / "decode.json")
+        return {"rows": len(doc["rows"])}
+
+    deps = tuple(f"4-downstream/{task}/{m}" for m in cfg.methods)
+    return Unit("6-decode", "decode", params, run, ("decode.json",), deps)
+
+
+def report_unit(run_dir: RunDir, deps: list[str]) -> Unit:
+    def run(folder: Path) -> dict:
+        from fanlora.report.render import write_report
+
+        paths = write_report(run_dir.path, folder)
+        return {"files": [str(p.relative_to(folder)) for p in paths]}
+
+    return Unit("report", "report", {"report_version": 1}, run, ("report.md", "report.html"),
+                tuple(deps))  # fmt: skip
+
+
+def build_units(cfg: RunConfig, run_dir: RunDir) -> list[Unit]:
+    """Every unit of the run, in an order that respects their dependencies."""
+    step1 = {"data": "instruct", **cfg.section("full_lora"), "method": "full-lora"}
+    units = [train_unit(cfg, "1-full-lora", "full-lora", step1, run_dir=run_dir),
+             scores_unit(cfg, run_dir), setting_unit(cfg, run_dir)]  # fmt: skip
+    for task in cfg.tasks:
+        for method in cfg.methods:
+            section = {**cfg.section("downstream"), "data": task, "method": method}
+            uses_setting = method in ("fanlora", "random") or cfg.budget == "matched"
+            units.append(train_unit(
+                cfg, f"4-downstream/{task}/{method}", "downstream", section,
+                deps=("3-setting",) if uses_setting else (), run_dir=run_dir,
+                setting_unit="3-setting" if uses_setting else None))  # fmt: skip
+    for task in cfg.tasks:
+        for method in (["base"] if cfg.eval_base else []) + cfg.methods:
+            units.append(eval_unit(cfg, run_dir, task, method))
+    if cfg.decode:
+        units.append(decode_unit(cfg, run_dir))
+    units.append(report_unit(run_dir, [u.name for u in units]))
+    return units
+
+
+def run_pipeline(cfg: RunConfig, out: str | Path, start_from: str | None = None) -> dict:
+    """Run (or resume) the whole pipeline into ``out``; return the unit records."""
+    run_dir = RunDir(out)
+    run_dir.open(cfg.to_dict())
+    units = build_units(cfg, run_dir)
+    records = run_units(run_dir, units, start_from, log=_log(run_dir))
+    _log(run_dir)(f"report: {run_dir.path / 'report' / 'report.html'}")
+    return records

@@ -1,0 +1,160 @@
+"""A run folder made of units of work that are skipped when done and redone when stale.
+
+A unit (one training run, one evaluation, ...) lives in ``RUN/<unit name>/`` and, when it
+finishes, writes ``stage.json`` there: its key, the sha256 of each output file and a
+summary. The key is ``sha256(format version, unit params, keys of the units it reads)``,
+so a changed config invalidates the unit and everything downstream of it, and nothing
+else. A unit is done when its record carries the current key and every listed output
+still has its recorded hash: an output deleted or edited by hand is recomputed. An
+interrupted unit (no record, or a record of status "running" with the same key) is
+resumed; one whose key changed is cleared first, since its partial state is stale.
+
+Written by hand: workflow tools (snakemake, luigi, prefect) would add a scheduler and
+their own config language for what is a sequential list of a dozen units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fanlora import __version__
+from fanlora.errors import FanLoRAError
+from fanlora.utils.io import atomic_write_json, read_json
+
+RUN_FORMAT = "fanlora-run"
+RUN_FORMAT_VERSION = 1
+STAGES = ("full-lora", "scores", "setting", "downstream", "eval", "decode", "report")
+
+
+@dataclass
+class Unit:
+    """One piece of work: ``run(folder)`` writes ``outputs`` (paths relative to folder)
+    and returns a JSON-able summary."""
+
+    name: str
+    stage: str
+    params: dict
+    run: Callable[[Path], dict]
+    outputs: tuple[str, ...]
+    deps: tuple[str, ...] = ()
+    key: str = field(default="", init=False)
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def unit_key(unit: Unit, dep_keys: list[str]) -> str:
+    blob = json.dumps([RUN_FORMAT_VERSION, unit.params, dep_keys], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class RunDir:
+    """``RUN/run.json`` (format, version, config) and the units' folders and records."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.run_json = self.path / "run.json"
+
+    def open(self, config: dict) -> None:
+        """Create the folder, or check an existing one was made by a compatible fanlora."""
+        if self.run_json.is_file():
+            doc = read_json(self.run_json, "run.json")
+            if doc.get("format") != RUN_FORMAT or doc.get("format_version") != RUN_FORMAT_VERSION:
+                raise FanLoRAError(
+                    f"{self.path} was made by fanlora {doc.get('fanlora', '?')} (run format "
+                    f"{doc.get('format_version', '?')}); this fanlora {__version__} reads "
+                    f"format {RUN_FORMAT_VERSION}. Use a new --out folder"
+                )
+        elif self.path.is_dir() and any(self.path.iterdir()):
+            raise FanLoRAError(f"{self.path} is not empty and holds no fanlora run (no "
+                               "run.json); choose another --out folder")  # fmt: skip
+        atomic_write_json(self.run_json, {"format": RUN_FORMAT,
+                                          "format_version": RUN_FORMAT_VERSION,
+                                          "fanlora": __version__, "config": config})  # fmt: skip
+
+    def folder(self, unit: Unit) -> Path:
+        return self.path / unit.name
+
+    def record(self, unit: Unit) -> dict | None:
+        path = self.folder(unit) / "stage.json"
+        return read_json(path, "stage record") if path.is_file() else None
+
+    def is_done(self, unit: Unit) -> bool:
+        """Finished with this key, and every output still as it was written."""
+        rec = self.record(unit)
+        if not rec or rec.get("status") != "finished" or rec.get("key") != unit.key:
+            return False
+        folder = self.folder(unit)
+        return all((folder / p).is_file() and file_hash(folder / p) == h
+                   for p, h in rec.get("outputs", {}).items())  # fmt: skip
+
+    def prepare(self, unit: Unit, force: bool) -> str:
+        """Clear a stale or forced unit folder; say whether the unit starts or resumes."""
+        folder, rec = self.folder(unit), self.record(unit)
+        stale = rec is not None and (rec.get("key") != unit.key or rec.get("status") == "finished")
+        if force or stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        resumed = folder.is_dir() and any(folder.iterdir())
+        folder.mkdir(parents=True, exist_ok=True)
+        running = {"unit": unit.name, "stage": unit.stage, "key": unit.key, "status": "running"}
+        atomic_write_json(folder / "stage.json", running)
+        return "resumes" if resumed else "starts"
+
+    def finish(self, unit: Unit, summary: dict, wall: float) -> dict:
+        folder = self.folder(unit)
+        missing = [p for p in unit.outputs if not (folder / p).is_file()]
+        if missing:
+            raise FanLoRAError(f"unit {unit.name} finished without writing {missing}")
+        record = {"unit": unit.name, "stage": unit.stage, "key": unit.key,
+                  "status": "finished", "params": unit.params, "deps": list(unit.deps),
+                  "outputs": {p: file_hash(folder / p) for p in unit.outputs},
+                  "wall_time_s": round(wall, 2), "fanlora": __version__,
+                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "summary": summary}  # fmt: skip
+        atomic_write_json(folder / "stage.json", record)
+        return record
+
+
+def run_units(run_dir: RunDir, units: list[Unit], start_from: str | None = None,
+              log=print) -> dict[str, dict]:  # fmt: skip
+    """Run ``units`` in order (each after its deps), skipping the done ones; return the
+    records. ``start_from``: units of this stage and later ones are redone regardless."""
+    if start_from is not None and start_from not in STAGES:
+        raise FanLoRAError(f"unknown stage {start_from!r} for --from; stages: {', '.join(STAGES)}")
+    forced = set(STAGES[STAGES.index(start_from) :]) if start_from else set()
+    keys: dict[str, str] = {}
+    records: dict[str, dict] = {}
+    ran: set[str] = set()  # a unit whose input was just recomputed is recomputed too
+    for i, unit in enumerate(units, 1):
+        unit.key = unit_key(unit, [keys[d] for d in unit.deps])
+        keys[unit.name] = unit.key
+        head = f"[{i}/{len(units)}] {unit.name}"
+        fresh_input = any(d in ran for d in unit.deps)
+        if unit.stage not in forced and not fresh_input and run_dir.is_done(unit):
+            records[unit.name] = run_dir.record(unit)
+            log(f"{head}: done ({records[unit.name]['wall_time_s']:.0f} s), skipped")
+            continue
+        log(f"{head}: {run_dir.prepare(unit, unit.stage in forced or fresh_input)}")
+        ran.add(unit.name)
+        started = time.time()
+        try:
+            summary = unit.run(run_dir.folder(unit))
+        except OSError as exc:  # a full disk, say: finished units are intact
+            raise FanLoRAError(
+                f"unit {unit.name} failed: {exc}. Units finished before it "
+                "are intact; fix the cause and run again to resume"
+            ) from exc
+        records[unit.name] = run_dir.finish(unit, summary or {}, time.time() - started)
+        log(f"{head}: finished in {time.time() - started:.0f} s")
+    return records

@@ -1,0 +1,1 @@
+"""Serving: decoding-speed measurement and the batched multi-tenant LoRA path."""

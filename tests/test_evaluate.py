@@ -1,0 +1,123 @@
+"""Evaluation: the A.2 metrics as pure functions, and the batched model paths."""
+
+import json
+
+import pytest
+import torch
+
+from fanlora.cli.main import main
+from fanlora.data.example import Example
+from fanlora.errors import FanLoRAError
+from fanlora.evaluate.choice import option_loglik
+from fanlora.evaluate.generate import generate, generate_ids, prompt_ids
+from fanlora.evaluate.metrics import (
+    f1_em,
+    number_acc,
+    parse_number,
+    sql_em,
+    squad_f1,
+    squad_normalize,
+)
+from fanlora.evaluate.run import EvalConfig, evaluate
+
+
+def test_squad_normalisation_and_scores_follow_the_official_script():
+    assert squad_normalize("The  Eiffel-Tower!") == "eiffeltower"
+    assert squad_normalize("an apple a day") == "apple day"
+    assert f1_em("the Nobel Prize", ["Nobel Prize"]) == {"f1": 1.0, "em": 1.0, "f1_em": 1.0}
+    # prediction "nobel prize in physics" vs "nobel prize": P = 2/4, R = 1 -> F1 = 2/3
+    assert squad_f1("Nobel Prize in physics", "Nobel Prize") == pytest.approx(2 / 3)
+    scores = f1_em("in Paris, France", ["Paris", "France"])
+    assert scores["em"] == 0.0 and scores["f1"] == pytest.approx(0.5)
+    assert f1_em("London", ["Paris"])["f1_em"] == 0.0
+
+
+def test_sql_exact_match_ignores_case_spacing_and_quotes_only():
+    ref = ["SELECT name FROM singer WHERE age > 'value' ORDER BY age DESC"]
+    assert sql_em('select name from singer where age>"value" order by age desc;', ref)["sql_em"]
+    assert sql_em("SELECT name FROM singer\nextra text", ["SELECT name FROM singer"])["sql_em"]
+    assert not sql_em("SELECT age FROM singer", ["SELECT name FROM singer"])["sql_em"]
+    assert sql_em("SELECT a FROM t WHERE x != 1", ["select a from t where x!=1"])["sql_em"]
+
+
+@pytest.mark.parametrize("text, value", [("1 / 2", 0.5), ("The answer is 1,000.", 1000.0),
+                                         ("-3.5 then 7", 7.0), ("x = -.25", -0.25),
+                                         ("no number", None), ("3 / 0", None)])  # fmt: skip
+def test_final_number_parsing(text, value):
+    assert parse_number(text) == value
+
+
+def test_number_accuracy_compares_values_not_strings():
+    assert number_acc("so the ratio is 0.5", ["1 / 2"])["number_acc"] == 1.0
+    assert number_acc("42.0", ["42"])["number_acc"] == 1.0
+    assert number_acc("41", ["42"])["number_acc"] == 0.0
+    assert number_acc("", ["42"])["number_acc"] == 0.0
+
+
+EXAMPLES = [Example(f"e{i}", "Is the sky " + "very " * i + "blue?", "Yes", ("Yes", "No maybe"),
+                    i % 2) for i in range(5)]  # fmt: skip
+
+
+@torch.no_grad()
+def manual_loglik(model, tok, example, option):
+    """log p(option + eos | prompt) computed one sequence at a time, without padding."""
+    from fanlora.data.formatting import PromptFrame, encode_example
+
+    row = encode_example(tok, PromptFrame.of(tok), example, 128, response=option)
+    ids = torch.tensor([row["input_ids"]])
+    logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    targets = torch.tensor(row["labels"][1:])
+    keep = targets != -100
+    return float(logp[keep].gather(1, targets[keep, None]).sum())
+
+
+def test_option_loglik_is_exact_and_independent_of_batching(tiny_llama):
+    model, tok = tiny_llama
+    batched = option_loglik(model, tok, EXAMPLES, 128, batch_size=4)
+    single = option_loglik(model, tok, EXAMPLES, 128, batch_size=1)
+    for example, got, alone in zip(EXAMPLES, batched, single, strict=True):
+        want = [manual_loglik(model, tok, example, o) for o in example.choices]
+        assert got == pytest.approx(want, abs=1e-4)
+        assert alone == pytest.approx(want, abs=1e-4)
+
+
+def test_left_padded_batched_generation_equals_one_at_a_time(tiny_llama):
+    model, tok = tiny_llama
+    prompts = prompt_ids(tok, EXAMPLES, 100)
+    assert len({len(p) for p in prompts}) > 1  # the batch really is padded
+    batched = generate_ids(model, tok, prompts, batch_size=5, max_new_tokens=6)
+    alone = [generate_ids(model, tok, [p], batch_size=1, max_new_tokens=6)[0] for p in prompts]
+    assert batched == alone
+    assert all(batched)  # something was generated for every prompt
+    texts = generate(model, tok, prompts, batch_size=5, max_new_tokens=6)
+    assert texts == [tok.decode(r, skip_special_tokens=True).strip() for r in batched]
+
+
+def test_evaluate_writes_metrics_that_trace_to_predictions(tasks_home, tmp_path):
+    for task in ("yesno", "squad", "math"):
+        doc = evaluate(EvalConfig(task=task, limit=6, max_new_tokens=4), tmp_path / task,
+                       log=lambda _: None)  # fmt: skip
+        text = (tmp_path / task / "predictions.jsonl").read_text()
+        lines = [json.loads(x) for x in text.splitlines()]
+        assert len(lines) == doc["examples"] == 6
+        mean = 100 * sum(x["values"][doc["metric"]] for x in lines) / len(lines)
+        assert doc["value"] == pytest.approx(mean)
+        saved = json.loads((tmp_path / task / "metrics.json").read_text())
+        assert saved["value"] == doc["value"] and saved["metric"] == doc["metric"]
+    assert json.loads((tmp_path / "squad" / "metrics.json").read_text())["metric"] == "f1_em"
+
+
+def test_eval_cli_refuses_unknown_task_and_bad_adapter(tasks_home, tmp_path, capsys):
+    assert main(["eval", "--task", "nosuch", "--out", str(tmp_path / "e")]) == 2
+    assert "unknown dataset 'nosuch'" in capsys.readouterr().err
+    (tmp_path / "adapter").mkdir()
+    code = main(["eval", "--task", "yesno", "--adapter", str(tmp_path / "adapter"),
+                 "--out", str(tmp_path / "e")])  # fmt: skip
+    assert code == 2 and "not a PEFT adapter folder" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_choice_eval_refuses_an_example_without_options(tiny_llama):
+    model, tok = tiny_llama
+    with pytest.raises(FanLoRAError, match="no options"):
+        option_loglik(model, tok, [Example("x", "p", "r")], 64, 2)

@@ -1,0 +1,217 @@
+"""`fanlora run`: stages skip when done, redo what a change invalidates, resume, report."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fanlora.cli.main import main
+from fanlora.errors import FanLoRAError
+from fanlora.pipeline.config import load_run_config, run_config_from
+from fanlora.pipeline.run import run_pipeline
+from fanlora.select import FanLoRASetting
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def tiny_data(**top) -> dict:
+    data = yaml.safe_load(TINY.read_text())
+    data.update(methods=["fanlora", "lora"], decode=True)
+    data["evaluation"].update(limit=4)
+    data["decoding"].update(runs=1, beams=[1], new_tokens=4)
+    data.update(top)
+    return data
+
+
+def tiny_cfg(**top):
+    return run_config_from(tiny_data(**top), "test")
+
+
+def run_quiet(cfg, out, start_from=None):
+    """Run the pipeline; return (records, names of the units that ran)."""
+    lines = []
+    import fanlora.pipeline.run as run_mod
+
+    original = run_mod._log
+    run_mod._log = lambda run_dir: lines.append
+    try:
+        records = run_pipeline(cfg, out, start_from)
+    finally:
+        run_mod._log = original
+    ran = [m.group(1) for line in lines if (m := re.match(r"\[\d+/\d+\] (\S+): (starts|resumes)",
+                                                          line))]  # fmt: skip
+    return records, ran
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tasks_home_dir):
+    """One finished tiny run, copied by the tests that change it."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FANLORA_HOME", tasks_home_dir)
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    records, ran = run_quiet(tiny_cfg(), out)
+    mp.undo()
+    return out, records, ran
+
+
+def copy_run(finished, tmp_path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(finished[0], out)
+    return out
+
+
+def test_every_unit_runs_once_and_the_report_traces_to_files(finished):
+    out, records, ran = finished
+    assert ran == list(records)  # a fresh run runs every unit, in order
+    assert {"1-full-lora", "2-scores", "3-setting", "6-decode", "report"} <= set(ran)
+    assert all(r["status"] == "finished" for r in records.values())
+    setting = FanLoRASetting.load(out / "3-setting" / "setting.json")
+    assert all(len(kinds) <= 2 for kinds in setting.layers)
+    report = (out / "report" / "report.md").read_text()
+    for task in ("yesno", "squad"):
+        for method in ("base", "fanlora", "lora"):
+            doc = json.loads((out / "5-eval" / task / method / "metrics.json").read_text())
+            assert f"{doc['value']:.1f}" in report
+    lora = json.loads((out / "4-downstream/yesno/lora/adapter_config.json").read_text())
+    assert lora["r"] == setting.matched_rank(4)  # the budget is matched
+    html = (out / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "<table>" in html
+    decode = json.loads((out / "6-decode" / "decode.json").read_text())
+    assert [r["variant"] for r in decode["rows"]] == ["base", "fanlora", "lora"]
+
+
+def test_a_second_run_skips_everything(finished, tasks_home, tmp_path):
+    out = copy_run(finished, tmp_path)
+    _, ran = run_quiet(tiny_cfg(), out)
+    assert ran == []
+
+
+def test_a_changed_downstream_config_redoes_only_what_it_invalidates(finished, tasks_home,
+                                                                     tmp_path):  # fmt: skip
+    out = copy_run(finished, tmp_path)
+    data = tiny_data()
+    data["downstream"]["lr"] = 0.02
+    _, ran = run_quiet(run_config_from(data, "test"), out)
+    assert not {"1-full-lora", "2-scores", "3-setting"} & set(ran)
+    assert {"5-eval/yesno/base", "5-eval/squad/base"}.isdisjoint(ran)
+    assert {"4-downstream/yesno/fanlora", "5-eval/squad/lora", "6-decode", "report"} <= set(ran)
+
+
+def test_an_output_deleted_or_edited_by_hand_is_recomputed(finished, tasks_home, tmp_path):
+    out = copy_run(finished, tmp_path)
+    (out / "5-eval/yesno/lora/metrics.json").unlink()
+    _, ran = run_quiet(tiny_cfg(), out)
+    assert ran == ["5-eval/yesno/lora", "report"]
+    setting = out / "3-setting" / "setting.json"
+    setting.write_text(setting.read_text().replace('"k_max": 2', '"k_max": 3'))
+    _, ran = run_quiet(tiny_cfg(), out)
+    assert ran[0] == "3-setting" and "4-downstream/yesno/fanlora" in ran
+
+
+def test_from_stage_forces_that_stage_and_later(finished, tasks_home, tmp_path):
+    out = copy_run(finished, tmp_path)
+    _, ran = run_quiet(tiny_cfg(), out, start_from="decode")
+    assert ran == ["6-decode", "report"]
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tasks_home, tmp_path, finished):
+    from test_train import before_each_step, kill_before_step
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tasks=["yesno"], eval_base=False, decode=False)
+    with before_each_step(kill_before_step(2)), pytest.raises(KeyboardInterrupt):
+        run_quiet(cfg, out)  # dies inside step 1, at its third optimizer step
+    assert json.loads((out / "1-full-lora" / "stage.json").read_text())["status"] == "running"
+    records, ran = run_quiet(cfg, out)
+    assert ran[0] == "1-full-lora" and records["1-full-lora"]["status"] == "finished"
+    # resuming gives the same adapter as the uninterrupted run
+    a = (out / "1-full-lora" / "adapter_model.safetensors").read_bytes()
+    b = (finished[0] / "1-full-lora" / "adapter_model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_a_full_disk_fails_the_stage_and_keeps_earlier_ones(finished, tasks_home, tmp_path,
+                                                            monkeypatch):  # fmt: skip
+    import errno
+
+    import fanlora.utils.io as io_mod
+
+    out = copy_run(finished, tmp_path)
+    (out / "5-eval/squad/fanlora/metrics.json").unlink()
+    real = io_mod.atomic_write_text
+
+    def full(path, text):
+        if "5-eval" in str(path) and "stage.json" not in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, text)
+
+    monkeypatch.setattr(io_mod, "atomic_write_text", full)
+    with pytest.raises(FanLoRAError, match=r"No space left.*intact"):
+        run_quiet(tiny_cfg(), out)
+    monkeypatch.setattr(io_mod, "atomic_write_text", real)
+    assert json.loads((out / "3-setting" / "stage.json").read_text())["status"] == "finished"
+    _, ran = run_quiet(tiny_cfg(), out)
+    assert ran == ["5-eval/squad/fanlora", "report"]
+
+
+def test_a_run_folder_of_another_format_or_not_a_run_is_refused(finished, tmp_path):
+    out = copy_run(finished, tmp_path)
+    doc = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**doc, "format_version": 99}))
+    with pytest.raises(FanLoRAError, match="run format 99"):
+        run_quiet(tiny_cfg(), out)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FanLoRAError, match="holds no fanlora run"):
+        run_quiet(tiny_cfg(), tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": 3}, r"unknown key\(s\) 'epochs'"),
+    ({"k_max": "two"}, "key 'k_max' must be int"),
+    ({"tasks": ["yesno", "nosuch"]}, r"unknown task\(s\) \['nosuch'\]"),
+    ({"methods": ["fanlora", "lorra"]}, r"unknown downstream method\(s\) \['lorra'\]"),
+    ({"downstream": {"rnk": 4}}, "section 'downstream': unknown key"),
+    ({"scoring": {"val_examples": "many"}}, "section 'scoring': key 'val_examples' must be int"),
+    ({"downstream": {"method": "lora"}}, "set by the pipeline itself"),
+    ({"decoding": {"beams": []}}, "decoding.beams"),
+])  # fmt: skip
+def test_bad_configs_fail_before_anything_runs(tmp_path, change, message):
+    data = tiny_data()
+    data.update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(FanLoRAError, match=message) as info:
+        load_run_config(path)
+    assert "bad.yaml" in str(info.value) or "unknown" in str(info.value)
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", [*CONFIGS, None], ids=[p.name for p in CONFIGS] + ["default"])
+def test_every_shipped_config_parses(path):
+    cfg = load_run_config(path)
+    assert cfg.tasks and cfg.methods
+
+
+def test_flags_override_the_config_file(tmp_path, capsys):
+    cfg = load_run_config(TINY, {"k_max": 3, "tasks": ["choice"]})
+    assert cfg.k_max == 3 and cfg.tasks == ["choice"]
+    assert main(["run", "--print-default"]) == 0
+    assert "smollm2-135m" in capsys.readouterr().out
+
+
+def test_report_command_rerenders_from_json(finished, tmp_path):
+    out = copy_run(finished, tmp_path)
+    shutil.rmtree(out / "report")
+    assert main(["report", str(out)]) == 0
+    assert (out / "report" / "report.html").is_file()
+    assert main(["report", str(tmp_path)]) == 2
