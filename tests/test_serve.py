@@ -162,3 +162,32 @@ def test_saved_adapters_carry_what_vllm_reads(adapters):
             assert key.startswith("base_model.model.") and key.endswith(
                 (".lora_A.weight", ".lora_B.weight"))  # fmt: skip
             assert key.split(".lora_")[0].split(".")[-1] in LLAMA_KINDS
+
+
+def test_bench_commands_write_json_tables_and_plot(tmp_path):
+    from fanlora.cli.main import main
+
+    out = tmp_path / "tenants.json"
+    code = main(["bench", "tenants", "--model", "tiny-random-llama", "--counts", "1", "2",
+                 "--batch", "2", "--runs", "1", "--new-tokens", "2", "--prompt-tokens", "8",
+                 "--goal-sizes", "2", "4", "--goal-runs", "1", "--goal-new-tokens", "2",
+                 "--goal-prompt-tokens", "8", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert {(r["kind"], r["tenants"], r["path"]) for r in doc["sweep"]} == {
+        (k, c, p) for k in ("fanlora", "lora") for c in (1, 2) for p in ("peft", "batched")
+    }
+    assert set(doc["goals"]) == {"2", "4"} and len(doc["goal_check"]) == 3
+    assert out.with_suffix(".png").is_file() and out.with_suffix(".md").is_file()
+    out = tmp_path / "decode.json"
+    code = main(["bench", "decode", "--model", "tiny-random-llama", "--runs", "1",
+                 "--new-tokens", "2", "--prompt-tokens", "8", "--beams", "1", "2",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    doc = json.loads(out.read_text())
+    variants = {(r["variant"], r["beams"]) for r in doc["rows"]}
+    assert variants == {(v, b) for v in ("base", "fanlora", "lora", "adalora", "ia3")
+                        for b in (1, 2)}  # fmt: skip
+    assert doc["physical"]["limit_tokens_per_s_batch1"] > 0
+    params = {r["variant"]: r["adapter_params"] for r in doc["rows"]}
+    assert params["base"] == 0 < params["ia3"] < params["fanlora"] < params["lora"]

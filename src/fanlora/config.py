@@ -98,7 +98,7 @@ def from_mapping(cls, data: dict, source: str):
     checked = {k: _check_value(cls, k, v, source) for k, v in data.items()}
     try:
         return cls(**checked)
-    except TypeError as exc:
+    except (TypeError, FanLoRAError) as exc:
         raise FanLoRAError(f"{source}: {exc}") from None
 
 
