@@ -30,6 +30,7 @@ COMMANDS = {
     "run": "fanlora.cli.run_cmd",
     "report": "fanlora.cli.report_cmd",
     "bench": "fanlora.cli.bench_cmd",
+    "experiment": "fanlora.cli.experiment_cmd",
 }
 
 

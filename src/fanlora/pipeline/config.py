@@ -26,6 +26,7 @@ from pathlib import Path
 from fanlora.config import from_mapping, load_yaml
 from fanlora.errors import FanLoRAError
 from fanlora.evaluate.run import EvalConfig
+from fanlora.pipeline.stages import STAGES
 from fanlora.score.run import ScoreConfig
 from fanlora.train.config import METHODS as TRAIN_METHODS
 from fanlora.train.config import TrainConfig
@@ -78,6 +79,10 @@ class RunConfig:
         "choices": BUDGETS})  # fmt: skip
     eval_base: bool = field(default=True, metadata={"help": "also evaluate the base model"})
     decode: bool = field(default=True, metadata={"help": "measure decoding speed"})
+    until: str = field(
+        default="report",
+        metadata={"help": "stop after this stage (setting: steps 1-3 only)", "choices": STAGES},
+    )
     sections: dict = field(default_factory=dict, metadata={"help": "per-stage overrides"})
 
     def __post_init__(self) -> None:
@@ -93,6 +98,8 @@ class RunConfig:
         if bad or not self.tasks:
             raise FanLoRAError(f"unknown task(s) {bad or '(none given)'}; known: "
                                f"{', '.join(TASKS)}, or a .jsonl/.json/.csv file")  # fmt: skip
+        if self.until not in STAGES:
+            raise FanLoRAError(f"until must be one of {', '.join(STAGES)}, got {self.until!r}")
         if self.budget not in BUDGETS:
             raise FanLoRAError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
 

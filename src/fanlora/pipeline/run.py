@@ -16,14 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from fanlora.pipeline.config import RunConfig
-from fanlora.pipeline.stages import RunDir, Unit, run_units
+from fanlora.pipeline.stages import STAGES, RunDir, Unit, run_units
 
 TRAIN_OUTPUTS = ("adapter_config.json", "adapter_model.safetensors", "run.json")
 
 
-def train_unit(cfg: RunConfig, name: str, stage: str, section: dict, deps=(), run_dir=None,
+def train_unit(cfg: RunConfig, run_dir: RunDir, name: str, stage: str, section: dict,
                setting_unit: str | None = None) -> Unit:  # fmt: skip
-    """A `fanlora train` run; the method and data live in ``section``."""
+    """A `fanlora train` run; the method and data live in ``section``; a setting unit, when
+    named, is read (fanlora, random) and sets the matched budget (lora, adalora)."""
     params = {"model": cfg.model, "seed": cfg.seed, **section}
 
     def run(folder: Path) -> dict:
@@ -40,7 +41,9 @@ def train_unit(cfg: RunConfig, name: str, stage: str, section: dict, deps=(), ru
                                            "train_examples", "wall_time_s")} | {
             "method": tc.method, "rank": tc.rank, "data": tc.data}  # fmt: skip
 
-    return Unit(name, stage, params, run, TRAIN_OUTPUTS, tuple(deps))
+    key_params = {**params, "budget": cfg.budget} if setting_unit else params
+    deps = (setting_unit,) if setting_unit else ()
+    return Unit(name, stage, key_params, run, TRAIN_OUTPUTS, deps)
 
 
 def matched_ranks(cfg: RunConfig, section: dict, setting_path: str | None) -> dict:
@@ -151,30 +154,34 @@ def report_unit(run_dir: RunDir, deps: list[str]) -> Unit:
 def build_units(cfg: RunConfig, run_dir: RunDir) -> list[Unit]:
     """Every unit of the run, in an order that respects their dependencies."""
     step1 = {"data": "instruct", **cfg.section("full_lora"), "method": "full-lora"}
-    units = [train_unit(cfg, "1-full-lora", "full-lora", step1, run_dir=run_dir),
+    units = [train_unit(cfg, run_dir, "1-full-lora", "full-lora", step1),
              scores_unit(cfg, run_dir), setting_unit(cfg, run_dir)]  # fmt: skip
     for task in cfg.tasks:
         for method in cfg.methods:
             section = {**cfg.section("downstream"), "data": task, "method": method}
-            uses_setting = method in ("fanlora", "random") or cfg.budget == "matched"
-            units.append(train_unit(
-                cfg, f"4-downstream/{task}/{method}", "downstream", section,
-                deps=("3-setting",) if uses_setting else (), run_dir=run_dir,
-                setting_unit="3-setting" if uses_setting else None))  # fmt: skip
+            matched = cfg.budget == "matched" and method in ("lora", "adalora")
+            uses_setting = method in ("fanlora", "random") or matched
+            units.append(train_unit(cfg, run_dir, f"4-downstream/{task}/{method}", "downstream",
+                                    section, "3-setting" if uses_setting else None))  # fmt: skip
     for task in cfg.tasks:
         for method in (["base"] if cfg.eval_base else []) + cfg.methods:
             units.append(eval_unit(cfg, run_dir, task, method))
     if cfg.decode:
         units.append(decode_unit(cfg, run_dir))
+    last = STAGES.index(cfg.until)
+    units = [u for u in units if STAGES.index(u.stage) <= last]
     units.append(report_unit(run_dir, [u.name for u in units]))
     return units
 
 
-def run_pipeline(cfg: RunConfig, out: str | Path, start_from: str | None = None) -> dict:
-    """Run (or resume) the whole pipeline into ``out``; return the unit records."""
+def run_pipeline(cfg: RunConfig, out: str | Path, start_from: str | None = None,
+                 reuse: list[str | Path] = ()) -> dict:  # fmt: skip
+    """Run (or resume) the whole pipeline into ``out``; return the unit records. Finished
+    units with the same key in the ``reuse`` run folders are copied instead of recomputed."""
     run_dir = RunDir(out)
     run_dir.open(cfg.to_dict())
     units = build_units(cfg, run_dir)
-    records = run_units(run_dir, units, start_from, log=_log(run_dir))
+    others = [RunDir(p) for p in reuse]
+    records = run_units(run_dir, units, start_from, log=_log(run_dir), reuse=others)
     _log(run_dir)(f"report: {run_dir.path / 'report' / 'report.html'}")
     return records

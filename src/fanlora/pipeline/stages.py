@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -44,6 +45,25 @@ class Unit:
     outputs: tuple[str, ...]
     deps: tuple[str, ...] = ()
     key: str = field(default="", init=False)
+
+
+def code_version() -> str:
+    """fanlora's version plus the git commit of its source tree when there is one."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=5, check=True)  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "src"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return f"{__version__}+{commit.stdout.strip()}" + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return __version__
 
 
 def file_hash(path: Path) -> str:
@@ -81,7 +101,8 @@ class RunDir:
                                "run.json); choose another --out folder")  # fmt: skip
         atomic_write_json(self.run_json, {"format": RUN_FORMAT,
                                           "format_version": RUN_FORMAT_VERSION,
-                                          "fanlora": __version__, "config": config})  # fmt: skip
+                                          "fanlora": __version__, "code": code_version(),
+                                          "config": config})  # fmt: skip
 
     def folder(self, unit: Unit) -> Path:
         return self.path / unit.name
@@ -126,10 +147,34 @@ class RunDir:
         return record
 
 
+def reuse_unit(run_dir: RunDir, unit: Unit, others: list[RunDir]) -> str | None:
+    """Copy a finished unit with the same key from another run folder (hard links where
+    the file system allows): the same key means the same computation. Returns its source."""
+    for other in others:
+        if other.path.resolve() != run_dir.path.resolve() and other.is_done(unit):
+            target = run_dir.folder(unit)
+            shutil.rmtree(target, ignore_errors=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".tmp-{target.name}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(other.folder(unit), tmp, copy_function=_link_or_copy)
+            tmp.rename(target)
+            return str(other.folder(unit))
+    return None
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def run_units(run_dir: RunDir, units: list[Unit], start_from: str | None = None,
-              log=print) -> dict[str, dict]:  # fmt: skip
+              log=print, reuse: list[RunDir] = ()) -> dict[str, dict]:  # fmt: skip
     """Run ``units`` in order (each after its deps), skipping the done ones; return the
-    records. ``start_from``: units of this stage and later ones are redone regardless."""
+    records. ``start_from``: units of this stage and later ones are redone regardless.
+    ``reuse``: other run folders whose finished units with the same key are copied."""
     if start_from is not None and start_from not in STAGES:
         raise FanLoRAError(f"unknown stage {start_from!r} for --from; stages: {', '.join(STAGES)}")
     forced = set(STAGES[STAGES.index(start_from) :]) if start_from else set()
@@ -144,6 +189,11 @@ def run_units(run_dir: RunDir, units: list[Unit], start_from: str | None = None,
         if unit.stage not in forced and not fresh_input and run_dir.is_done(unit):
             records[unit.name] = run_dir.record(unit)
             log(f"{head}: done ({records[unit.name]['wall_time_s']:.0f} s), skipped")
+            continue
+        source = None if unit.stage in forced or fresh_input else reuse_unit(run_dir, unit, reuse)
+        if source is not None:
+            records[unit.name] = run_dir.record(unit)
+            log(f"{head}: same unit as {source}, copied")
             continue
         log(f"{head}: {run_dir.prepare(unit, unit.stage in forced or fresh_input)}")
         ran.add(unit.name)

@@ -1,0 +1,1 @@
+"""Experiments: grids of pipeline runs, aggregated into one results JSON with tables."""

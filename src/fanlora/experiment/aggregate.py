@@ -1,0 +1,155 @@
+"""Collect an experiment's runs into ``results.json``, ``results.md`` and ``results.png``.
+
+Rows: one per (grid point, task, method) with the test metric (from
+``5-eval/TASK/METHOD/metrics.json``) and trainable parameters. Summary: rows grouped by
+everything but the seed; median, min and max over seeds. Runs made by different code
+versions (``run.json``'s ``code``) are flagged, and so are unfinished or failed runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from fanlora.utils.io import atomic_write_json, atomic_write_text, read_json
+
+
+def _read(path: Path) -> dict | None:
+    return read_json(path, path.name) if path.is_file() else None
+
+
+def point_rows(point, folder: Path) -> list[dict]:
+    rows = []
+    cfg = point.config
+    for task in cfg.tasks:
+        for method in (["base"] if cfg.eval_base else []) + cfg.methods:
+            doc = _read(folder / "5-eval" / task / method / "metrics.json")
+            if doc is None:
+                continue
+            trained = _read(folder / "4-downstream" / task / method / "run.json") or {}
+            rows.append({"point": point.name, **point.values, "task": task, "method": method,
+                         "metric": doc["metric"], "value": doc["value"],
+                         "examples": doc["examples"],
+                         "trainable_params": trained.get("trainable_params", 0)})  # fmt: skip
+    return rows
+
+
+def summarize(rows: list[dict], grid_keys: list[str]) -> list[dict]:
+    """Median, min and max over seeds of each (other grid values, task, method)."""
+    keys = [k for k in grid_keys if k != "seed"] + ["task", "method"]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(str(row.get(k)) for k in keys), []).append(row)
+    out = []
+    for group in groups.values():
+        values = [r["value"] for r in group]
+        out.append({**{k: group[0].get(k) for k in keys}, "metric": group[0]["metric"],
+                    "median": statistics.median(values), "min": min(values),
+                    "max": max(values), "runs": len(values), "values": values,
+                    "trainable_params": group[0]["trainable_params"]})  # fmt: skip
+    return out
+
+
+def aggregate(name: str, out: Path, points) -> dict:
+    rows, status, codes = [], {}, {}
+    for point in points:
+        folder = out / point.name
+        run = _read(folder / "run.json")
+        report = _read(folder / "report" / "stage.json")
+        status[point.name] = ("failed" if (folder / "failure.txt").is_file() and not report
+                              else "finished" if report and report.get("status") == "finished"
+                              else "not finished")  # fmt: skip
+        if run:
+            codes[point.name] = run.get("code", run.get("fanlora", "?"))
+        rows += point_rows(point, folder)
+    grid_keys = list(points[0].values) if points else []
+    agreement = score_agreement(out, points)
+    distinct = sorted(set(codes.values()))
+    return {"format": "fanlora-experiment", "experiment": name, "runs": status,
+            "code_versions": codes, "mixed_code_versions": len(distinct) > 1,
+            "rows": rows, "summary": summarize(rows, grid_keys),
+            "score_agreement": agreement}  # fmt: skip
+
+
+def score_agreement(out: Path, points) -> dict | None:
+    """Pairwise Spearman / Kendall / top-K agreement of the runs' step-2 scores (the
+    paper's table 4 across seeds), when at least two runs have distinct scores."""
+    from fanlora.modules.discovery import ModuleLayout
+    from fanlora.score.compare import compare
+    from fanlora.select import parse_scores
+
+    files, layout, seen = {}, None, set()
+    for point in points:
+        stage = _read(out / point.name / "2-scores" / "stage.json")
+        doc = _read(out / point.name / "2-scores" / "scores.json")
+        if not doc or not stage or stage.get("key") in seen:
+            continue
+        seen.add(stage["key"])
+        layout = ModuleLayout.from_dict(doc["layout"])
+        files[point.name] = parse_scores(doc, layout)
+    if len(files) < 2:
+        return None
+    return compare(files, layout, points[0].config.k_max)
+
+
+def render_markdown(results: dict) -> str:
+    lines = [f"# Experiment {results['experiment']}", ""]
+    if results["mixed_code_versions"]:
+        lines += [
+            "**Warning: these runs were made by different code versions: "
+            + ", ".join(sorted(set(results["code_versions"].values())))
+            + ".**",
+            "",
+        ]
+    bad = {k: v for k, v in results["runs"].items() if v != "finished"}
+    if bad:
+        lines += ["Runs not finished: " + ", ".join(f"{k} ({v})" for k, v in bad.items()), ""]
+    summary = results["summary"]
+    if summary:
+        cols = [k for k in summary[0] if k not in ("median", "min", "max", "runs", "values",
+                                                   "metric", "trainable_params")]  # fmt: skip
+        lines += ["| " + " | ".join([*cols, "params", "metric", "median", "min-max", "runs"])
+                  + " |", "|" + "---|" * (len(cols) + 5)]  # fmt: skip
+        for s in summary:
+            lines.append("| " + " | ".join([*(str(s[c]) for c in cols),
+                         f"{s['trainable_params']:,}", s["metric"], f"{s['median']:.1f}",
+                         f"{s['min']:.1f}-{s['max']:.1f}", str(s["runs"])]) + " |")  # fmt: skip
+    agree = results.get("score_agreement")
+    if agree:
+        names = list(agree["spearman"])
+        lines += ["", "Spearman correlation of the step-2 scores between runs (table 4):", "",
+                  "| | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]  # fmt: skip
+        lines += ["| " + a + " | " + " | ".join(f"{agree['spearman'][a][b]:.3f}" for b in names)
+                  + " |" for a in names]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> Path | None:
+    """Median test metric per method and task, bars from min to max over seeds."""
+    from fanlora.utils.plotting import pyplot, save_figure
+
+    summary = results["summary"]
+    if not summary:
+        return None
+    plt = pyplot()
+    tasks = sorted({s["task"] for s in summary})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        rows = [s for s in summary if s["task"] == task]
+        labels = [s["method"] + "".join(f"\n{k}={s[k]}" for k in s if k not in (
+            "task", "method", "metric", "median", "min", "max", "runs", "values",
+            "trainable_params")) for s in rows]  # fmt: skip
+        med = [s["median"] for s in rows]
+        err = [[m - s["min"] for m, s in zip(med, rows, strict=True)],
+               [s["max"] - m for m, s in zip(med, rows, strict=True)]]  # fmt: skip
+        ax.bar(range(len(rows)), med, yerr=err, capsize=3, color="#3a7d44")
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_title(f"{task} ({rows[0]['metric']})", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_results(results: dict, out: Path) -> None:
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "results.md", render_markdown(results))
+    plot(results, out / "results.png")

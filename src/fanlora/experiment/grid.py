@@ -1,0 +1,142 @@
+"""``fanlora experiment CONFIG.yaml``: a grid of ``fanlora run`` pipelines.
+
+An experiment file::
+
+    name: table1
+    run: ../tiny.yaml          # the base run config (relative to this file), or a mapping
+    out: results/runs/table1   # one run folder per grid point below this (relative to cwd)
+    reuse: [runs/demo]         # optional: other run folders whose finished units are copied
+    grid:                      # every combination; keys are run-config keys, and
+      seed: [0, 1, 2]          # "section.key" for a stage's option
+      downstream.rank: [6, 12]
+      k_max+downstream.rank: [[1, 24], [2, 12]]   # linked: set together
+
+Every point's config is built and checked before anything runs, so a typo in a method,
+task or key fails at once. Points run in order; a finished point is skipped (its units are
+done), a unit another point already computed with the same key is copied, and a point
+that crashes is recorded and the grid goes on. Then every run is aggregated
+(:mod:`fanlora.experiment.aggregate`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from fanlora.config import load_yaml
+from fanlora.errors import FanLoRAError
+from fanlora.pipeline.config import RunConfig, run_config_from
+
+
+@dataclass
+class Point:
+    """One grid point: its folder name, the values it sets, its run config."""
+
+    name: str
+    values: dict
+    config: RunConfig
+
+
+def _base_run(doc: dict, path: Path) -> dict:
+    run = doc.get("run")
+    if isinstance(run, str):
+        return load_yaml((path.parent / run).resolve())
+    if isinstance(run, dict):
+        return dict(run)
+    raise FanLoRAError(f"{path}: 'run' must be a run-config file or a mapping")
+
+
+def _apply(data: dict, key: str, value, source: str) -> dict:
+    data = {**data, **{k: dict(v) for k, v in data.items() if isinstance(v, dict)}}
+    if "." in key:
+        section, option = key.split(".", 1)
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise FanLoRAError(f"{source}: grid key {key!r}: {section!r} is not a section")
+        data[section][option] = value
+    else:
+        data[key] = value
+    return data
+
+
+def _linked(key: str, value, source: str) -> list[tuple[str, object]]:
+    """``"k_max+downstream.rank": [2, 12]`` sets both keys together (a linked grid axis)."""
+    keys = key.split("+")
+    if len(keys) == 1:
+        return [(key, value)]
+    if not isinstance(value, list) or len(value) != len(keys):
+        raise FanLoRAError(f"{source}: grid key {key!r} links {len(keys)} keys, so each of "
+                           f"its values must be a list of {len(keys)}; got {value!r}")  # fmt: skip
+    return list(zip(keys, value, strict=True))
+
+
+def point_name(values: dict) -> str:
+    """``seed=0,downstream.rank=6`` (the grid's varying keys), safe as a folder name."""
+    text = ",".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}"
+                    for k, v in values.items())  # fmt: skip
+    return "".join(c if c.isalnum() or c in "=,.+-_" else "_" for c in text) or "default"
+
+
+def reuse_folders(path: str | Path) -> list[Path]:
+    """Extra run folders (``reuse:`` in the file) whose finished units may be copied."""
+    doc = load_yaml(path)
+    extra = doc.get("reuse") or []
+    if not isinstance(extra, list):
+        raise FanLoRAError(f"{path}: 'reuse' must be a list of run folders")
+    return [Path(p) for p in extra]
+
+
+def load_experiment(path: str | Path) -> tuple[str, Path, list[Point]]:
+    """(name, output folder, points), every point's config validated."""
+    path = Path(path)
+    doc = load_yaml(path)
+    unknown = sorted(set(doc) - {"name", "run", "out", "grid", "reuse"})
+    if unknown:
+        raise FanLoRAError(f"{path}: unknown key(s) {unknown}; known: name, run, out, grid, "
+                           "reuse")  # fmt: skip
+    name = str(doc.get("name") or path.stem)
+    out = Path(doc.get("out") or f"results/runs/{name}")
+    grid = doc.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise FanLoRAError(f"{path}: 'grid' must map keys to non-empty lists of values")
+    base = _base_run(doc, path)
+    points = []
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo, strict=True))
+        varied = {k: v for k, v in values.items() if len(grid[k]) > 1}
+        data = base
+        for key, value in values.items():
+            for sub, v in _linked(key, value, str(path)):
+                data = _apply(data, sub, v, str(path))
+        where = f"{path} (grid point {point_name(values)})"
+        points.append(Point(point_name(varied), values, run_config_from(data, where)))
+    return name, out, points
+
+
+def run_experiment(path: str | Path, log=print, aggregate_only: bool = False) -> dict:
+    """Run every point (skipping finished ones), then aggregate; return the results."""
+    from fanlora.experiment.aggregate import aggregate, write_results
+    from fanlora.pipeline.run import run_pipeline
+
+    name, out, points = load_experiment(path)
+    log(f"experiment {name}: {len(points)} run(s) under {out}")
+    failures = {}
+    folders = [out / p.name for p in points] + reuse_folders(path)
+    for i, point in enumerate(points, 1):
+        folder = out / point.name
+        if aggregate_only:
+            continue
+        log(f"=== [{i}/{len(points)}] {point.name}")
+        try:
+            run_pipeline(point.config, folder, reuse=folders)
+        except (FanLoRAError, RuntimeError, ValueError, OSError) as exc:
+            failures[point.name] = f"{type(exc).__name__}: {exc}"
+            (folder).mkdir(parents=True, exist_ok=True)
+            (folder / "failure.txt").write_text(traceback.format_exc())
+            log(f"run {point.name} failed, the grid goes on: {failures[point.name]}")
+    results = aggregate(name, out, points)
+    results["failures_this_call"] = failures
+    write_results(results, out)
+    return results

@@ -1,0 +1,86 @@
+"""`fanlora experiment`: grids of pipeline runs, reuse of shared units, aggregation."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fanlora.cli.main import main
+from fanlora.errors import FanLoRAError
+from fanlora.experiment.grid import load_experiment, run_experiment
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def grid_file(tmp_path, grid, **run) -> Path:
+    base = yaml.safe_load(TINY.read_text())
+    base.update(tasks=["yesno"], methods=["fanlora", "lora"], eval_base=False, decode=False,
+                **run)  # fmt: skip
+    base["evaluation"]["limit"] = 4
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "run": base, "out": str(tmp_path / "runs"),
+                                    "grid": grid}))  # fmt: skip
+    return path
+
+
+def test_a_typo_anywhere_in_the_grid_fails_before_anything_runs(tmp_path):
+    path = grid_file(tmp_path, {"seed": [0], "methods": [["fanlora"], ["lorra"]]})
+    with pytest.raises(FanLoRAError, match=r"grid point .*methods=lorra.*unknown downstream"):
+        load_experiment(path)
+    path = grid_file(tmp_path, {"downstream.rnk": [4]})
+    assert main(["experiment", str(path)]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_grid_runs_reuse_shared_units_and_aggregate_medians(tasks_home, tmp_path, capsys):
+    path = grid_file(tmp_path, {"seed": [0, 1], "k_max": [1, 2]})
+    logs = []
+    results = run_experiment(path, log=logs.append)
+    assert set(results["runs"].values()) == {"finished"}
+    runs = tmp_path / "runs"
+    # k_max=2 reuses steps 1-2 of k_max=1 with the same seed: same key, copied not rerun
+    log = (runs / "seed=1,k_max=2" / "pipeline.log").read_text()
+    assert "2-scores: same unit as" in log and "1-full-lora: same unit as" in log
+    a = json.loads((runs / "seed=1,k_max=1/2-scores/stage.json").read_text())
+    b = json.loads((runs / "seed=1,k_max=2/2-scores/stage.json").read_text())
+    assert a == b
+    summary = {(s["k_max"], s["method"]): s for s in results["summary"]}
+    assert set(summary) == {(k, m) for k in (1, 2) for m in ("fanlora", "lora")}
+    for s in summary.values():
+        assert s["runs"] == 2 and s["min"] <= s["median"] <= s["max"]
+    saved = json.loads((runs / "results.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(results["summary"]))
+    assert (runs / "results.md").is_file() and (runs / "results.png").is_file()
+    # aggregating runs made by different code versions is flagged
+    run_json = runs / "seed=0,k_max=1" / "run.json"
+    doc = json.loads(run_json.read_text())
+    run_json.write_text(json.dumps({**doc, "code": "0.0.1+other"}))
+    again = run_experiment(path, log=logs.append, aggregate_only=True)
+    assert again["mixed_code_versions"] and "different code versions" in (
+        runs / "results.md").read_text()  # fmt: skip
+
+
+def test_a_crashing_run_is_reported_and_the_grid_goes_on(tasks_home, tmp_path, monkeypatch):
+    import fanlora.pipeline.run as run_mod
+
+    real = run_mod.run_pipeline
+
+    def flaky(cfg, out, start_from=None, reuse=()):
+        if cfg.seed == 1:
+            raise RuntimeError("simulated crash")
+        return real(cfg, out, start_from, reuse)
+
+    monkeypatch.setattr(run_mod, "run_pipeline", flaky)
+    path = grid_file(tmp_path, {"seed": [1, 0]})
+    assert main(["experiment", str(path)]) == 1
+    results = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert results["runs"] == {"seed=1": "failed", "seed=0": "finished"}
+    assert "simulated crash" in (tmp_path / "runs" / "seed=1" / "failure.txt").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((TINY.parent / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_every_shipped_experiment_parses(path):
+    _, _, points = load_experiment(path)
+    assert points and len({p.name for p in points}) == len(points)
