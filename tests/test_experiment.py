@@ -18,9 +18,10 @@ def grid_file(tmp_path, grid, **run) -> Path:
     base.update(tasks=["yesno"], methods=["fanlora", "lora"], eval_base=False, decode=False,
                 **run)  # fmt: skip
     base["evaluation"]["limit"] = 4
+    base["scoring"]["adaptive"] = False  # exact scores do not depend on K_max: shared
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump({"name": "t", "run": base, "out": str(tmp_path / "runs"),
-                                    "grid": grid}))  # fmt: skip
+                                    "grid": grid}, sort_keys=False))  # fmt: skip
     return path
 
 

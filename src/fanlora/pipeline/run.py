@@ -85,7 +85,10 @@ def scores_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
         return {"method": doc["method"], "modules": len(doc["scores"]),
                 "sequences": doc["validation"]["sequences"]}  # fmt: skip
 
-    return Unit("2-scores", "scores", params, run, ("scores.json",), ("1-full-lora",))
+    # Racing stops on the layer's top-K_max boundary, so adaptive scores depend on K_max;
+    # exact scores do not (K_max only marks the heatmap), and are shared across K_max.
+    key = params if params.get("adaptive") else {k: v for k, v in params.items() if k != "k_max"}
+    return Unit("2-scores", "scores", key, run, ("scores.json",), ("1-full-lora",))
 
 
 def setting_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
