@@ -1,6 +1,6 @@
 """`fanlora bench decode` as a script (see `fanlora bench decode --help` and bench/README.md).
 
-    python bench/decode.py --setting SETTING.json --out bench/results/decode.json
+python bench/decode.py --setting SETTING.json --out bench/results/decode.json
 """
 
 import sys

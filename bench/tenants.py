@@ -1,6 +1,6 @@
 """`fanlora bench tenants` as a script (see `fanlora bench tenants --help` and bench/README.md).
 
-    python bench/tenants.py --setting SETTING.json --out bench/results/tenants.json
+python bench/tenants.py --setting SETTING.json --out bench/results/tenants.json
 """
 
 import sys

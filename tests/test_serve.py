@@ -136,12 +136,27 @@ def test_refusals_leave_the_server_unchanged(peft_and_server, adapters, tmp_path
         server.register("a", adapters["a"])
     assert (dict(server.adapters), dict(server.wrapped)) == before
     batch = batch_of(tok, TEXTS)
-    with pytest.raises(FanLoRAError, match="request 1 names adapter 'nobody'"):
+    with pytest.raises(FanLoRAError, match="request 1: adapter 'nobody' is not registered"):
         server.forward(batch["input_ids"], batch["attention_mask"], ["a", "nobody", *NAMES[2:]])
     with torch.no_grad():  # still serves the others exactly
         want = peft_model(**batch, adapter_names=peft_names(NAMES)).logits
     got = server.forward(batch["input_ids"], batch["attention_mask"], NAMES)
     assert (got - want)[batch["attention_mask"].bool()].abs().max() < 1e-4
+
+
+def test_a_bad_request_gets_its_own_error_and_the_others_are_served(peft_and_server, tmp_path):
+    _, server, tok = peft_and_server
+    make_adapter(tmp_path / "dora", ["q_proj"], 4, 5, use_dora=True)
+    with pytest.raises(FanLoRAError):
+        server.register("dora", tmp_path / "dora")
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS[:4]]
+    names = ["a", "nobody", "dora", None]
+    kw = dict(max_new_tokens=5, do_sample=False)
+    results = server.serve(prompts, names, tok.pad_token_id, **kw)
+    assert "not registered" in results[1]["error"]
+    assert "refused at registration" in results[2]["error"] and "use_dora" in results[2]["error"]
+    alone = server.serve([prompts[0], prompts[3]], ["a", None], tok.pad_token_id, **kw)
+    assert [results[0], results[3]] == alone and len(alone[0]["tokens"]) == 5
 
 
 def test_saved_adapters_carry_what_vllm_reads(adapters):

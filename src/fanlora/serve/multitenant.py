@@ -155,6 +155,7 @@ class TenantServer:
     def __init__(self, model: nn.Module):
         self.model = model.eval()
         self.adapters: dict[str, TenantAdapter] = {}
+        self.refused: dict[str, str] = {}  # name -> why its registration failed
         self.wrapped: dict[str, TenantLinear] = {}
         self.linears = {n: m for n, m in model.named_modules() if _linear_shape(m) is not None}
 
@@ -163,7 +164,12 @@ class TenantServer:
         folder leaves the server as it was."""
         if name in self.adapters:
             raise FanLoRAError(f"an adapter named {name!r} is already registered")
-        adapter = read_adapter(name, folder, self.linears)
+        try:
+            adapter = read_adapter(name, folder, self.linears)
+        except FanLoRAError as exc:
+            self.refused[name] = str(exc)
+            raise
+        self.refused.pop(name, None)
         dtype = next(self.model.parameters()).dtype
         adapter.weights = {m: (a.to(dtype), b.to(dtype)) for m, (a, b) in adapter.weights.items()}
         for module in adapter.weights:
@@ -179,14 +185,19 @@ class TenantServer:
         setattr(parent, child, wrapper)
         self.wrapped[module] = wrapper
 
+    def problem(self, name: str | None) -> str | None:
+        """Why a request naming ``name`` cannot be served, or None."""
+        if name is None or name in self.adapters:
+            return None
+        if name in self.refused:
+            return f"adapter {name!r} was refused at registration: {self.refused[name]}"
+        known = ", ".join(sorted(self.adapters)) or "none"
+        return f"adapter {name!r} is not registered (registered: {known})"
+
     def check_names(self, names: Sequence[str | None]) -> None:
-        unknown = [(i, n) for i, n in enumerate(names) if n is not None and n not in self.adapters]
-        if unknown:
-            i, n = unknown[0]
-            raise FanLoRAError(
-                f"request {i} names adapter {n!r}, which is not registered "
-                f"(registered: {', '.join(sorted(self.adapters)) or 'none'})"
-            )
+        for i, name in enumerate(names):
+            if (why := self.problem(name)) is not None:
+                raise FanLoRAError(f"request {i}: {why}")
 
     @contextmanager
     def batch(self, names: Sequence[str | None], repeat: int = 1):
@@ -233,3 +244,28 @@ class TenantServer:
         with self.batch(names, repeat=kwargs.get("num_beams", 1)):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                        **kwargs)  # fmt: skip
+
+    @torch.no_grad()
+    def serve(self, prompts: list[list[int]], names: Sequence[str | None], pad_id: int,
+              **kwargs) -> list[dict]:  # fmt: skip
+        """Generate for each request (prompt token ids, adapter name); a request that cannot
+        be served gets ``{"error": why}`` and the others are served together as usual:
+        ``{"tokens": new token ids}``."""
+        from fanlora.evaluate.generate import left_pad
+
+        results: list[dict] = [{"error": why} if (why := self.problem(n)) else {}
+                               for n in names]  # fmt: skip
+        good = [i for i, r in enumerate(results) if not r]
+        if good:
+            batch = left_pad([prompts[i] for i in good], pad_id)
+            out = self.generate(
+                batch["input_ids"],
+                batch["attention_mask"],
+                [names[i] for i in good],
+                pad_token_id=pad_id,
+                **kwargs,
+            )
+            width = batch["input_ids"].shape[1]
+            for row, i in enumerate(good):
+                results[i] = {"tokens": out[row, width:].tolist()}
+        return results
