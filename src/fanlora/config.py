@@ -34,8 +34,11 @@ def field_types(cls) -> dict[str, Any]:
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
-    """One ``--flag`` per field; defaults are SUPPRESSed so only given flags override."""
+    """One ``--flag`` per field (not those marked ``cli=False`` in their metadata); defaults
+    are SUPPRESSed so only given flags override."""
     for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
         tp = _base_type(field_types(cls)[f.name])
         flag = "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "dest": f.name,

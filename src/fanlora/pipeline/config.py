@@ -83,7 +83,8 @@ class RunConfig:
         default="report",
         metadata={"help": "stop after this stage (setting: steps 1-3 only)", "choices": STAGES},
     )
-    sections: dict = field(default_factory=dict, metadata={"help": "per-stage overrides"})
+    sections: dict = field(default_factory=dict, metadata={"help": "per-stage overrides",
+                                                           "cli": False})  # fmt: skip
 
     def __post_init__(self) -> None:
         from fanlora.data.registry import TASKS, USER_SUFFIXES
