@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from fanlora.errors import FanLoRAError
+from fanlora.utils.io import md_table
 
 
 def _common(p) -> None:
@@ -92,11 +93,6 @@ def write(out: str, doc: dict, table: str) -> None:
     print(f"wrote {out} and {Path(out).with_suffix('.md')}")
 
 
-def md_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]) + "\n"
-
-
 def run_decode(args) -> int:
     from fanlora.serve.bench import bench_decode
 
@@ -123,7 +119,7 @@ def run_decode(args) -> int:
         ],
         rows,
     ) + (
-        f"\nBase model at beam 1: {100 * ph['base_share_of_limit']:.0f}% of the bandwidth "
+        f"\n\nBase model at beam 1: {100 * ph['base_share_of_limit']:.0f}% of the bandwidth "
         f"limit ({ph['limit_tokens_per_s_batch1']:.1f} tok/s = "
         f"{ph['memory_bandwidth_gb_s']:.1f} GB/s / {ph['weight_bytes'] / 1e6:.0f} MB).\n"
     )
@@ -162,7 +158,7 @@ def run_tenants(args) -> int:
         plot_sweep(sweep, Path(args.out).with_suffix(".png"))
     rows = [[r["kind"], r["tenants"], r["path"], f"{r['tokens_per_s_median']:.1f}",
              f"{r['latency_s_median']:.2f}"] for r in sweep]  # fmt: skip
-    table = md_table(["adapters", "tenants", "path", "tok/s", "s per batch"], rows)
+    table = md_table(["adapters", "tenants", "path", "tok/s", "s per batch"], rows) + "\n"
     table += "".join(f"\n- {k}: {v}" for k, v in verdict.items()) + "\n"
     write(args.out, doc, table)
     return 0

@@ -11,11 +11,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from fanlora.utils.io import atomic_write_json, atomic_write_text, read_json
-
-
-def _read(path: Path) -> dict | None:
-    return read_json(path, path.name) if path.is_file() else None
+from fanlora.utils.io import atomic_write_json, atomic_write_text, read_json_if_present
 
 
 def point_rows(point, folder: Path) -> list[dict]:
@@ -23,10 +19,11 @@ def point_rows(point, folder: Path) -> list[dict]:
     cfg = point.config
     for task in cfg.tasks:
         for method in (["base"] if cfg.eval_base else []) + cfg.methods:
-            doc = _read(folder / "5-eval" / task / method / "metrics.json")
+            doc = read_json_if_present(folder / "5-eval" / task / method / "metrics.json")
             if doc is None:
                 continue
-            trained = _read(folder / "4-downstream" / task / method / "run.json") or {}
+            trained = folder / "4-downstream" / task / method / "run.json"
+            trained = read_json_if_present(trained) or {}
             rows.append({"point": point.name, **point.values, "task": task, "method": method,
                          "metric": doc["metric"], "value": doc["value"],
                          "examples": doc["examples"],
@@ -54,8 +51,8 @@ def aggregate(name: str, out: Path, points) -> dict:
     rows, status, codes = [], {}, {}
     for point in points:
         folder = out / point.name
-        run = _read(folder / "run.json")
-        report = _read(folder / "report" / "stage.json")
+        run = read_json_if_present(folder / "run.json")
+        report = read_json_if_present(folder / "report" / "stage.json")
         status[point.name] = ("failed" if (folder / "failure.txt").is_file() and not report
                               else "finished" if report and report.get("status") == "finished"
                               else "not finished")  # fmt: skip
@@ -80,8 +77,8 @@ def score_agreement(out: Path, points) -> dict | None:
 
     files, layout, seen = {}, None, set()
     for point in points:
-        stage = _read(out / point.name / "2-scores" / "stage.json")
-        doc = _read(out / point.name / "2-scores" / "scores.json")
+        stage = read_json_if_present(out / point.name / "2-scores" / "stage.json")
+        doc = read_json_if_present(out / point.name / "2-scores" / "scores.json")
         if not doc or not stage or stage.get("key") in seen:
             continue
         seen.add(stage["key"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from fanlora.pipeline.config import DecodeConfig
@@ -10,23 +9,20 @@ from fanlora.pipeline.config import DecodeConfig
 
 def decode_variants(model_name: str, adapters: dict[str, Path], params: dict, out: Path,
                     log=print) -> dict:  # fmt: skip
-    """Time generation for the base and for each adapter (a copy of the base each, so no
-    variant pays for another's wrapped modules); write ``out`` and return it."""
+    """Time generation for the base and for each adapter, unmerged; write ``out`` and
+    return it."""
     import torch
     from tqdm.auto import tqdm
 
     from fanlora.data.registry import load_sample
-    from fanlora.models.adapters import attach_adapter, load_with_adapter
-    from fanlora.serve.decode import Variant, fixed_prompt, measure
+    from fanlora.models.adapters import load_with_adapter
+    from fanlora.serve.decode import fixed_prompt, measure, unmerged_variants
     from fanlora.train.run import versions
     from fanlora.utils.io import atomic_write_json
 
     dc = DecodeConfig(**{k: v for k, v in params.items() if k in DecodeConfig.__annotations__})
     base, tokenizer = load_with_adapter(model_name, None)
-    variants = [Variant.of("base", base)]
-    for method, folder in adapters.items():
-        model = attach_adapter(copy.deepcopy(base), folder, model_name).eval()
-        variants.append(Variant.of(method, model))
+    variants = unmerged_variants(base, model_name, adapters)
     texts = [e.prompt for e in load_sample(params["task"], "test", 32, 0)]
     prompt = fixed_prompt(tokenizer, texts, dc.prompt_tokens)
     rows = []

@@ -11,17 +11,7 @@ import math
 import re
 from pathlib import Path
 
-from fanlora.utils.io import atomic_write_text, read_json
-
-
-def _read(path: Path) -> dict | None:
-    return read_json(path, path.name) if path.is_file() else None
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+from fanlora.utils.io import atomic_write_text, md_table, read_json, read_json_if_present
 
 
 def stage_times(run: Path) -> list[list]:
@@ -51,11 +41,11 @@ def downstream_section(run: Path, cfg: dict) -> tuple[str, list[str]]:
         params, rank = "0", "-"
         cells = []
         for task in cfg["tasks"]:
-            trained = _read(run / "4-downstream" / task / method / "run.json")
+            trained = read_json_if_present(run / "4-downstream" / task / method / "run.json")
             if trained:
                 params = f"{trained['trainable_params']:,}"
                 rank = trained["config"]["rank"] if method != "ia3" else "-"
-            doc = _read(run / "5-eval" / task / method / "metrics.json")
+            doc = read_json_if_present(run / "5-eval" / task / method / "metrics.json")
             if doc is None:
                 cells.append("not run")
                 continue
@@ -66,7 +56,7 @@ def downstream_section(run: Path, cfg: dict) -> tuple[str, list[str]]:
         rows.append([method, params, rank, *cells])
     notes = [task_note(task, {m: results[(m, task)] for m in methods if (m, task) in results})
              for task in cfg["tasks"]]  # fmt: skip
-    return _table(header, rows), [n for n in notes if n]
+    return md_table(header, rows), [n for n in notes if n]
 
 
 def task_note(task: str, docs: dict[str, dict]) -> str:
@@ -89,7 +79,7 @@ def task_note(task: str, docs: dict[str, dict]) -> str:
 
 
 def decode_section(run: Path) -> tuple[str, list[str]]:
-    doc = _read(run / "6-decode" / "decode.json")
+    doc = read_json_if_present(run / "6-decode" / "decode.json")
     if doc is None:
         return "", []
     header = ["variant", "beams", "tokens/s (median)", "p10-p90", "adapter params",
@@ -114,7 +104,7 @@ def decode_section(run: Path) -> tuple[str, list[str]]:
              f"{cfg.get('prompt_tokens')}-token prompt, {cfg.get('new_tokens')} new tokens, "
              f"{cfg.get('runs')} timed runs per variant after a warm-up, interleaved. "
              "Source: `6-decode/decode.json`.\n\n")  # fmt: skip
-    return intro + _table(header, rows), notes
+    return intro + md_table(header, rows), notes
 
 
 def setting_section(run: Path, figures: Path) -> tuple[str, list[str]]:
@@ -129,7 +119,7 @@ def setting_section(run: Path, figures: Path) -> tuple[str, list[str]]:
     draw_setting(setting, figures / "setting.png")
     draw_kind_counts(setting, figures / "kinds.png")
     parts = []
-    scores = _read(run / "2-scores" / "scores.json")
+    scores = read_json_if_present(run / "2-scores" / "scores.json")
     if scores:
         records = parse_scores(scores, setting.layout)
         draw_heatmap(records, setting.layout, setting.k_max, figures / "scores.png",
@@ -150,14 +140,14 @@ def setting_section(run: Path, figures: Path) -> tuple[str, list[str]]:
             f"({100 * setting.num_modules / total:.0f}%); the kinds chosen most are "
             + " and ".join(f"{k} ({counts[k]} layers)" for k in top) + ".")  # fmt: skip
     parts += ["### Setting (figure 6)\n\nSource: `3-setting/setting.json`.\n\n"
-              "![setting](figures/setting.png)\n\n" + _table(["layer", "modules"], rows),
+              "![setting](figures/setting.png)\n\n" + md_table(["layer", "modules"], rows),
               "### Kinds per layer (figure 1)\n\n![kinds](figures/kinds.png)"]  # fmt: skip
     return "\n\n".join(parts), [note]
 
 
 def render_markdown(run: Path, figures: Path) -> str:
     cfg = read_json(run / "run.json", "run.json")["config"]
-    step1 = _read(run / "1-full-lora" / "run.json")
+    step1 = read_json_if_present(run / "1-full-lora" / "run.json")
     setting_md, setting_notes = setting_section(run, figures)
     down_md, down_notes = downstream_section(run, cfg)
     dec_md, dec_notes = decode_section(run)
@@ -181,7 +171,7 @@ def render_markdown(run: Path, figures: Path) -> str:
             "`4-downstream/TASK/METHOD/run.json`.", down_md]  # fmt: skip
     if dec_md:
         body += ["## Decoding (table 3)", dec_md]
-    body += ["## Wall time per unit", _table(["unit", "stage", "wall time"], stage_times(run))]
+    body += ["## Wall time per unit", md_table(["unit", "stage", "wall time"], stage_times(run))]
     return "\n".join(head) + "\n\n" + "\n\n".join(body) + "\n"
 
 

@@ -56,19 +56,15 @@ def prompt_texts(count: int = 32) -> list[str]:
 def decode_variants(model_name: str, setting, methods: list[str], rank: int, folder: Path):
     """The base model and one PEFT-wrapped copy per method (adapters written to folder)."""
     from fanlora.models import load_model
-    from fanlora.models.adapters import attach_adapter
     from fanlora.modules import discover_layout
     from fanlora.serve.adapters import method_config, write_tenants
+    from fanlora.serve.decode import unmerged_variants
 
     base, tok = load_model(model_name)
-    base.eval()
     layout = discover_layout(base)
-    variants = [Variant.of("base", base)]
-    for method in methods:
-        config = method_config(method, layout, setting, rank)
-        (path,) = write_tenants(base, config, folder / method, 1)
-        model = attach_adapter(copy.deepcopy(base), path, model_name).eval()
-        variants.append(Variant.of(method, model))
+    paths = {m: write_tenants(base, method_config(m, layout, setting, rank), folder / m, 1)[0]
+             for m in methods}  # fmt: skip
+    variants = unmerged_variants(base, model_name, paths)
     return variants, tok, base
 
 

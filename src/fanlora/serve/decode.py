@@ -38,6 +38,20 @@ class Variant:
                    sum(p.numel() * p.element_size() for p in extra))  # fmt: skip
 
 
+def unmerged_variants(base, model_name: str, adapters: dict) -> list[Variant]:
+    """The base model and, per named adapter folder, a PEFT-wrapped copy of the base (so no
+    variant pays for another's wrapped modules), all in eval mode."""
+    import copy
+
+    from fanlora.models.adapters import attach_adapter
+
+    variants = [Variant.of("base", base.eval())]
+    for name, folder in adapters.items():
+        model = attach_adapter(copy.deepcopy(base), folder, model_name).eval()
+        variants.append(Variant.of(name, model))
+    return variants
+
+
 def fixed_prompt(tokenizer, texts: list[str], n_tokens: int) -> list[int]:
     """Exactly ``n_tokens`` token ids cut from the concatenated ``texts`` (repeated if short)."""
     pieces = [

@@ -75,3 +75,14 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise FanLoRAError(f"{what} not found: {path}") from None
     except json.JSONDecodeError as exc:
         raise FanLoRAError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def read_json_if_present(path: str | os.PathLike) -> Any:
+    """The JSON at ``path``, or None when there is no such file (malformed JSON still fails)."""
+    return read_json(path, Path(path).name) if Path(path).is_file() else None
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table (no trailing newline)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
