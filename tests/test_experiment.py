@@ -85,3 +85,35 @@ def test_a_crashing_run_is_reported_and_the_grid_goes_on(tasks_home, tmp_path, m
 def test_every_shipped_experiment_parses(path):
     _, _, points = load_experiment(path)
     assert points and len({p.name for p in points}) == len(points)
+
+
+def test_keys_linked_with_the_seed_are_part_of_the_replicate():
+    from fanlora.experiment.aggregate import summarize
+
+    rows = [{"seed": s, "decode": s == 0, "k_max": k, "task": "yesno", "method": "fanlora",
+             "metric": "accuracy", "value": 50.0 + s + 10 * k, "trainable_params": 1}
+            for s in (0, 1, 2) for k in (1, 2)]  # fmt: skip
+    summary = summarize(rows, ["seed+decode", "k_max"])
+    assert sorted((s["k_max"], s["runs"], s["median"]) for s in summary) == [
+        (1, 3, 61.0), (2, 3, 71.0)]  # fmt: skip
+    assert all("decode" not in s for s in summary)
+
+
+def test_results_markdown_shows_varying_columns_and_decoding():
+    from fanlora.experiment.aggregate import render_markdown
+
+    row = {"tasks": ["yesno"], "k_max": 1, "task": "yesno", "method": "fanlora",
+           "metric": "accuracy", "median": 60.0, "min": 55.0, "max": 65.0, "runs": 3,
+           "values": [55.0, 60.0, 65.0], "trainable_params": 1000}  # fmt: skip
+    decode = {"device": "cpu", "threads": 2, "config": {"prompt_tokens": 8, "new_tokens": 4,
+              "runs": 3}, "rows": [{"variant": v, "beams": 1, "tokens_per_s_median": s,
+              "tokens_per_s_p10": s, "tokens_per_s_p90": s, "adapter_params": 0,
+              "adapter_mb": 0.0, "peak_extra_mb_median": 0.0}
+              for v, s in (("base", 10.0), ("fanlora", 8.0))]}  # fmt: skip
+    md = render_markdown({"experiment": "t", "mixed_code_versions": False,
+                          "runs": {"a": "finished"}, "score_agreement": None,
+                          "summary": [row, {**row, "k_max": 2, "median": 70.0}],
+                          "decoding": {"seed=0": decode}})  # fmt: skip
+    assert "| k_max | task | method | params |" in md and "tasks" not in md
+    assert "| 2 | yesno | fanlora | 1,000 | accuracy | 70.0 | 55.0-65.0 | 3 |" in md
+    assert "## Decoding speed, run seed=0" in md and "fanlora 80%" in md

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,6 +116,13 @@ def test_exact_layer_shapley_is_efficient(tmp_path, adapter, data_file):
         closed = {k for k in every if k[0] != layer}
         s_closed = score_of(evaluate(closed, 0, "on"), valset, "loss")
         assert phi == pytest.approx(s_all - s_closed, abs=1e-5)
+    # --layers: the same exact values, for the chosen layers only
+    some = run_score(tmp_path, adapter, data_file, "some.json", method="shapley",
+                     scope="layer", mode="straightforward", layers=[3, 1])  # fmt: skip
+    full = {(r["layer"], r["module"]): r["score"] for r in doc["scores"]}
+    part = {(r["layer"], r["module"]): r["score"] for r in some["scores"]}
+    assert {k[0] for k in part} == {1, 3}
+    assert part == pytest.approx({k: full[k] for k in part}, abs=1e-6)
 
 
 def test_monte_carlo_shapley_sums_to_all_minus_none(tmp_path, adapter, data_file):
@@ -203,6 +211,11 @@ def test_bad_inputs(tmp_path, data_file):
         run_score(tmp_path, str(tmp_path), data_file)
     with pytest.raises(FanLoRAError, match="budget"):
         ScoreConfig(adapter="x", method="shapley", budget=0)
+    with pytest.raises(FanLoRAError, match="--layers restricts"):
+        ScoreConfig(adapter="x", layers=[0])
+    with pytest.raises(FanLoRAError, match=r"--layers \[9\]: tiny-random-llama has layers 0-3"):
+        run_score(tmp_path, make_adapter(tmp_path / "ok"), data_file, method="shapley",
+                  scope="layer", layers=[1, 9])  # fmt: skip
 
 
 def test_ia3_adapter_has_no_lora_modules(tmp_path, data_file):
@@ -236,6 +249,21 @@ def test_compare_identical_and_reversed():
     assert out["spearman"]["a"]["b"] == pytest.approx(-1.0)
     assert out["kendall"]["a"]["b"] == pytest.approx(-1.0)
     assert out["topk_agreement"]["a"]["a2"] == 1.0
+    assert out["within_layer_spearman"]["a"]["b"] == pytest.approx(-1.0)
+    # a file scoring layer 1 only (exact Shapley on chosen layers): compared on layer 1
+    part = [ScoreRecord(1, k, s) for k, s in zip("qkv", (0.0, 2.0, 1.0), strict=True)]
+    out = compare({"a": a, "part": part}, layout, 1)
+    assert out["spearman"]["a"]["part"] == pytest.approx(0.5)
+    assert out["topk_agreement"]["a"]["part"] == 0.0  # a keeps v, part keeps k
+    assert out["topk_agreement"]["part"]["part"] == 1.0
+
+
+def test_compare_names_files_by_the_shortest_distinct_path():
+    from fanlora.cli.compare_cmd import short_names
+
+    assert short_names(["r/a/s.json", "r/b/s.json"]) == ["a/s.json", "b/s.json"]
+    assert short_names(["x.json", "y.json"]) == ["x.json", "y.json"]
+    assert short_names(["x.json", "x.json"]) == ["x.json#1", "x.json#2"]
 
 
 def test_cli_score_then_select_and_compare(tmp_path, adapter, data_file):
@@ -249,8 +277,11 @@ def test_cli_score_then_select_and_compare(tmp_path, adapter, data_file):
     proc = cli("select", "--scores", tmp_path / "s.json", "--out", tmp_path / "set.json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "set.json").read_text())["num_modules"] <= 8
-    proc = cli("compare", tmp_path / "s.json", tmp_path / "s.json")
+    proc = cli("compare", tmp_path / "s.json", tmp_path / "s.json", "--out", tmp_path / "c.json")
     assert proc.returncode == 0 and "spearman" in proc.stdout
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved["spearman"]["s.json#1"]["s.json#2"] == pytest.approx(1.0)
+    assert "| s.json#1 | 1.000 | 1.000 |" in (tmp_path / "c.md").read_text()
     proc = cli("score", "--adapter", tmp_path / "nope", "--out", tmp_path / "x.json")
     assert proc.returncode == 2 and "not a PEFT adapter" in proc.stderr
 
@@ -317,3 +348,15 @@ def test_two_processes_shard_modules_with_the_same_scores(tmp_path, adapter, dat
     assert [r["score"] for r in two["scores"]] == pytest.approx(
         [r["score"] for r in one["scores"]], abs=1e-6
     )
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "configs" / "scores").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_every_shipped_score_config_parses(path):
+    from fanlora.config import from_mapping, load_yaml
+
+    cfg = from_mapping(ScoreConfig, load_yaml(path), str(path))
+    assert cfg.adapter and cfg.method in ("ab", "shapley", "sensitivity")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from fanlora.utils.io import atomic_write_json, atomic_write_text, read_json_if_present
 
+STATS = ("median", "min", "max", "runs", "values", "metric", "trainable_params")
+
 
 def point_rows(point, folder: Path) -> list[dict]:
     rows = []
@@ -24,16 +26,30 @@ def point_rows(point, folder: Path) -> list[dict]:
                 continue
             trained = folder / "4-downstream" / task / method / "run.json"
             trained = read_json_if_present(trained) or {}
-            rows.append({"point": point.name, **point.values, "task": task, "method": method,
+            rows.append({"point": point.name, **flat_values(point), "task": task, "method": method,
                          "metric": doc["metric"], "value": doc["value"],
                          "examples": doc["examples"],
                          "trainable_params": trained.get("trainable_params", 0)})  # fmt: skip
     return rows
 
 
+def flat_values(point) -> dict:
+    """The point's grid values, linked axes split: ``{"seed+decode": [0, True]}`` gives
+    ``{"seed": 0, "decode": True}``."""
+    from fanlora.experiment.grid import linked_values
+
+    return {k: v for key, value in point.values.items() for k, v in linked_values(key, value)}
+
+
+def group_keys(grid_keys: list[str]) -> list[str]:
+    """The grid keys a summary groups by: all but the seed and any key linked with it
+    (``seed+decode``: decode varies with the seed, so it is part of the replicate)."""
+    return [k for key in grid_keys if "seed" not in key.split("+") for k in key.split("+")]
+
+
 def summarize(rows: list[dict], grid_keys: list[str]) -> list[dict]:
     """Median, min and max over seeds of each (other grid values, task, method)."""
-    keys = [k for k in grid_keys if k != "seed"] + ["task", "method"]
+    keys = [*group_keys(grid_keys), "task", "method"]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(str(row.get(k)) for k in keys), []).append(row)
@@ -59,13 +75,18 @@ def aggregate(name: str, out: Path, points) -> dict:
         if run:
             codes[point.name] = run.get("code", run.get("fanlora", "?"))
         rows += point_rows(point, folder)
-    grid_keys = list(points[0].values) if points else []
+    grid_keys = list(points[0].values) if points else []  # as written, linked keys joined
+    decoding = {
+        p.name: doc
+        for p in points
+        if (doc := read_json_if_present(out / p.name / "6-decode" / "decode.json"))
+    }
     agreement = score_agreement(out, points)
     distinct = sorted(set(codes.values()))
     return {"format": "fanlora-experiment", "experiment": name, "runs": status,
             "code_versions": codes, "mixed_code_versions": len(distinct) > 1,
             "rows": rows, "summary": summarize(rows, grid_keys),
-            "score_agreement": agreement}  # fmt: skip
+            "score_agreement": agreement, "decoding": decoding}  # fmt: skip
 
 
 def score_agreement(out: Path, points) -> dict | None:
@@ -103,8 +124,8 @@ def render_markdown(results: dict) -> str:
         lines += ["Runs not finished: " + ", ".join(f"{k} ({v})" for k, v in bad.items()), ""]
     summary = results["summary"]
     if summary:
-        cols = [k for k in summary[0] if k not in ("median", "min", "max", "runs", "values",
-                                                   "metric", "trainable_params")]  # fmt: skip
+        cols = [k for k in summary[0] if k in ("task", "method") or (k not in STATS
+                and len({str(s[k]) for s in summary}) > 1)]  # fmt: skip
         lines += ["| " + " | ".join([*cols, "params", "metric", "median", "min-max", "runs"])
                   + " |", "|" + "---|" * (len(cols) + 5)]  # fmt: skip
         for s in summary:
@@ -113,11 +134,15 @@ def render_markdown(results: dict) -> str:
                          f"{s['min']:.1f}-{s['max']:.1f}", str(s["runs"])]) + " |")  # fmt: skip
     agree = results.get("score_agreement")
     if agree:
-        names = list(agree["spearman"])
-        lines += ["", "Spearman correlation of the step-2 scores between runs (table 4):", "",
-                  "| | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]  # fmt: skip
-        lines += ["| " + a + " | " + " | ".join(f"{agree['spearman'][a][b]:.3f}" for b in names)
-                  + " |" for a in names]  # fmt: skip
+        from fanlora.score.compare import agreement_tables
+
+        lines += ["", "## Agreement of the step-2 scores between runs (table 4)", "",
+                  *agreement_tables(agree)]  # fmt: skip
+    for name, doc in results.get("decoding", {}).items():
+        from fanlora.report.render import decode_table
+
+        text, notes = decode_table(doc)
+        lines += ["", f"## Decoding speed, run {name} (table 3)", "", text, "", " ".join(notes)]
     return "\n".join(lines) + "\n"
 
 

@@ -61,7 +61,7 @@ def _apply(data: dict, key: str, value, source: str) -> dict:
     return data
 
 
-def _linked(key: str, value, source: str) -> list[tuple[str, object]]:
+def linked_values(key: str, value, source: str = "grid") -> list[tuple[str, object]]:
     """``"k_max+downstream.rank": [2, 12]`` sets both keys together (a linked grid axis)."""
     keys = key.split("+")
     if len(keys) == 1:
@@ -108,7 +108,7 @@ def load_experiment(path: str | Path) -> tuple[str, Path, list[Point]]:
         varied = {k: v for k, v in values.items() if len(grid[k]) > 1}
         data = base
         for key, value in values.items():
-            for sub, v in _linked(key, value, str(path)):
+            for sub, v in linked_values(key, value, str(path)):
                 data = _apply(data, sub, v, str(path))
         where = f"{path} (grid point {point_name(values)})"
         points.append(Point(point_name(varied), values, run_config_from(data, where)))

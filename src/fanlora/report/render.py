@@ -80,8 +80,11 @@ def task_note(task: str, docs: dict[str, dict]) -> str:
 
 def decode_section(run: Path) -> tuple[str, list[str]]:
     doc = read_json_if_present(run / "6-decode" / "decode.json")
-    if doc is None:
-        return "", []
+    return ("", []) if doc is None else decode_table(doc)
+
+
+def decode_table(doc: dict) -> tuple[str, list[str]]:
+    """(intro and markdown table, one note per beam width) from a ``decode.json`` doc."""
     header = ["variant", "beams", "tokens/s (median)", "p10-p90", "adapter params",
               "adapter MB", "peak extra MB"]  # fmt: skip
     rows = [[r["variant"], r["beams"], f"{r['tokens_per_s_median']:.1f}",

@@ -1,41 +1,98 @@
-"""Agreement between score files: Spearman (paper table 4), Kendall tau, top-K overlap."""
+"""Agreement between score files: Spearman (paper table 4), Kendall tau, top-K overlap.
+
+Files may score different modules (exact Shapley on a few layers, say): every statistic
+is taken over what both files score. ``within_layer_spearman`` is the mean over shared
+layers of the Spearman correlation of that layer's module scores: the ranking that the
+setting (top K_max per layer) actually uses.
+"""
 
 from __future__ import annotations
+
+import math
+import statistics
 
 from fanlora.errors import FanLoRAError
 from fanlora.modules.discovery import ModuleLayout
 from fanlora.select.scores import ScoreRecord
 from fanlora.select.setting import top_modules
 
+STATISTICS = ("spearman", "kendall", "within_layer_spearman", "topk_agreement")
+
+
+def _by_key(records: list[ScoreRecord]) -> dict[tuple[int, str], float]:
+    return {(r.layer, r.module): r.score for r in records}
+
 
 def aligned(a: list[ScoreRecord], b: list[ScoreRecord]) -> tuple[list[float], list[float]]:
     """Scores of the modules both files score, in one order."""
-    sa = {(r.layer, r.module): r.score for r in a}
-    sb = {(r.layer, r.module): r.score for r in b}
+    sa, sb = _by_key(a), _by_key(b)
     common = sorted(set(sa) & set(sb))
     if len(common) < 2:
         raise FanLoRAError("the score files share fewer than two modules")
     return [sa[k] for k in common], [sb[k] for k in common]
 
 
+def shared_layers(a: list[ScoreRecord], b: list[ScoreRecord]) -> list[int]:
+    return sorted({r.layer for r in a} & {r.layer for r in b})
+
+
 def topk_agreement(a, b, layout: ModuleLayout, k: int) -> float:
-    """Share of layers whose kept sets (top-k, non-negative) are identical."""
+    """Share of the layers both files score whose kept sets (top-k, non-negative) match."""
     ka, kb = top_modules(a, layout, k), top_modules(b, layout, k)
-    return sum(set(x) == set(y) for x, y in zip(ka, kb, strict=True)) / layout.num_layers
+    layers = shared_layers(a, b)
+    return sum(set(ka[layer]) == set(kb[layer]) for layer in layers) / len(layers)
+
+
+def within_layer_spearman(a, b) -> float:
+    """Mean over shared layers of Spearman rho between that layer's module scores (layers
+    where either file's scores are all tied are left out); NaN when none is left."""
+    from scipy.stats import spearmanr
+
+    sa, sb = _by_key(a), _by_key(b)
+    rhos = []
+    for layer in shared_layers(a, b):
+        keys = sorted(k for k in set(sa) & set(sb) if k[0] == layer)
+        xa, xb = [sa[k] for k in keys], [sb[k] for k in keys]
+        if len(keys) >= 2 and len(set(xa)) > 1 and len(set(xb)) > 1:
+            rhos.append(float(spearmanr(xa, xb).statistic))
+    return statistics.mean(rhos) if rhos else math.nan
 
 
 def compare(files: dict[str, list[ScoreRecord]], layout: ModuleLayout, k: int) -> dict:
-    """Pairwise Spearman rho, Kendall tau and top-k agreement, as matrices keyed by name."""
+    """Pairwise Spearman rho, Kendall tau, within-layer Spearman and top-k agreement, as
+    matrices keyed by name."""
     from scipy.stats import kendalltau, spearmanr
 
     names = list(files)
-    out = {"files": names, "k": k, "spearman": {}, "kendall": {}, "topk_agreement": {}}
+    out: dict = {"files": names, "k": k, **{key: {} for key in STATISTICS}}
     for x in names:
-        for key in ("spearman", "kendall", "topk_agreement"):
+        for key in STATISTICS:
             out[key][x] = {}
         for y in names:
             va, vb = aligned(files[x], files[y])
             out["spearman"][x][y] = float(spearmanr(va, vb).statistic)
             out["kendall"][x][y] = float(kendalltau(va, vb).statistic)
+            out["within_layer_spearman"][x][y] = within_layer_spearman(files[x], files[y])
             out["topk_agreement"][x][y] = topk_agreement(files[x], files[y], layout, k)
     return out
+
+
+def render_markdown(result: dict, title: str = "Agreement between score files") -> str:
+    """One markdown table per statistic of ``compare``'s result."""
+    return "\n".join([f"# {title}", "", *agreement_tables(result)])
+
+
+def agreement_tables(result: dict) -> list[str]:
+    from fanlora.utils.io import md_table
+
+    names = result["files"]
+    labels = {"spearman": "Spearman rho over the modules both files score",
+              "kendall": "Kendall tau over the modules both files score",
+              "within_layer_spearman": "Spearman rho within each shared layer, averaged",
+              "topk_agreement": f"share of shared layers with the same kept set "
+                                f"(top {result['k']}, never negative)"}  # fmt: skip
+    parts = []
+    for key in STATISTICS:
+        rows = [[x, *(f"{result[key][x][y]:.3f}" for y in names)] for x in names]
+        parts += [f"{labels[key]}:", "", md_table(["", *names], rows), ""]
+    return parts

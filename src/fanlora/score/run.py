@@ -43,6 +43,10 @@ class ScoreConfig:
         },
     )
     budget: int = field(default=4, metadata={"help": "Shapley permutations (scope model)"})
+    layers: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Shapley scope layer: only these layers (default: every layer)"},
+    )
     k_max: int = field(default=2, metadata={"help": "K_max (adaptive races, heatmap marks)"})
     adaptive: bool = field(
         default=False,
@@ -62,6 +66,11 @@ class ScoreConfig:
             raise FanLoRAError(f"--budget must be >= 1 permutation, got {self.budget}")
         if self.adaptive and (self.method != "ab" or self.metric != "loss"):
             raise FanLoRAError("--adaptive races the AB-score with the loss metric only")
+        if self.layers and not (self.method == "shapley" and self.scope == "layer"):
+            raise FanLoRAError("--layers restricts the exact per-layer Shapley values only "
+                               "(--method shapley --scope layer)")  # fmt: skip
+        if any(layer < 0 for layer in self.layers) or len(set(self.layers)) < len(self.layers):
+            raise FanLoRAError(f"--layers must be distinct layer indices >= 0, got {self.layers}")
         for name in ("val_examples", "max_length", "batch_size", "k_max"):
             if getattr(self, name) < 1:
                 raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -92,7 +101,9 @@ def identity(cfg: ScoreConfig) -> dict:
     """What a journal must share with this run to be resumed by it."""
     keys = ("model", "data", "split", "val_examples", "max_length", "batch_size", "method",
             "metric", "mode", "scope", "budget", "seed", "adaptive", "z", "k_max")  # fmt: skip
-    return {**{k: getattr(cfg, k) for k in keys}, "adapter_sha256": adapter_hash(cfg.adapter)}
+    chosen = {"layers": sorted(cfg.layers)} if cfg.layers else {}  # older journals stay valid
+    return {**{k: getattr(cfg, k) for k in keys}, **chosen,
+            "adapter_sha256": adapter_hash(cfg.adapter)}  # fmt: skip
 
 
 def build_and_gate(cfg: ScoreConfig):
@@ -138,7 +149,7 @@ def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
     elif cfg.method == "ab":
         ab.ab_scores(evaluate, gates, valset, cfg.metric, journal, mine, bar)
     elif cfg.method == "shapley" and cfg.scope == "layer":
-        layers = gates.layers[state.process_index :: state.num_processes]
+        layers = scored_layers(cfg, gates)[state.process_index :: state.num_processes]
         bar.reset(total=len(layers))
         for layer in layers:
             if f"phi:{layer}" not in journal:
@@ -159,6 +170,17 @@ def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
     return write_scores(cfg, out, records, layout, valset, time.time() - started, log)
 
 
+def scored_layers(cfg: ScoreConfig, gates) -> list[int]:
+    """``cfg.layers`` (checked against the model), or every layer."""
+    if not cfg.layers:
+        return list(gates.layers)
+    missing = sorted(set(cfg.layers) - set(gates.layers))
+    if missing:
+        raise FanLoRAError(f"--layers {missing}: {cfg.model} has layers "
+                           f"{gates.layers[0]}-{gates.layers[-1]}")  # fmt: skip
+    return sorted(cfg.layers)
+
+
 def collect(cfg, journal, gates, valset, model, evaluate, extra) -> list[dict]:
     from fanlora.score import ab
     from fanlora.score.sensitivity import sensitivity
@@ -173,7 +195,7 @@ def collect(cfg, journal, gates, valset, model, evaluate, extra) -> list[dict]:
         values = sensitivity(model, gates, valset)
         return [{"layer": l_, "module": k, "score": v} for (l_, k), v in values.items()]
     if cfg.scope == "layer":
-        return [{"layer": l_, "module": k, "score": v} for l_ in gates.layers
+        return [{"layer": l_, "module": k, "score": v} for l_ in scored_layers(cfg, gates)
                 for k, v in journal.get(f"phi:{l_}")["phi"].items()]  # fmt: skip
     return [{"layer": l_, "module": k, "score": m, "stderr": se}
             for (l_, k), (m, se) in extra.items()]  # fmt: skip
