@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
 DEMO_OUT ?= runs/demo
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install test test-fast demo experiments lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,22 @@ test-fast: install
 demo: install
 	$(VENV)/bin/fanlora data prepare
 	$(VENV)/bin/fanlora run --out $(DEMO_OUT)
+
+# Issue 7's experiments (results/README.md): every grid in configs/experiments/, then exact
+# Shapley values on 6 layers and the agreement of the four scoring methods. Many hours on a
+# 2-core CPU; stop it at any point and run it again: finished units are skipped.
+GRIDS := table4-stability table1-methods figure3-kmax figure4-budgets table6-variants
+AB_EXACT := results/runs/figure3-kmax/k_max+downstream.rank=1+24/2-scores/scores.json
+AB_RACED := results/runs/table4-stability/seed=0/2-scores/scores.json
+SENSITIVITY := results/runs/table6-variants/full_lora.max_steps+scoring.method+scoring.adaptive=8+sensitivity+False/2-scores/scores.json
+experiments: install
+	$(VENV)/bin/fanlora data prepare
+	$(VENV)/bin/fanlora run --out runs/default
+	for g in $(GRIDS); do $(VENV)/bin/fanlora experiment configs/experiments/$$g.yaml || exit 1; done
+	mkdir -p results/scores
+	$(VENV)/bin/fanlora score --config configs/scores/shapley-6-layers.yaml --out results/scores/shapley-6-layers.json
+	cp $(AB_EXACT) results/scores/ab-exact.json && cp $(AB_RACED) results/scores/ab-raced.json && cp $(SENSITIVITY) results/scores/sensitivity.json
+	$(VENV)/bin/fanlora compare results/scores/ab-exact.json results/scores/ab-raced.json results/scores/sensitivity.json results/scores/shapley-6-layers.json --out results/scores/agreement.json
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
