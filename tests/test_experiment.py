@@ -117,3 +117,17 @@ def test_results_markdown_shows_varying_columns_and_decoding():
     assert "| k_max | task | method | params |" in md and "tasks" not in md
     assert "| 2 | yesno | fanlora | 1,000 | accuracy | 70.0 | 55.0-65.0 | 3 |" in md
     assert "## Decoding speed, run seed=0" in md and "fanlora 80%" in md
+
+
+def test_reuse_takes_run_folders_and_other_experiments_folders(tmp_path):
+    from fanlora.experiment.grid import reuse_folders
+
+    for run in ("other/seed=0", "other/seed=1", "single"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "run.json").write_text("{}")
+    (tmp_path / "other" / "results.json").write_text("{}")
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"reuse": [str(tmp_path / "other"), str(tmp_path / "single"),
+                                              str(tmp_path / "missing")]}))  # fmt: skip
+    assert reuse_folders(path) == [tmp_path / "other/seed=0", tmp_path / "other/seed=1",
+                                   tmp_path / "single", tmp_path / "missing"]  # fmt: skip

@@ -5,7 +5,8 @@ An experiment file::
     name: table1
     run: ../tiny.yaml          # the base run config (relative to this file), or a mapping
     out: results/runs/table1   # one run folder per grid point below this (relative to cwd)
-    reuse: [runs/demo]         # optional: other run folders whose finished units are copied
+    reuse: [runs/demo]         # optional: run folders (or other experiments' output folders)
+                               # whose finished units are copied
     grid:                      # every combination; keys are run-config keys, and
       seed: [0, 1, 2]          # "section.key" for a stage's option
       downstream.rank: [6, 12]
@@ -85,7 +86,15 @@ def reuse_folders(path: str | Path) -> list[Path]:
     extra = doc.get("reuse") or []
     if not isinstance(extra, list):
         raise FanLoRAError(f"{path}: 'reuse' must be a list of run folders")
-    return [Path(p) for p in extra]
+    return [run for p in extra for run in run_folders(Path(p))]
+
+
+def run_folders(path: Path) -> list[Path]:
+    """``path`` itself if it is a run folder; the run folders in it if it is another
+    experiment's output folder (``reuse: [results/runs/table4-stability]``)."""
+    if (path / "run.json").is_file() or not path.is_dir():
+        return [path]
+    return sorted(p for p in path.iterdir() if (p / "run.json").is_file()) or [path]
 
 
 def load_experiment(path: str | Path) -> tuple[str, Path, list[Point]]:
