@@ -114,7 +114,7 @@ def test_results_markdown_shows_varying_columns_and_decoding():
                           "runs": {"a": "finished"}, "score_agreement": None,
                           "summary": [row, {**row, "k_max": 2, "median": 70.0}],
                           "decoding": {"seed=0": decode}})  # fmt: skip
-    assert "| k_max | task | method | params |" in md and "tasks" not in md
+    assert "| k_max | task | method | params (median) |" in md and "tasks" not in md
     assert "| 2 | yesno | fanlora | 1,000 | accuracy | 70.0 | 55.0-65.0 | 3 |" in md
     assert "## Decoding speed, run seed=0" in md and "fanlora 80%" in md
 

@@ -59,7 +59,8 @@ def summarize(rows: list[dict], grid_keys: list[str]) -> list[dict]:
         out.append({**{k: group[0].get(k) for k in keys}, "metric": group[0]["metric"],
                     "median": statistics.median(values), "min": min(values),
                     "max": max(values), "runs": len(values), "values": values,
-                    "trainable_params": group[0]["trainable_params"]})  # fmt: skip
+                    "trainable_params": round(statistics.median(
+                        r["trainable_params"] for r in group))})  # fmt: skip
     return out
 
 
@@ -126,8 +127,8 @@ def render_markdown(results: dict) -> str:
     if summary:
         cols = [k for k in summary[0] if k in ("task", "method") or (k not in STATS
                 and len({str(s[k]) for s in summary}) > 1)]  # fmt: skip
-        lines += ["| " + " | ".join([*cols, "params", "metric", "median", "min-max", "runs"])
-                  + " |", "|" + "---|" * (len(cols) + 5)]  # fmt: skip
+        header = [*cols, "params (median)", "metric", "median", "min-max", "runs"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for s in summary:
             lines.append("| " + " | ".join([*(str(s[c]) for c in cols),
                          f"{s['trainable_params']:,}", s["metric"], f"{s['median']:.1f}",
