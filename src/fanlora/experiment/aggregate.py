@@ -139,9 +139,9 @@ def render_markdown(results: dict) -> str:
 
         lines += ["", "## Agreement of the step-2 scores between runs (table 4)", "",
                   *agreement_tables(agree)]  # fmt: skip
-    for name, doc in results.get("decoding", {}).items():
-        from fanlora.report.render import decode_table
+    from fanlora.report.render import decode_table
 
+    for name, doc in results.get("decoding", {}).items():
         text, notes = decode_table(doc)
         lines += ["", f"## Decoding speed, run {name} (table 3)", "", text, "", " ".join(notes)]
     return "\n".join(lines) + "\n"

@@ -101,9 +101,8 @@ def identity(cfg: ScoreConfig) -> dict:
     """What a journal must share with this run to be resumed by it."""
     keys = ("model", "data", "split", "val_examples", "max_length", "batch_size", "method",
             "metric", "mode", "scope", "budget", "seed", "adaptive", "z", "k_max")  # fmt: skip
-    chosen = {"layers": sorted(cfg.layers)} if cfg.layers else {}  # older journals stay valid
-    return {**{k: getattr(cfg, k) for k in keys}, **chosen,
-            "adapter_sha256": adapter_hash(cfg.adapter)}  # fmt: skip
+    # not ``layers``: journal entries are per layer, so runs on other layers share them
+    return {**{k: getattr(cfg, k) for k in keys}, "adapter_sha256": adapter_hash(cfg.adapter)}
 
 
 def build_and_gate(cfg: ScoreConfig):
