@@ -131,3 +131,24 @@ def test_reuse_takes_run_folders_and_other_experiments_folders(tmp_path):
                                               str(tmp_path / "missing")]}))  # fmt: skip
     assert reuse_folders(path) == [tmp_path / "other/seed=0", tmp_path / "other/seed=1",
                                    tmp_path / "single", tmp_path / "missing"]  # fmt: skip
+
+
+def test_a_numeric_sweep_is_plotted_as_lines_and_the_rest_as_bars(tmp_path, monkeypatch):
+    from fanlora.experiment import aggregate
+
+    row = {"k_max": 1, "downstream.rank": 24, "tasks": ["yesno"], "task": "yesno",
+           "method": "fanlora", "metric": "accuracy", "median": 60.0, "min": 55.0,
+           "max": 65.0, "runs": 1, "values": [60.0], "trainable_params": 1}  # fmt: skip
+    sweep = [{**row, "k_max": k, "downstream.rank": 24 // k, "median": 50.0 + k}
+             for k in (1, 2, 3)]  # fmt: skip
+    assert aggregate.sweep_key(sweep) == "k_max"
+    assert aggregate.varying_keys(sweep) == ["k_max", "downstream.rank"]
+    assert aggregate.sweep_key(sweep[:2]) is None  # two points: bars
+    variants = [{**row, "scoring.method": m} for m in ("ab", "sensitivity", "shapley")]
+    assert aggregate.sweep_key(variants) is None  # not numeric
+    drawn = []
+    monkeypatch.setattr(aggregate, "plot_sweep", lambda ax, rows, *a: drawn.append(rows))
+    assert aggregate.plot({"summary": sweep}, tmp_path / "a.png").is_file()
+    assert [[s["k_max"] for s in rows] for rows in drawn] == [[1, 2, 3]]
+    drawn.clear()
+    assert aggregate.plot({"summary": variants}, tmp_path / "b.png").is_file() and not drawn

@@ -125,8 +125,7 @@ def render_markdown(results: dict) -> str:
         lines += ["Runs not finished: " + ", ".join(f"{k} ({v})" for k, v in bad.items()), ""]
     summary = results["summary"]
     if summary:
-        cols = [k for k in summary[0] if k in ("task", "method") or (k not in STATS
-                and len({str(s[k]) for s in summary}) > 1)]  # fmt: skip
+        cols = [k for k in summary[0] if k in ("task", "method") or k in varying_keys(summary)]
         header = [*cols, "params (median)", "metric", "median", "min-max", "runs"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for s in summary:
@@ -147,8 +146,26 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def varying_keys(summary: list[dict]) -> list[str]:
+    """The grid keys whose value differs between summary rows (task and method aside)."""
+    return [k for k in summary[0] if k not in ("task", "method") and k not in STATS
+            and len({str(s[k]) for s in summary}) > 1]  # fmt: skip
+
+
+def sweep_key(summary: list[dict]) -> str | None:
+    """The first varying grid key with 3 or more numeric values (K_max, a rank): plotted as
+    an x axis, the paper's figures 3 and 4. None when there is none (bars instead)."""
+    for key in varying_keys(summary):
+        values = {s[key] for s in summary if not isinstance(s[key], list | dict)}
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        if numeric and len(values) >= 3 and len(values) == len({str(s[key]) for s in summary}):
+            return key
+    return None
+
+
 def plot(results: dict, path: Path) -> Path | None:
-    """Median test metric per method and task, bars from min to max over seeds."""
+    """Median test metric per method and task, bars (or error bars of a sweep) from min to
+    max over seeds: a line per method over the sweep key when the grid has one."""
     from fanlora.utils.plotting import pyplot, save_figure
 
     summary = results["summary"]
@@ -157,19 +174,39 @@ def plot(results: dict, path: Path) -> Path | None:
     plt = pyplot()
     tasks = sorted({s["task"] for s in summary})
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.2), squeeze=False)
+    key = sweep_key(summary)
     for ax, task in zip(axes[0], tasks, strict=True):
         rows = [s for s in summary if s["task"] == task]
-        labels = [s["method"] + "".join(f"\n{k}={s[k]}" for k in s if k not in (
-            "task", "method", "metric", "median", "min", "max", "runs", "values",
-            "trainable_params")) for s in rows]  # fmt: skip
-        med = [s["median"] for s in rows]
-        err = [[m - s["min"] for m, s in zip(med, rows, strict=True)],
-               [s["max"] - m for m, s in zip(med, rows, strict=True)]]  # fmt: skip
-        ax.bar(range(len(rows)), med, yerr=err, capsize=3, color="#3a7d44")
-        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        (plot_sweep if key else plot_bars)(ax, rows, key, varying_keys(summary))
         ax.set_title(f"{task} ({rows[0]['metric']})", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _errors(rows: list[dict]) -> list[list[float]]:
+    return [[s["median"] - s["min"] for s in rows], [s["max"] - s["median"] for s in rows]]
+
+
+def plot_bars(ax, rows: list[dict], _key, varying: list[str]) -> None:
+    labels = [s["method"] + "".join(f"\n{k}={s[k]}" for k in varying) for s in rows]
+    ax.bar(range(len(rows)), [s["median"] for s in rows], yerr=_errors(rows), capsize=3,
+           color="#3a7d44")  # fmt: skip
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+
+
+def plot_sweep(ax, rows: list[dict], key: str, varying: list[str]) -> None:
+    """One line per method over ``key``; keys linked with it (the rank that K_max sets)
+    label the ticks."""
+    for method in dict.fromkeys(s["method"] for s in rows):
+        line = sorted((s for s in rows if s["method"] == method), key=lambda s: s[key])
+        ax.errorbar([s[key] for s in line], [s["median"] for s in line], yerr=_errors(line),
+                    marker="o", capsize=3, label=method)  # fmt: skip
+    ticks = {s[key]: s for s in rows}
+    others = [k for k in varying if k != key]
+    ax.set_xticks(list(ticks), [f"{x}" + "".join(f"\n{k}={s[k]}" for k in others)
+                                for x, s in ticks.items()], fontsize=7)  # fmt: skip
+    ax.set_xlabel(key, fontsize=8)
+    ax.legend(fontsize=7)
 
 
 def write_results(results: dict, out: Path) -> None:
