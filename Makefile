@@ -41,7 +41,7 @@ demo: install
 # Issue 7's experiments (results/README.md): every grid in configs/experiments/, then exact
 # Shapley values on 6 layers and the agreement of the four scoring methods. Many hours on a
 # 2-core CPU; stop it at any point and run it again: finished units are skipped.
-GRIDS := table4-stability table1-methods figure3-kmax figure4-budgets table6-variants
+GRIDS := table4-stability table1-methods figure3-kmax figure4-budgets table6-variants lr-check
 AB_EXACT := results/runs/figure3-kmax/k_max+downstream.rank=1+24/2-scores/scores.json
 AB_RACED := results/runs/table4-stability/seed=0/2-scores/scores.json
 SENSITIVITY := results/runs/table6-variants/full_lora.max_steps+scoring.method+scoring.adaptive=8+sensitivity+False/2-scores/scores.json
