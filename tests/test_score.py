@@ -156,6 +156,16 @@ def test_sensitivity_matches_finite_differences(tmp_path, adapter, data_file):
     assert all(r["score"] >= 0 for r in doc["scores"])
 
 
+def test_sensitivity_sums_absolute_gradients_over_several_batches(tmp_path, adapter, data_file):
+    one = by_key(run_score(tmp_path, adapter, data_file, "one.json", method="sensitivity"))
+    four = by_key(run_score(tmp_path, adapter, data_file, "four.json", method="sensitivity",
+                            batch_size=4))  # fmt: skip
+    assert four.keys() == one.keys()
+    # sum_b |dL_b/dg| >= |sum_b dL_b/dg| = the one-batch score, strictly for some module
+    assert all(four[k]["score"] >= one[k]["score"] - 1e-6 for k in one)
+    assert any(four[k]["score"] > one[k]["score"] + 1e-6 for k in one)
+
+
 def test_resume_recomputes_nothing_finished(tmp_path, adapter, data_file, monkeypatch):
     from fanlora.score import ab
 

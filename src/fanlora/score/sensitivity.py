@@ -16,12 +16,14 @@ def sensitivity(model, gates: Gates, valset: ValSet) -> dict[Key, float]:
     """|dL/dg| summed over batches, for every gate."""
     total_tokens = sum(float((b["labels"][:, 1:] != -100).sum()) for b in valset.batches)
     scores = dict.fromkeys(gates.keys, 0.0)
-    with gates.differentiable() as g:
-        for batch in valset.batches:
+    for batch in valset.batches:
+        # fresh gate tensors per batch: the gate x scaling products are graph nodes, and a
+        # backward pass frees them, so they cannot serve a second batch
+        with gates.differentiable() as g:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            use_cache=False).logits  # fmt: skip
             loss = sequence_losses(logits, batch["labels"])[:, 0].sum() / total_tokens
             grads = torch.autograd.grad(loss, [g[k] for k in gates.keys])
-            for key, grad in zip(gates.keys, grads, strict=True):
-                scores[key] += abs(float(grad))
+        for key, grad in zip(gates.keys, grads, strict=True):
+            scores[key] += abs(float(grad))
     return scores
