@@ -152,3 +152,21 @@ def test_a_numeric_sweep_is_plotted_as_lines_and_the_rest_as_bars(tmp_path, monk
     assert [[s["k_max"] for s in rows] for rows in drawn] == [[1, 2, 3]]
     drawn.clear()
     assert aggregate.plot({"summary": variants}, tmp_path / "b.png").is_file() and not drawn
+
+
+def test_sweep_ticks_stack_linked_values_named_in_the_axis_label():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fanlora.experiment.aggregate import plot_sweep
+
+    rows = [{"k_max": k, "downstream.rank": 24 // k, "method": "fanlora", "median": 50.0 + k,
+             "min": 50.0, "max": 60.0} for k in (1, 2, 4)]  # fmt: skip
+    fig, ax = plt.subplots()
+    plot_sweep(ax, rows, "k_max", ["k_max", "downstream.rank"])
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    plt.close(fig)
+    assert labels == ["1\n24", "2\n12", "4\n6"]
+    assert ax.get_xlabel() == "k_max / downstream.rank"

@@ -203,9 +203,11 @@ def plot_sweep(ax, rows: list[dict], key: str, varying: list[str]) -> None:
                     marker="o", capsize=3, label=method)  # fmt: skip
     ticks = {s[key]: s for s in rows}
     others = [k for k in varying if k != key]
-    ax.set_xticks(list(ticks), [f"{x}" + "".join(f"\n{k}={s[k]}" for k in others)
+    # linked values stacked under the tick, their names in the axis label, in the same
+    # order: names under every tick are wider than the gap between ticks
+    ax.set_xticks(list(ticks), ["\n".join(str(v) for v in (x, *(s[k] for k in others)))
                                 for x, s in ticks.items()], fontsize=7)  # fmt: skip
-    ax.set_xlabel(key, fontsize=8)
+    ax.set_xlabel(" / ".join([key, *others]), fontsize=8)
     ax.legend(fontsize=7)
 
 
