@@ -41,10 +41,11 @@ demo: install
 # Issue 7's experiments (results/README.md): every grid in configs/experiments/, then exact
 # Shapley values on 6 layers and the agreement of the four scoring methods. Many hours on a
 # 2-core CPU; stop it at any point and run it again: finished units are skipped.
-GRIDS := table4-stability table1-methods figure3-kmax figure4-budgets table6-variants lr-check
+GRIDS := table4-stability table1-methods figure3-kmax figure4-budgets table6-variants lr-check figure4-budgets-mc
 AB_EXACT := results/runs/figure3-kmax/k_max+downstream.rank=1+24/2-scores/scores.json
 AB_RACED := results/runs/table4-stability/seed=0/2-scores/scores.json
 SENSITIVITY := results/runs/table6-variants/full_lora.max_steps+scoring.method+scoring.adaptive=8+sensitivity+False/2-scores/scores.json
+AB_SMALL_SET := results/runs/table6-variants/full_lora.max_steps+scoring.method+scoring.adaptive=2+ab+True/2-scores/scores.json
 experiments: install
 	$(VENV)/bin/fanlora data prepare
 	$(VENV)/bin/fanlora run --out runs/default
@@ -53,6 +54,8 @@ experiments: install
 	$(VENV)/bin/fanlora score --config configs/scores/shapley-6-layers.yaml --out results/scores/shapley-6-layers.json
 	cp $(AB_EXACT) results/scores/ab-exact.json && cp $(AB_RACED) results/scores/ab-raced.json && cp $(SENSITIVITY) results/scores/sensitivity.json
 	$(VENV)/bin/fanlora compare results/scores/ab-exact.json results/scores/ab-raced.json results/scores/sensitivity.json results/scores/shapley-6-layers.json --out results/scores/agreement.json
+	cp $(AB_SMALL_SET) results/scores/ab-raced-step1-2-steps.json
+	$(VENV)/bin/fanlora compare results/scores/ab-raced.json results/scores/ab-raced-step1-2-steps.json --out results/scores/agreement-small-set.json
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
