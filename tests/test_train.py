@@ -283,3 +283,26 @@ def test_two_processes_on_cpu_agree(tmp_path, data_file):
     assert run["world_size"] == 2
     sums = run["rank_weight_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
+
+
+def test_a_pruned_adalora_adapter_loads_whole_and_quietly(tmp_path, data_file):
+    import warnings
+
+    from fanlora.models.adapters import attach_adapter
+    from fanlora.models.loading import load_model
+
+    out = tmp_path / "adalora"
+    train(cfg(data_file, method="adalora"), out, log=lambda _: None)
+    assert json.loads((out / "adapter_config.json").read_text())["rank_pattern"]  # pruned
+    base, _ = load_model("tiny-random-llama")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = attach_adapter(base, out, "tiny-random-llama")
+    # PEFT's rank_pattern check does not know AdaLoRA's keys; every weight still loads
+    assert not [w for w in caught if "rank_pattern" in str(w.message)]
+    params = dict(model.named_parameters())
+    saved = load_file(out / "adapter_model.safetensors")
+    for key, value in saved.items():
+        name = key.replace(".weight", ".default.weight") if ".lora_" in key and key.endswith(
+            ".weight") else key + ".default"  # fmt: skip
+        assert torch.equal(params[name].detach(), value), key

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import warnings
 from pathlib import Path
 
 from fanlora.errors import FanLoRAError
@@ -37,6 +39,11 @@ def check_adapter_modules(folder: str | Path, base, model_name: str) -> None:
         )
 
 
+def _is_adalora(folder: str | Path) -> bool:
+    config = json.loads((Path(folder) / "adapter_config.json").read_text())
+    return config.get("peft_type") == "ADALORA"
+
+
 def attach_adapter(base, folder: str | Path, model_name: str, adapter_name: str = "default"):
     """``PeftModel.from_pretrained(base, folder)`` after the module check; shape mismatches
     become a FanLoRAError naming the folder and the model."""
@@ -44,7 +51,13 @@ def attach_adapter(base, folder: str | Path, model_name: str, adapter_name: str 
 
     check_adapter_modules(folder, base, model_name)
     try:
-        return PeftModel.from_pretrained(base, str(folder), adapter_name=adapter_name)
+        with warnings.catch_warnings():
+            if _is_adalora(folder):
+                # PEFT's check of rank_pattern keys against module names does not know
+                # AdaLoRA's keys (parameter names mapped to kept-rank masks, applied after
+                # loading): it names every key as unmatched, though every weight loads
+                warnings.filterwarnings("ignore", "The following rank_pattern keys", RuntimeWarning)
+            return PeftModel.from_pretrained(base, str(folder), adapter_name=adapter_name)
     except Exception as exc:
         raise FanLoRAError(f"the adapter {folder} does not match model {model_name!r}: "
                            f"{type(exc).__name__}: {str(exc)[:300]}") from None  # fmt: skip
