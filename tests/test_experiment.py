@@ -53,6 +53,9 @@ def test_grid_runs_reuse_shared_units_and_aggregate_medians(tasks_home, tmp_path
     saved = json.loads((runs / "results.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(results["summary"]))
     assert (runs / "results.md").is_file() and (runs / "results.png").is_file()
+    # seeds 0 and 1 score differently: their agreement is tabled and drawn
+    assert results["score_agreement"]["files"] == ["seed=0,k_max=1", "seed=1,k_max=1"]
+    assert (runs / "agreement.png").read_bytes()[:4] == b"\x89PNG"
     # aggregating runs made by different code versions is flagged
     run_json = runs / "seed=0,k_max=1" / "run.json"
     doc = json.loads(run_json.read_text())

@@ -268,6 +268,28 @@ def test_compare_identical_and_reversed():
     assert out["topk_agreement"]["part"]["part"] == 1.0
 
 
+def test_agreement_heatmap_labels_every_cell(tmp_path, monkeypatch):
+    from fanlora.score import compare as compare_module
+    from fanlora.utils import plotting
+
+    result = {"files": ["a", "b"], "k": 2,
+              "spearman": {"a": {"a": 1.0, "b": 0.25}, "b": {"a": 0.25, "b": 1.0}},
+              "topk_agreement": {"a": {"a": 1.0, "b": 0.5}, "b": {"a": 0.5, "b": 1.0}}}  # fmt: skip
+    seen = {}
+    original = plotting.save_figure
+
+    def spy(fig, path, **kw):
+        seen["cells"] = [[t.get_text() for t in ax.texts] for ax in fig.axes]
+        seen["titles"] = [ax.get_title() for ax in fig.axes]
+        return original(fig, path, **kw)
+
+    monkeypatch.setattr(plotting, "save_figure", spy)
+    path = compare_module.plot_agreement(result, tmp_path / "a.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    assert seen["cells"] == [["1.00", "0.25", "0.25", "1.00"], ["1.00", "0.50", "0.50", "1.00"]]
+    assert seen["titles"] == ["spearman", "same kept set (top 2)"]
+
+
 def test_compare_names_files_by_the_shortest_distinct_path():
     from fanlora.cli.compare_cmd import short_names
 
@@ -292,6 +314,7 @@ def test_cli_score_then_select_and_compare(tmp_path, adapter, data_file):
     saved = json.loads((tmp_path / "c.json").read_text())
     assert saved["spearman"]["s.json#1"]["s.json#2"] == pytest.approx(1.0)
     assert "| s.json#1 | 1.000 | 1.000 |" in (tmp_path / "c.md").read_text()
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     proc = cli("score", "--adapter", tmp_path / "nope", "--out", tmp_path / "x.json")
     assert proc.returncode == 2 and "not a PEFT adapter" in proc.stderr
 

@@ -31,7 +31,7 @@ def short_names(paths: list[str]) -> list[str]:
 
 def run(args) -> int:
     from fanlora.cli.select_cmd import layout_for_scores
-    from fanlora.score.compare import STATISTICS, compare, render_markdown
+    from fanlora.score.compare import STATISTICS, compare, plot_agreement, render_markdown
     from fanlora.select import parse_scores
 
     if len(args.files) < 2:
@@ -52,4 +52,5 @@ def run(args) -> int:
     if args.out:
         atomic_write_json(args.out, result)
         atomic_write_text(Path(args.out).with_suffix(".md"), render_markdown(result))
+        plot_agreement(result, Path(args.out).with_suffix(".png"))
     return 0

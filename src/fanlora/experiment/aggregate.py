@@ -215,3 +215,7 @@ def write_results(results: dict, out: Path) -> None:
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "results.md", render_markdown(results))
     plot(results, out / "results.png")
+    if results.get("score_agreement"):
+        from fanlora.score.compare import plot_agreement
+
+        plot_agreement(results["score_agreement"], out / "agreement.png")

@@ -96,3 +96,27 @@ def agreement_tables(result: dict) -> list[str]:
         rows = [[x, *(f"{result[key][x][y]:.3f}" for y in names)] for x in names]
         parts += [f"{labels[key]}:", "", md_table(["", *names], rows), ""]
     return parts
+
+
+def plot_agreement(result: dict, path, keys=("spearman", "topk_agreement")):
+    """Heatmaps of ``compare``'s matrices (Spearman rho, top-k agreement), one panel per
+    statistic, every cell labelled with its value: the paper's table 4 at a glance."""
+    from fanlora.utils.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    names = result["files"]
+    size = 1.6 + 0.55 * len(names)
+    fig, axes = plt.subplots(1, len(keys), figsize=(size * len(keys), size), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        matrix = [[result[key][x][y] for y in names] for x in names]
+        ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if value > 0.6 else "white")  # fmt: skip
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        title = {"topk_agreement": f"same kept set (top {result['k']})"}.get(key, key)
+        ax.set_title(title.replace("_", " "), fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
