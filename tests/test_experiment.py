@@ -173,3 +173,40 @@ def test_sweep_ticks_stack_linked_values_named_in_the_axis_label():
     plt.close(fig)
     assert labels == ["1\n24", "2\n12", "4\n6"]
     assert ax.get_xlabel() == "k_max / downstream.rank"
+
+
+def write_predictions(folder, correct: list[float]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"uid": f"t/{i}", "values": {"accuracy": v}})
+             for i, v in enumerate(correct)]  # fmt: skip
+    (folder / "predictions.jsonl").write_text("\n".join(lines))
+
+
+def test_paired_counts_pool_over_seeds_and_give_mcnemars_p(tmp_path):
+    from fanlora.experiment.paired import paired_markdown, paired_summary
+
+    # seed 0: fanlora alone right on 5, lora alone on 1; seed 1: 4 and 0 -> 9 vs 1 pooled
+    cases = {"s0": ([1] * 5 + [0] + [1] * 4, [0] * 5 + [1] + [1] * 4),
+             "s1": ([1] * 4 + [0] * 6, [0] * 4 + [0] * 6)}  # fmt: skip
+    rows = []
+    for point, (fan, lora) in cases.items():
+        write_predictions(tmp_path / point / "5-eval/mc/fanlora", fan)
+        write_predictions(tmp_path / point / "5-eval/mc/lora", lora)
+        rows += [{"point": point, "k_max": 2, "task": "mc", "method": m}
+                 for m in ("fanlora", "lora")]  # fmt: skip
+    (found,) = paired_summary(rows, tmp_path, ["k_max"])
+    assert (found["a_only"], found["b_only"], found["examples"], found["runs"]) == (9, 1, 20, 2)
+    assert found["gap"] == 40.0
+    assert found["p"] == pytest.approx(2 * 11 / 1024)  # 2 * P(X <= 1), X ~ Bin(10, 1/2)
+    table = "\n".join(paired_markdown([found, {**found, "p": 1e-5}], ["k_max"]))
+    assert "| 2 | mc | lora | 9 | 1 | 20 | +40.0 | 0.021 |" in table
+    assert "| +40.0 | <0.001 |" in table
+
+
+def test_paired_skips_scores_that_are_not_right_or_wrong(tmp_path):
+    from fanlora.experiment.paired import paired_summary
+
+    write_predictions(tmp_path / "s0/5-eval/squad/fanlora", [0.5, 1.0])
+    write_predictions(tmp_path / "s0/5-eval/squad/lora", [0.25, 1.0])
+    rows = [{"point": "s0", "task": "squad", "method": m} for m in ("fanlora", "lora", "ia3")]
+    assert paired_summary(rows, tmp_path, []) == []  # F1 values; ia3 has no predictions

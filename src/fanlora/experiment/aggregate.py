@@ -2,7 +2,8 @@
 
 Rows: one per (grid point, task, method) with the test metric (from
 ``5-eval/TASK/METHOD/metrics.json``) and trainable parameters. Summary: rows grouped by
-everything but the seed; median, min and max over seeds. Runs made by different code
+everything but the seed; median, min and max over seeds. Paired: FanLoRA against each
+other method on the same test examples (``paired.py``). Runs made by different code
 versions (``run.json``'s ``code``) are flagged, and so are unfinished or failed runs.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from fanlora.experiment.paired import paired_markdown, paired_summary
 from fanlora.utils.io import atomic_write_json, atomic_write_text, read_json_if_present
 
 STATS = ("median", "min", "max", "runs", "values", "metric", "trainable_params")
@@ -84,9 +86,10 @@ def aggregate(name: str, out: Path, points) -> dict:
     }
     agreement = score_agreement(out, points)
     distinct = sorted(set(codes.values()))
+    paired = paired_summary(rows, out, group_keys(grid_keys))
     return {"format": "fanlora-experiment", "experiment": name, "runs": status,
             "code_versions": codes, "mixed_code_versions": len(distinct) > 1,
-            "rows": rows, "summary": summarize(rows, grid_keys),
+            "rows": rows, "summary": summarize(rows, grid_keys), "paired": paired,
             "score_agreement": agreement, "decoding": decoding}  # fmt: skip
 
 
@@ -132,6 +135,8 @@ def render_markdown(results: dict) -> str:
             lines.append("| " + " | ".join([*(str(s[c]) for c in cols),
                          f"{s['trainable_params']:,}", s["metric"], f"{s['median']:.1f}",
                          f"{s['min']:.1f}-{s['max']:.1f}", str(s["runs"])]) + " |")  # fmt: skip
+    if results.get("paired"):
+        lines += ["", *paired_markdown(results["paired"], varying_keys(summary))]
     agree = results.get("score_agreement")
     if agree:
         from fanlora.score.compare import agreement_tables
