@@ -179,10 +179,10 @@ def plot(results: dict, path: Path) -> Path | None:
     plt = pyplot()
     tasks = sorted({s["task"] for s in summary})
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.2), squeeze=False)
-    key = sweep_key(summary)
+    key, varying = sweep_key(summary), varying_keys(summary)
     for ax, task in zip(axes[0], tasks, strict=True):
         rows = [s for s in summary if s["task"] == task]
-        (plot_sweep if key else plot_bars)(ax, rows, key, varying_keys(summary))
+        (plot_sweep if key else plot_bars)(ax, rows, key, varying)
         ax.set_title(f"{task} ({rows[0]['metric']})", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

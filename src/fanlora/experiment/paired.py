@@ -56,8 +56,11 @@ def paired_summary(rows: list[dict], out: Path, keys: list[str]) -> list[dict]:
     for group in groups.values():
         others = [m for m in dict.fromkeys(r["method"] for r in group) if m != REFERENCE]
         points = sorted({r["point"] for r in group if r["method"] == REFERENCE})
+        folders = [out / p / "5-eval" / group[0]["task"] for p in points]
+        references = [correct_by_example(f / REFERENCE / "predictions.jsonl") for f in folders]
         for other in others:
-            counts = [_counts(out / p / "5-eval" / group[0]["task"], other) for p in points]
+            counts = [_counts(ref, f / other / "predictions.jsonl")
+                      for f, ref in zip(folders, references, strict=True)]  # fmt: skip
             counts = [c for c in counts if c is not None]
             if not counts:
                 continue
@@ -70,10 +73,9 @@ def paired_summary(rows: list[dict], out: Path, keys: list[str]) -> list[dict]:
     return found
 
 
-def _counts(task_folder: Path, other: str) -> tuple[int, int, int] | None:
-    a = correct_by_example(task_folder / REFERENCE / "predictions.jsonl")
-    b = correct_by_example(task_folder / other / "predictions.jsonl")
-    return discordant(a, b) if a is not None and b is not None else None
+def _counts(reference: dict[str, float] | None, other: Path) -> tuple[int, int, int] | None:
+    b = correct_by_example(other) if reference is not None else None
+    return discordant(reference, b) if b is not None else None
 
 
 def paired_markdown(paired: list[dict], keys: list[str]) -> list[str]:
