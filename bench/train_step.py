@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from fanlora.data import load_split
+from fanlora.data.registry import load_sample
 from fanlora.data.formatting import collate, encode_all
 from fanlora.models import load_model
 from fanlora.modules import discover_layout
@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     _, tok = load_model(args.model)
-    examples = load_split("instruct", "train", limit=args.batch)
+    examples = load_sample("instruct", "train", args.batch, seed=0)
     rows, _ = encode_all(tok, examples, args.max_length)
     cfg = TrainConfig(model=args.model, method="full-lora", rank=12, dropout=0.0,
                       micro_batch_size=args.batch)  # fmt: skip

@@ -32,6 +32,12 @@ def test_squad_normalisation_and_scores_follow_the_official_script():
     assert f1_em("London", ["Paris"])["f1_em"] == 0.0
 
 
+def test_squad_f1_is_zero_when_both_answers_normalise_to_empty():
+    # official v1.1: no shared token -> F1 0, even when both sides are empty; EM is 1
+    assert squad_f1("the", "a") == 0.0
+    assert f1_em("The.", ["an"]) == {"f1": 0.0, "em": 1.0, "f1_em": 0.5}
+
+
 def test_sql_exact_match_ignores_case_spacing_and_quotes_only():
     ref = ["SELECT name FROM singer WHERE age > 'value' ORDER BY age DESC"]
     assert sql_em('select name from singer where age>"value" order by age desc;', ref)["sql_em"]

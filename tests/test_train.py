@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from fanlora.errors import FanLoRAError
+from fanlora.models import load_model
 from fanlora.modules import discover_layout
 from fanlora.select import ScoreRecord, select_setting
 from fanlora.train import TrainConfig
@@ -272,7 +273,7 @@ def test_two_processes_on_cpu_agree(tmp_path, data_file):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
          "--master_port", "29533", "-m", "fanlora.cli.main", "train", "--data", data_file,
-         "--rank", "4", "--max-steps", "3",
+         "--rank", "4", "--max-steps", "3", "--dropout", "0", "--micro-batch-size", "4",
          "--eval-every", "3", "--batch-size", "8", "--max-length", "64",
          "--out", str(tmp_path / "ddp")],
         capture_output=True, text=True, timeout=600, env=env,
@@ -283,6 +284,12 @@ def test_two_processes_on_cpu_agree(tmp_path, data_file):
     assert run["world_size"] == 2
     sums = run["rank_weight_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
+    # the loss is normalised by the step's global token count: two processes log (and
+    # descend) the one-process loss, not the mean of per-rank means
+    one = tmp_path / "one"
+    train(cfg(data_file, rank=4, max_steps=3, dropout=0.0, eval_every=3, seed=0, lr=1e-4),
+          one, log=lambda _: None)  # fmt: skip
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(one), rel=1e-4)
 
 
 def test_a_pruned_adalora_adapter_loads_whole_and_quietly(tmp_path, data_file):
@@ -306,3 +313,123 @@ def test_a_pruned_adalora_adapter_loads_whole_and_quietly(tmp_path, data_file):
         name = key.replace(".weight", ".default.weight") if ".lora_" in key and key.endswith(
             ".weight") else key + ".default"  # fmt: skip
         assert torch.equal(params[name].detach(), value), key
+
+
+# --- issue 15: numbers you can trust -------------------------------------------------
+
+
+def test_every_method_scales_its_lora_path_by_two(data_file, setting_file):
+    """One alpha rule: alpha / r = 2 for LoRA-type methods, alpha / init rank = 2 for
+    AdaLoRA (PEFT divides by ranknum, its initial rank)."""
+    from fanlora.select import FanLoRASetting
+    from fanlora.train.methods import build_peft_config
+
+    layout = discover_layout(load_model("tiny-random-llama")[0])
+    setting = FanLoRASetting.load(setting_file)
+    lora = build_peft_config(cfg(data_file, method="lora", rank=3), layout, 10)
+    assert lora.lora_alpha == 6
+    fan = build_peft_config(cfg(data_file, method="fanlora", rank=5, setting=setting_file),
+                            layout, 10, setting)  # fmt: skip
+    assert fan.lora_alpha == 10
+    ada = build_peft_config(cfg(data_file, method="adalora", rank=12, adalora_init_rank=6,
+                                adalora_target_rank=4), layout, 10)  # fmt: skip
+    assert ada.lora_alpha == 12 and ada.init_r == 6
+    assert build_peft_config(cfg(data_file, method="lora", alpha=7), layout, 10).lora_alpha == 7
+
+
+def adalora_trainer(data_file, tmp_path, **kw):
+    from fanlora.train.engine import prepare_data
+    from fanlora.train.methods import build_peft_config
+    from fanlora.train.outputs import RunFolder
+
+    c = cfg(data_file, method="adalora", dropout=0.0, **kw)
+    model, tok = load_model(c.model)
+    data = prepare_data(c, tok)
+    trainer = Trainer(c, RunFolder(tmp_path / "t"), log=lambda _: None)
+    trainer.setup(model, tok, build_peft_config(c, discover_layout(model), data.total_steps),
+                  data)  # fmt: skip
+    return trainer
+
+
+def test_adalora_dev_loss_is_the_cross_entropy_without_its_penalty(tmp_path, data_file):
+    from fanlora.models.losses import orthogonal_penalty, sequence_losses
+    from fanlora.train.engine import micro_batches
+
+    trainer = adalora_trainer(data_file, tmp_path)
+    trainer.train_step(list(range(8)))
+    trainer.model.eval()
+    rows = trainer.data.dev
+    ce = torch.zeros(2)
+    peft_loss = []
+    with torch.no_grad():
+        for batch in micro_batches(rows, list(range(len(rows))), 4, trainer.pad_id):
+            out = trainer.model(**batch)
+            ce += sequence_losses(out.logits, batch["labels"]).sum(0)
+            peft_loss.append(float(out.loss))
+    penalty = float(orthogonal_penalty(trainer.peft_model))
+    assert penalty > 0.01  # PEFT's outputs.loss carries 0.5 x this on top of the CE
+    assert trainer.evaluate() == pytest.approx(float(ce[0] / ce[1]), rel=1e-5)
+    assert peft_loss[0] > trainer.evaluate() + 0.4 * penalty
+
+
+def test_adalora_penalty_weight_does_not_depend_on_the_micro_batch_split(tmp_path, data_file):
+    runs = {}
+    for micro in (8, 2):
+        trainer = adalora_trainer(data_file, tmp_path / str(micro), micro_batch_size=micro)
+        losses_ = [trainer.train_step(list(range(8 * s, 8 * s + 8)))[::2] for s in range(2)]
+        weights = {n: p.detach().clone() for n, p in trainer.peft_model.named_parameters()
+                   if p.requires_grad}  # fmt: skip
+        runs[micro] = (losses_, weights)
+    (l8, w8), (l2, w2) = runs[8], runs[2]
+    for (a, pa), (b, pb) in zip(l8, l2, strict=True):
+        assert a == pytest.approx(b, rel=1e-4) and pa == pytest.approx(pb, rel=1e-4)
+    for name in w8:
+        assert torch.allclose(w8[name], w2[name], atol=1e-5), name
+
+
+def test_adalora_logs_its_penalty_apart_from_the_loss(tmp_path, data_file):
+    out = tmp_path / "ada"
+    train(cfg(data_file, method="adalora", max_steps=4), out, log=lambda _: None)
+    lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert all(line["orth_penalty"] > 0 for line in lines)
+    lora = tmp_path / "lora"
+    train(cfg(data_file, max_steps=2, eval_every=2), lora, log=lambda _: None)
+    assert all("orth_penalty" not in json.loads(line) for line in open(lora / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("eval_every, kill_at", [(4, 6), (11, 11)])
+def test_adalora_resume_equals_uninterrupted(tmp_path, data_file, eval_every, kill_at):
+    """(4, 6): resumed inside the budget schedule (the rank allocator's running importance
+    matters); (11, 11): resumed after total_step - tfinal = 10, where PEFT needs the saved
+    rank pattern (without it, it crashed)."""
+    c = dict(method="adalora", dropout=0.1, eval_every=eval_every)
+    straight = tmp_path / "straight"
+    train(cfg(data_file, **c), straight, log=lambda _: None)
+    broken = tmp_path / "broken"
+    with before_each_step(kill_before_step(kill_at)), pytest.raises(KeyboardInterrupt):
+        train(cfg(data_file, **c), broken, log=lambda _: None)
+    train(cfg(data_file, **c), broken, resume=True, log=lambda _: None)
+    a = load_file(straight / "adapter_model.safetensors")
+    b = load_file(broken / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert losses(straight) == losses(broken)
+
+
+def test_train_and_dev_rows_are_seeded_draws_not_the_first_rows(tmp_path):
+    """A split file written source by source: the dev sample must see both sources."""
+    from fanlora.models import load_tokenizer
+    from fanlora.train.engine import prepare_data
+
+    path = tmp_path / "two_sources.jsonl"
+    rows = [{"instruction": f"Say {i}", "output": "apple" if i < 40 else "pear",
+             "split": "dev" if i % 2 else "train"} for i in range(80)]  # fmt: skip
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    tok = load_tokenizer("tiny-random-llama")
+    c = TrainConfig(data=str(path), eval_examples=10, max_train_examples=10, max_steps=1)
+    data = prepare_data(c, tok)
+    for part in (data.dev, data.train):
+        answers = {tok.decode([t for t in r["labels"] if t != -100], skip_special_tokens=True)
+                   for r in part}  # fmt: skip
+        assert {"apple", "pear"} <= {a.strip() for a in answers}

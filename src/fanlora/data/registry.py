@@ -111,8 +111,10 @@ def split_counts() -> dict[str, dict[str, int]] | None:
     return manifest["counts"] if manifest else None
 
 
-def load_split(name: str, split: str, limit: int | None = None) -> list[Example]:
-    """The examples of task ``name`` (or a local file) in ``split``; clear errors otherwise."""
+def load_split(name: str, split: str) -> list[Example]:
+    """Every example of task ``name`` (or a local file) in ``split``, in file order; clear
+    errors otherwise. For a subset use :func:`load_sample` (a seeded draw): a split file's
+    first rows may all come from one source."""
     if split not in SPLITS:
         raise FanLoRAError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if Path(name).suffix in USER_SUFFIXES:
@@ -128,7 +130,7 @@ def load_split(name: str, split: str, limit: int | None = None) -> list[Example]
             examples = [Example.from_dict(json.loads(line)) for line in handle]
     if not examples:
         raise FanLoRAError(f"the {split} split of {name!r} is empty")
-    return examples[:limit] if limit else examples
+    return examples
 
 
 def load_sample(name: str, split: str, n: int | None, seed: int = 0) -> list[Example]:

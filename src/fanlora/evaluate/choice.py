@@ -7,7 +7,7 @@ import torch
 from fanlora.data.example import Example
 from fanlora.data.formatting import IGNORE, PromptFrame, collate, encode_example
 from fanlora.errors import FanLoRAError
-from fanlora.score.evaluator import sequence_losses
+from fanlora.models.losses import sequence_losses
 
 
 def option_rows(tokenizer, examples: list[Example], max_length: int):

@@ -30,11 +30,10 @@ def squad_normalize(text: str) -> str:
 
 
 def squad_f1(prediction: str, reference: str) -> float:
-    """Token-overlap F1 = 2PR / (P + R) of the normalised answers (0 when none overlap)."""
+    """Token-overlap F1 = 2PR / (P + R) of the normalised answers; 0 when no token is
+    shared, including when both normalise to empty (as the official v1.1 script does)."""
     pred, ref = squad_normalize(prediction).split(), squad_normalize(reference).split()
     common = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref:
-        return float(pred == ref)
     if common == 0:
         return 0.0
     precision, recall = common / len(pred), common / len(ref)

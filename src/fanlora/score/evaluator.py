@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from fanlora.data.example import Example
 from fanlora.data.formatting import IGNORE, PromptFrame, collate, encode_example
 from fanlora.errors import FanLoRAError
+from fanlora.models.losses import sequence_losses
 from fanlora.modules.architectures import FINAL_NORMS
 from fanlora.modules.discovery import find_layer_list
 
@@ -78,15 +79,6 @@ def score_of(stats: torch.Tensor, valset: ValSet, metric: str) -> float:
         if e not in best or -loss > best[e][0]:
             best[e] = (-loss, valset.option[i])
     return sum(best[e][1] == valset.labels[e] for e in best) / len(best)
-
-
-def sequence_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[B, 2]: per sequence, summed next-token loss over labelled positions and their count."""
-    targets = labels[:, 1:]
-    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets,
-                             ignore_index=IGNORE, reduction="none")  # fmt: skip
-    mask = targets != IGNORE
-    return torch.stack([(losses * mask).sum(1), mask.sum(1).to(losses.dtype)], dim=1)
 
 
 @torch.no_grad()

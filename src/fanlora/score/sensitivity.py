@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from fanlora.score.evaluator import ValSet, sequence_losses
+from fanlora.models.losses import sequence_losses
+from fanlora.score.evaluator import ValSet
 from fanlora.score.gates import Gates, Key
 
 

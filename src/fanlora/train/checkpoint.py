@@ -1,7 +1,8 @@
 """Training checkpoints that survive a kill at any moment.
 
 A checkpoint is a folder ``checkpoints/step-N`` with the trainable weights (safetensors),
-optimizer and scheduler state and ``state.json`` (no RNG state: the engine reseeds torch
+optimizer and scheduler state, the method's own state (AdaLoRA: the rank allocator's running
+importance and the rank pattern) and ``state.json`` (no RNG state: the engine reseeds torch
 from (seed, step, rank) at every step, so a resumed run draws the same dropout masks). It is written
 under a temporary name and renamed when complete; ``latest`` names the newest complete one
 and is replaced atomically, so a run killed mid-save resumes from the previous checkpoint.
@@ -42,13 +43,33 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if p.requires_grad}  # fmt: skip
 
 
-def save_checkpoint(root: Path, model, optimizer, scheduler, state: TrainState) -> Path:
+def adalora_state(peft_model) -> dict:
+    """What PEFT's AdaLoRA keeps outside its weights and needs to continue exactly: the
+    rank allocator's importance averages and the rank pattern of the last allocation."""
+    allocator = peft_model.base_model.rankallocator
+    config = peft_model.peft_config[peft_model.active_adapter]
+    return {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt,
+            "exp_avg_unc": allocator.exp_avg_unc, "rank_pattern": config.rank_pattern}  # fmt: skip
+
+
+def restore_adalora_state(peft_model, state: dict | None) -> None:
+    """Put :func:`adalora_state` back (a checkpoint without it leaves PEFT's fresh state)."""
+    if not state:
+        return
+    allocator = peft_model.base_model.rankallocator
+    for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+        setattr(allocator, name, state[name])
+    peft_model.peft_config[peft_model.active_adapter].rank_pattern = state["rank_pattern"]
+
+
+def save_checkpoint(root: Path, model, optimizer, scheduler, state: TrainState,
+                    method_state: dict | None = None) -> Path:  # fmt: skip
     """Write ``root/step-N`` atomically, point ``root/latest`` at it, prune old ones."""
     final = root / f"step-{state.step}"
     with atomic_dir(final) as tmp:
         save_file(trainable_state(model), tmp / "trainable.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                   tmp / "optim.pt")  # fmt: skip
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "method": method_state}, tmp / "optim.pt")  # fmt: skip
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
     atomic_write_text(root / "latest", final.name + "\n")
     for old in sorted(root.glob("step-*"), key=lambda p: int(p.name[5:]))[:-KEEP]:
@@ -64,8 +85,9 @@ def latest_checkpoint(root: Path) -> Path | None:
     return folder if (folder / "state.json").is_file() else None
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler) -> TrainState:
-    """Restore weights, optimizer and scheduler from ``folder``; return its state."""
+def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple[TrainState, dict | None]:
+    """Restore weights, optimizer and scheduler from ``folder``; return its state and the
+    method's own state (None when it has none)."""
     weights = load_file(folder / "trainable.safetensors")
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -74,4 +96,5 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> TrainState:
     optim = torch.load(folder / "optim.pt", weights_only=False)
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
-    return TrainState(**json.loads((folder / "state.json").read_text()))
+    state = TrainState(**json.loads((folder / "state.json").read_text()))
+    return state, optim.get("method")

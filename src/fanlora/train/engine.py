@@ -1,11 +1,20 @@
 """The fine-tuning loop shared by every method (paper appendix C defaults).
 
 One optimizer step takes ``batch_size`` examples (a length-grouped batch), split across
-processes and into micro-batches; the loss is the mean over the step's response tokens
-(``num_items_in_batch``), so it does not depend on the micro-batch size. AdamW, linear
-decay after a linear warm-up, gradient clipping at 1.0 (the transformers default). The dev
-loss is measured every ``eval_every`` steps and at the end; the best adapter is kept and
-training stops after ``patience`` evaluations without improvement.
+processes and into micro-batches. The loss is the cross-entropy from the logits, summed over
+the step's response tokens on every process and divided by their *global* count N:
+
+    L = (1 / N) sum_{rank r} sum_{micro-batch b} sum_{t in b} CE_t
+
+so neither the micro-batch size nor the number of processes changes it (each rank's share is
+multiplied by the world size before backward, since DDP averages gradients over ranks).
+AdaLoRA adds ``orth_reg_weight * R`` (:func:`~fanlora.models.losses.orthogonal_penalty`) once
+per step, logged as ``orth_penalty`` apart from the loss. AdamW, linear decay after a linear
+warm-up, gradient clipping at 1.0 (the transformers default). The dev loss (cross-entropy
+only, for every method) is measured every ``eval_every`` steps and at the end; the best
+adapter is kept and training stops after ``patience`` evaluations without improvement.
+Train and dev rows are seeded draws (:func:`~fanlora.data.registry.load_sample`), never the
+file's first rows.
 """
 
 from __future__ import annotations
@@ -18,10 +27,18 @@ from dataclasses import dataclass
 
 import torch
 
-from fanlora.data import load_split
 from fanlora.data.formatting import collate, encode_all, length_grouped_batches
+from fanlora.data.registry import load_sample
 from fanlora.errors import FanLoRAError
-from fanlora.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from fanlora.models.losses import orthogonal_penalty, sequence_losses
+from fanlora.train.checkpoint import (
+    TrainState,
+    adalora_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_adalora_state,
+    save_checkpoint,
+)
 from fanlora.train.config import TrainConfig
 from fanlora.train.outputs import RunFolder
 
@@ -41,8 +58,8 @@ class Batches:
 
 
 def prepare_data(cfg: TrainConfig, tokenizer) -> Batches:
-    train_rows = load_split(cfg.data, "train", cfg.max_train_examples)
-    dev_rows = load_split(cfg.data, "dev", cfg.eval_examples)
+    train_rows = load_sample(cfg.data, "train", cfg.max_train_examples, cfg.seed)
+    dev_rows = load_sample(cfg.data, "dev", cfg.eval_examples, cfg.seed)
     batch = cfg.effective_batch_size(len(train_rows))
     reach = cfg.max_steps * batch if cfg.max_steps is not None else len(train_rows)
     if reach < len(train_rows):  # a short schedule sees at most `reach` rows: encode only those
@@ -95,6 +112,7 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(self.peft_model, optimizer)
         self.data, self.pad_id = data, tokenizer.pad_token_id
         self.is_adalora = type(peft_config).__name__ == "AdaLoraConfig"
+        self.orth_weight = getattr(peft_config, "orth_reg_weight", 0.0)
         self.state = TrainState()
 
     def resume(self) -> None:
@@ -102,26 +120,40 @@ class Trainer:
         if checkpoint is None:
             self.log("no checkpoint to resume from: starting at step 0")
             return
-        self.state = load_checkpoint(checkpoint, self.peft_model, self.optimizer, self.scheduler)
+        self.state, method_state = load_checkpoint(
+            checkpoint, self.peft_model, self.optimizer, self.scheduler
+        )
+        if self.is_adalora:
+            restore_adalora_state(self.peft_model, method_state)
         self.folder.truncate_metrics(self.state.step)
         self.log(f"resumed from {checkpoint.name} (step {self.state.step})")
 
-    def train_step(self, indices: list[int]) -> tuple[float, int]:
-        """One optimizer step on this process's share of ``indices``; (loss, tokens)."""
+    def train_step(self, indices: list[int]) -> tuple[float, int, float | None]:
+        """One optimizer step on this process's share of ``indices``; (loss over the whole
+        step, this process's tokens, AdaLoRA's penalty or None)."""
         cfg, data = self.cfg, self.data
         torch.manual_seed(cfg.seed * 1_000_003 + self.state.step * 1009 + self.rank)
         mine = indices[self.rank :: self.world]
-        n_items = max(label_tokens(data.train, mine), 1)
+        n_items = max(label_tokens(data.train, indices), 1)  # every process's tokens
         self.model.train()
-        total, tokens = 0.0, 0
+        ce_sum, tokens, penalty = torch.zeros(()), 0, None
         chunks = list(micro_batches(data.train, mine, cfg.micro_batch_size, self.pad_id))
         for i, batch in enumerate(chunks):
-            sync = self.acc.no_sync(self.model) if i < len(chunks) - 1 else nullcontext()
+            last = i == len(chunks) - 1
+            sync = nullcontext() if last else self.acc.no_sync(self.model)
             with sync, self.acc.autocast():
-                loss = self.model(**batch, num_items_in_batch=n_items).loss
-                self.acc.backward(loss)
-            total += loss.item()
+                logits = self.model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits
+                ce = sequence_losses(logits, batch["labels"])[:, 0].sum()
+                loss = ce / n_items
+                if last and self.is_adalora:  # once per step, whatever the micro-batch split
+                    penalty = orthogonal_penalty(self.peft_model)
+                    loss = loss + self.orth_weight * penalty
+                self.acc.backward(loss * self.world)  # DDP averages over ranks
+            ce_sum += ce.detach().cpu()
             tokens += int(batch["attention_mask"].sum())
+        total = float(self.acc.reduce(ce_sum.to(self.acc.device), reduction="sum")) / n_items
         if not math.isfinite(total):
             raise FanLoRAError(
                 f"the training loss became {total} at step {self.state.step + 1}; stopped "
@@ -133,20 +165,22 @@ class Trainer:
         if self.is_adalora:  # PEFT's budget schedule; needs the gradients, before zero_grad
             self.peft_model.base_model.update_and_allocate(self.state.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        return total, tokens
+        return total, tokens, None if penalty is None else float(penalty.detach())
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the dev rows' response tokens, summed across processes."""
+        """Mean cross-entropy over the dev rows' response tokens, summed across processes
+        (from the logits, so AdaLoRA's penalty never enters it)."""
         self.model.eval()
         rows = self.data.dev
         mine = list(range(self.rank, len(rows), self.world))
         loss_sum = torch.zeros(2)
         for batch in micro_batches(rows, mine, self.cfg.micro_batch_size, self.pad_id):
-            count = int((batch["labels"][:, 1:] != -100).sum())
             with self.acc.autocast():
-                out = self.model(**batch, num_items_in_batch=max(count, 1))
-            loss_sum += torch.tensor([out.loss.item() * count, count])
+                logits = self.model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits
+            loss_sum += sequence_losses(logits, batch["labels"]).sum(0).cpu()
         loss_sum = self.acc.reduce(loss_sum.to(self.acc.device), reduction="sum").cpu()
         return float(loss_sum[0] / max(loss_sum[1], 1))
 
@@ -173,13 +207,15 @@ class Trainer:
             )
             while state.batch_in_epoch < len(batches) and state.step < data.total_steps:
                 started = time.perf_counter()
-                loss, tokens = self.train_step(batches[state.batch_in_epoch])
+                loss, tokens, penalty = self.train_step(batches[state.batch_in_epoch])
                 state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
                 state.tokens += tokens
                 record = {"step": state.step, "epoch": state.epoch, "loss": round(loss, 6),
                           "lr": self.scheduler.get_last_lr()[0],
                           "tokens_per_s": round(tokens * self.world
                                                 / (time.perf_counter() - started), 1)}  # fmt: skip
+                if penalty is not None:
+                    record["orth_penalty"] = round(penalty, 6)
                 if state.step % cfg.eval_every == 0 or state.step == data.total_steps:
                     record["dev_loss"] = round(self.evaluate(), 6)
                     self.after_eval(record["dev_loss"])
@@ -207,6 +243,7 @@ class Trainer:
 
     def checkpoint(self) -> None:
         if self.acc.is_main_process:
+            method_state = adalora_state(self.peft_model) if self.is_adalora else None
             save_checkpoint(self.folder.checkpoints, self.peft_model, self.optimizer,
-                            self.scheduler, self.state)  # fmt: skip
+                            self.scheduler, self.state, method_state)  # fmt: skip
         self.acc.wait_for_everyone()

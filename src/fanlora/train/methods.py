@@ -37,12 +37,25 @@ def check_setting_matches(setting: FanLoRASetting, layout: ModuleLayout) -> None
         )
 
 
+def default_alpha(cfg: TrainConfig) -> int:
+    """One rule for every method: the LoRA path's scale alpha / r is 2.
+
+    LoRA, full LoRA, FanLoRA and random scale by ``alpha / rank``, so alpha = 2 x rank.
+    PEFT's AdaLoRA scales by ``alpha / ranknum`` where ranknum is its *initial* rank (the
+    budget schedule masks singular values but never changes ranknum), so alpha = 2 x
+    ``adalora_init_rank``. An explicit ``cfg.alpha`` overrides the rule.
+    """
+    if cfg.alpha is not None:
+        return cfg.alpha
+    return 2 * (cfg.adalora_init_rank if cfg.method == "adalora" else cfg.rank)
+
+
 def build_peft_config(cfg: TrainConfig, layout: ModuleLayout, total_steps: int,
                       setting: FanLoRASetting | None = None):  # fmt: skip
     """The PEFT config of ``cfg.method``; target modules are always fully qualified names."""
     from peft import AdaLoraConfig, IA3Config, LoraConfig, TaskType
 
-    alpha = cfg.alpha if cfg.alpha is not None else 2 * cfg.rank
+    alpha = default_alpha(cfg)
     if cfg.method in ("full-lora", "lora"):
         return LoraConfig(
             task_type=TaskType.CAUSAL_LM,
