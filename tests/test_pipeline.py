@@ -215,3 +215,32 @@ def test_report_command_rerenders_from_json(finished, tmp_path):
     assert main(["report", str(out)]) == 0
     assert (out / "report" / "report.html").is_file()
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_units_of_an_older_results_version_are_recomputed_and_never_reused(tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    """A fix that changes numbers bumps RESULTS_VERSION: finished units of the old code are
+    stale in their own folder and are not copied into another run by `reuse:`."""
+    import fanlora.pipeline.stages as stages
+
+    def unit():
+        def run(folder):
+            (folder / "x.txt").write_text("made")
+            return {}
+
+        return stages.Unit("u", "scores", {"a": 1}, run, ("x.txt",))
+
+    old = stages.RunDir(tmp_path / "old")
+    old.open({})
+    monkeypatch.setattr(stages, "RESULTS_VERSION", 1)
+    stages.run_units(old, [unit()], log=lambda _: None)
+    assert stages.run_units(old, [unit()], log=lambda _: None)["u"]["results_version"] == 1
+    monkeypatch.setattr(stages, "RESULTS_VERSION", 2)
+    lines = []
+    new = stages.RunDir(tmp_path / "new")
+    new.open({})
+    stages.run_units(new, [unit()], log=lines.append, reuse=[old])
+    assert not any("copied" in line for line in lines) and any("starts" in line for line in lines)
+    lines.clear()
+    record = stages.run_units(old, [unit()], log=lines.append)["u"]
+    assert record["results_version"] == 2 and any("starts" in line for line in lines)

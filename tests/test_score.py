@@ -203,6 +203,27 @@ def test_journal_of_another_run_is_refused(tmp_path, adapter, data_file):
     assert (tmp_path / "s.json.journal" / "rank-0.jsonl").read_text() == before
 
 
+def test_a_second_scoring_process_on_the_same_output_is_refused(tmp_path, adapter, data_file):
+    """While one run holds the journal, another (here: a child process) is refused before it
+    evaluates anything, and the first run's journal is untouched."""
+    from fanlora.score.journal import Journal
+    from fanlora.score.run import identity
+
+    cfg = ScoreConfig(adapter=adapter, data=data_file, val_examples=16, batch_size=16)
+    holder = Journal(tmp_path / "s.json.journal", identity(cfg))
+    holder.write("all", stats=[[1.0, 2.0]])
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fanlora.cli.main", "score", "--adapter",
+                               adapter, "--data", data_file, "--val-examples", "16",
+                               "--batch-size", "16", "--out", str(tmp_path / "s.json")],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    finally:
+        holder.close()
+    assert proc.returncode == 2 and "another scoring process" in proc.stderr, proc.stderr
+    lines = (tmp_path / "s.json.journal" / "rank-0.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and not (tmp_path / "s.json").exists()
+
+
 def test_heatmap_is_a_png_of_the_right_shape(tmp_path, adapter, data_file):
     import matplotlib.image
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fanlora.cli.main import main
 from fanlora.errors import FanLoRAError
 from fanlora.models import load_model
 from fanlora.modules import discover_layout
@@ -239,6 +240,17 @@ def test_setting_for_another_model_is_refused(tmp_path, data_file):
     path = setting.save(tmp_path / "s12.json")
     with pytest.raises(FanLoRAError, match="lacks"):
         train(cfg(data_file, method="fanlora", setting=str(path)), tmp_path / "o",
+              log=lambda _: None)  # fmt: skip
+    assert not (tmp_path / "o").exists()  # a refused command creates nothing
+
+
+def test_a_missing_setting_file_is_named_and_nothing_is_created(tmp_path, data_file):
+    out = tmp_path / "o"
+    code = main(["train", "--data", data_file, "--method", "fanlora", "--setting",
+                 str(tmp_path / "nope.json"), "--out", str(out)])  # fmt: skip
+    assert code == 2 and not out.exists()
+    with pytest.raises(FanLoRAError, match=r"setting file not found: .*nope\.json"):
+        train(cfg(data_file, method="fanlora", setting=str(tmp_path / "nope.json")), out,
               log=lambda _: None)  # fmt: skip
 
 

@@ -2,7 +2,8 @@
 
 A unit (one training run, one evaluation, ...) lives in ``RUN/<unit name>/`` and, when it
 finishes, writes ``stage.json`` there: its key, the sha256 of each output file and a
-summary. The key is ``sha256(format version, unit params, keys of the units it reads)``,
+summary. The key is ``sha256(format version, RESULTS_VERSION, unit params, keys of the
+units it reads)``,
 so a changed config invalidates the unit and everything downstream of it, and nothing
 else. A unit is done when its record carries the current key and every listed output
 still has its recorded hash: an output deleted or edited by hand is recomputed. An
@@ -31,6 +32,13 @@ from fanlora.utils.io import atomic_write_json, read_json
 RUN_FORMAT = "fanlora-run"
 RUN_FORMAT_VERSION = 1
 STAGES = ("full-lora", "scores", "setting", "downstream", "eval", "decode", "report")
+# The version of what a unit computes. Bump it with any change that alters a finished
+# unit's numbers (a fix to training, scoring or evaluation): every unit key changes, so
+# old units are recomputed and `reuse:` never copies them into a new run.
+#   1: up to the 8-step results of issue 7
+#   2: issue 15's fixes (losses from logits, alpha rule, seeded dev rows, truncation
+#      around the answer, matched budgets, acc_norm, fast-scoring arguments, racing rule)
+RESULTS_VERSION = 2
 
 
 @dataclass
@@ -75,7 +83,8 @@ def file_hash(path: Path) -> str:
 
 
 def unit_key(unit: Unit, dep_keys: list[str]) -> str:
-    blob = json.dumps([RUN_FORMAT_VERSION, unit.params, dep_keys], sort_keys=True, default=str)
+    blob = json.dumps([RUN_FORMAT_VERSION, RESULTS_VERSION, unit.params, dep_keys],
+                      sort_keys=True, default=str)  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -141,6 +150,7 @@ class RunDir:
                   "status": "finished", "params": unit.params, "deps": list(unit.deps),
                   "outputs": {p: file_hash(folder / p) for p in unit.outputs},
                   "wall_time_s": round(wall, 2), "fanlora": __version__,
+                  "results_version": RESULTS_VERSION,
                   "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "summary": summary}  # fmt: skip
         atomic_write_json(folder / "stage.json", record)

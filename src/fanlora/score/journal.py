@@ -4,10 +4,15 @@ A folder ``<SCORES>.journal/`` with one JSONL file per process (``rank-<r>.jsonl
 file starts with the run's identity (adapter hash, data, method, metric, ...). A journal
 with another identity is refused, never mixed. Every line is flushed and fsynced; a line
 cut short by a kill is ignored on reading.
+
+Each process holds an exclusive lock (``flock``) on ``rank-<r>.lock`` while its journal is
+open, so a second scoring run writing the same output is refused instead of appending to
+the same file (the kernel drops the lock when the holder exits, killed or not).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -21,7 +26,32 @@ class Journal:
         self.identity = identity
         self.path = self.folder / f"rank-{rank}.jsonl"
         self.entries: dict[str, dict] = {}
+        self._lock = self._acquire(rank)
         self._load()
+
+    def _acquire(self, rank: int):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / f"rank-{rank}.lock", "a+")  # noqa: SIM115 (held open)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise FanLoRAError(
+                f"{self.folder} is being written by another scoring process (pid {holder}); "
+                "wait for it to finish, or score into another --out"
+            ) from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
+
+    def close(self) -> None:
+        """Release the lock (also released when the process exits)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _load(self) -> None:
         for path in sorted(self.folder.glob("rank-*.jsonl")):

@@ -120,17 +120,28 @@ def build_and_gate(cfg: ScoreConfig):
 def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
     """Score every LoRA module; write ``out`` (JSON) and its heatmap (PNG) on the main process."""
     from accelerate import PartialState
-    from tqdm.auto import tqdm
 
-    from fanlora.score import ab, shapley
     from fanlora.score.journal import Journal
 
     started = time.time()
     state = PartialState(cpu=not torch.cuda.is_available())
     model, gates, valset = build_and_gate(cfg)
-    layout = gates.layout
     out = Path(out)
+    if cfg.method == "shapley" and cfg.scope == "layer":
+        scored_layers(cfg, gates)  # refuse unknown --layers before the journal is opened
     journal = Journal(out.with_name(out.name + ".journal"), identity(cfg), state.process_index)
+    try:
+        return _score_into(cfg, out, journal, state, model, gates, valset, started, log)
+    finally:
+        journal.close()
+
+
+def _score_into(cfg, out, journal, state, model, gates, valset, started, log) -> dict | None:
+    from tqdm.auto import tqdm
+
+    from fanlora.score import ab, shapley
+
+    layout = gates.layout
     evaluate = None  # sensitivity needs no gated evaluator; adaptive races on the fast one
     if cfg.method != "sensitivity":
         fast = cfg.mode == "fast" or cfg.adaptive

@@ -23,6 +23,8 @@ def config_hash(config: dict, extra_files: list[str | None] = ()) -> str:
     """sha256 of the config and of the files it points at (a setting, say)."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for path in extra_files:
+        if path and not Path(path).is_file():
+            raise FanLoRAError(f"file not found: {path}")
         if path:
             digest.update(Path(path).read_bytes())
     return digest.hexdigest()[:16]
@@ -45,19 +47,26 @@ class RunFolder:
         same = record.get("config_hash") == cfg_hash and record.get("status") == "finished"
         return record if same else None
 
-    def claim(self, cfg_hash: str, resume: bool, overwrite: bool) -> None:
-        """Refuse a folder that holds a different run unless told to overwrite it."""
+    def check_claim(self, cfg_hash: str, resume: bool, overwrite: bool) -> None:
+        """Refuse a folder that holds a different run unless told to overwrite it; touches
+        nothing on disk."""
         existing = read_json(self.run_json, "run.json") if self.run_json.is_file() else None
         occupied = self.path.is_dir() and any(self.path.iterdir())
-        if overwrite and occupied:
-            shutil.rmtree(self.path)
-        elif resume and existing and existing.get("config_hash") != cfg_hash:
+        if overwrite:
+            return
+        if resume and existing and existing.get("config_hash") != cfg_hash:
             raise FanLoRAError(f"{self.path} holds a run with another config "
                                f"({existing.get('config_hash')}); cannot resume it with this "
                                "one")  # fmt: skip
-        elif occupied and not resume:
+        if occupied and not resume:
             raise FanLoRAError(f"{self.path} already holds a run: pass --resume to continue it "
                                "or --overwrite to replace it")  # fmt: skip
+
+    def claim(self, cfg_hash: str, resume: bool, overwrite: bool) -> None:
+        """:meth:`check_claim`, then create the folder (emptied first with ``overwrite``)."""
+        self.check_claim(cfg_hash, resume, overwrite)
+        if overwrite and self.path.is_dir():
+            shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
 
     def append_metrics(self, record: dict, main: bool = True) -> None:

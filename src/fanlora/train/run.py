@@ -34,21 +34,24 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = Fa
 
     started = time.time()
     folder = RunFolder(out)
+    # everything that can refuse the run is checked before the output folder is touched:
+    # a refused command creates nothing
+    setting = FanLoRASetting.load(cfg.setting) if cfg.setting else None
     cfg_hash = config_hash(cfg.to_dict(), [cfg.setting])
     done = folder.finished_record(cfg_hash) if resume and not overwrite else None
     if done is not None:
         log(f"{out} already holds this finished run; nothing to do")
         return done
+    folder.check_claim(cfg_hash, resume, overwrite)
     trainer = Trainer(cfg, folder, log)
-    if trainer.acc.is_main_process:
-        folder.claim(cfg_hash, resume, overwrite)
-    trainer.acc.wait_for_everyone()
-    setting = FanLoRASetting.load(cfg.setting) if cfg.setting else None
     with trainer.acc.main_process_first():  # the first load may write the model cache
         model, tokenizer = load_model(cfg.model, cfg.dtype)
     layout = discover_layout(model)
     data = prepare_data(cfg, tokenizer)
     peft_config = build_peft_config(cfg, layout, data.total_steps, setting)
+    if trainer.acc.is_main_process:
+        folder.claim(cfg_hash, resume, overwrite)
+    trainer.acc.wait_for_everyone()
     trainer.setup(model, tokenizer, peft_config, data)
     record = {"status": "running", "config": cfg.to_dict(), "config_hash": cfg_hash,
               "versions": versions(), "seed": cfg.seed, "trainable_params": trainer.trainable,
