@@ -414,3 +414,54 @@ def test_every_shipped_score_config_parses(path):
 
     cfg = from_mapping(ScoreConfig, load_yaml(path), str(path))
     assert cfg.adapter and cfg.method in ("ab", "shapley", "sensitivity")
+
+
+@pytest.mark.parametrize("extra", [{"target": ["lm_head"]}, {"modules_to_save": ["lm_head"]},
+                                   {"target": ["embed_tokens"]}])  # fmt: skip
+def test_an_adapter_with_modules_outside_the_gates_is_refused(tmp_path, data_file, extra):
+    from peft import LoraConfig, get_peft_model
+
+    from fanlora.models import load_model
+    from fanlora.modules import discover_layout
+
+    base, _ = load_model("tiny-random-llama")
+    layout = discover_layout(base)
+    config = LoraConfig(r=2, target_modules=layout.all_names() + extra.get("target", []),
+                        modules_to_save=extra.get("modules_to_save"))  # fmt: skip
+    get_peft_model(base, config).save_pretrained(tmp_path / "a")
+    name = (extra.get("target") or extra["modules_to_save"])[0]
+    with pytest.raises(FanLoRAError, match=f"cannot gate: .*{name}"):
+        run_score(tmp_path, str(tmp_path / "a"), data_file)
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "phi3", "gemma", "llama"])
+def test_fast_equals_straightforward_on_every_architecture(model_type):
+    """Eager attention takes its causal mask from the layer's arguments: GPT-2 passes it
+    positionally, so replaying only args[0] scored a model attending to future tokens."""
+    from peft import LoraConfig, get_peft_model
+
+    from conftest import build_tiny
+    from fanlora.data.example import Example
+    from fanlora.models.tiny import make_byte_tokenizer
+    from fanlora.modules import discover_layout
+    from fanlora.score import ab
+    from fanlora.score.evaluator import build_valset
+    from fanlora.score.gates import Gates
+
+    tok = make_byte_tokenizer()
+    base = build_tiny(model_type, vocab_size=len(tok), attn_implementation="eager")
+    layout = discover_layout(base)
+    torch.manual_seed(0)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=layout.all_names(),
+                                            init_lora_weights=False)).eval()  # fmt: skip
+    examples = [Example(f"e{i}", "Say " + "ab" * i, "yes" * (1 + i % 3)) for i in range(6)]
+    valset = build_valset(tok, examples, 64, 3, "loss")
+    gates = Gates(model, layout)
+    fast, plain = ab.fast(model, gates, valset), ab.straightforward(model, gates, valset)
+    every, last = set(gates.keys), gates.layers[-1]
+    checks = [(every, last, "on"), (set(), last, "off")]
+    checks += [(every - {k}, k[0], "on") for k in gates.keys]
+    checks += [({k}, k[0], "off") for k in gates.keys]
+    for open_keys, layer, base_ in checks:
+        a, b = fast(open_keys, layer, base_), plain(open_keys, layer, base_)
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), (model_type, layer, base_)

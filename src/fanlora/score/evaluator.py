@@ -13,6 +13,7 @@ and logits are computed only at response positions.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +93,38 @@ def full_eval(model, valset: ValSet) -> torch.Tensor:
     return torch.cat(out)
 
 
+CACHE_ARGUMENTS = ("past_key_values", "past_key_value", "layer_past", "cache")
+
+
+def layer_arguments(layer, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
+    """(hidden states, every other argument by name) of one decoder-layer call.
+
+    Positional arguments are bound to their parameter names, since architectures pass
+    different ones positionally (GPT-2 passes its cache and causal mask so; dropping them
+    replays the layer with no mask). A KV cache is never replayed (each tail call would
+    append to it): cache arguments become None and ``use_cache`` False.
+    """
+    signature = inspect.signature(layer.forward)
+    bound = signature.bind(*args, **kwargs).arguments
+    named: dict = {}
+    for name, value in bound.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL and value:
+            raise FanLoRAError(f"fast scoring cannot replay {type(layer).__name__}'s extra "
+                               "positional arguments; use --mode straightforward")  # fmt: skip
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            named[name] = value
+    hidden = named.pop(next(iter(signature.parameters)))
+    for name in CACHE_ARGUMENTS:
+        if name in named:
+            named[name] = None
+    if "use_cache" in signature.parameters or "use_cache" in named:
+        named["use_cache"] = False
+    return hidden, named
+
+
 class PrefixCache:
     """Inputs of every decoder layer (and their call kwargs) for each validation batch."""
 
@@ -100,7 +133,7 @@ class PrefixCache:
         model_type = causal_lm.config.model_type
         if model_type not in FINAL_NORMS:
             raise FanLoRAError(f"fast scoring does not know {model_type!r}'s final norm; "
-                               "use --exact-mode straightforward")  # fmt: skip
+                               "use --mode straightforward")  # fmt: skip
         _, self.layers = find_layer_list(causal_lm)
         self.norm = causal_lm.get_submodule(FINAL_NORMS[model_type])
         self.head = causal_lm.get_output_embeddings()
@@ -113,15 +146,7 @@ class PrefixCache:
         captured: list[list[tuple[torch.Tensor, dict]]] = []
 
         def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            # never replay a KV cache: each tail call would append to it
-            rest = {
-                k: v
-                for k, v in kwargs.items()
-                if k not in ("hidden_states", "past_key_values", "past_key_value", "layer_past")
-            }
-            rest["use_cache"] = False
-            captured[-1].append((hidden, rest))
+            captured[-1].append(layer_arguments(module, args, kwargs))
 
         handles = [layer.register_forward_pre_hook(hook, with_kwargs=True)
                    for layer in self.layers]  # fmt: skip

@@ -19,6 +19,25 @@ from fanlora.modules.discovery import ModuleLayout
 Key = tuple[int, str]  # (layer, kind)
 
 
+def refuse_ungated(peft_model, named: dict, layout: ModuleLayout) -> None:
+    """Refuse an adapter with trained weights outside the layout's modules (LoRA on
+    ``lm_head`` or the embeddings, ``modules_to_save``): no gate would close them, so
+    M_null and M_only(m,l) would keep them on and eq. 3's terms would be wrong."""
+    from peft.tuners.lora import LoraLayer
+
+    gated = set(layout.all_names())
+    extra = [n for n, m in named.items() if isinstance(m, LoraLayer) and n not in gated]
+    config = peft_model.peft_config[peft_model.active_adapter]
+    saved = list(getattr(config, "modules_to_save", None) or [])
+    if extra or saved:
+        what = [f"LoRA on {n}" for n in extra] + [f"modules_to_save {n}" for n in saved]
+        raise FanLoRAError(
+            f"the adapter trains modules that scoring cannot gate: {', '.join(what[:6])}"
+            f"{' ...' if len(what) > 6 else ''}. Gates cover the decoder layers' linear "
+            f"modules only ({', '.join(layout.kinds)}); score an adapter trained on those"
+        )
+
+
 class Gates:
     """Switches for the LoRA modules of a PEFT model, addressed by (layer, kind)."""
 
@@ -26,6 +45,7 @@ class Gates:
         from peft.tuners.lora import LoraLayer
 
         named = dict(peft_model.base_model.model.named_modules())
+        refuse_ungated(peft_model, named, layout)
         self.modules: dict[Key, LoraLayer] = {}
         for layer in range(layout.num_layers):
             for kind in layout.kinds:
