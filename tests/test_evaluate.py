@@ -65,26 +65,51 @@ EXAMPLES = [Example(f"e{i}", "Is the sky " + "very " * i + "blue?", "Yes", ("Yes
 
 
 @torch.no_grad()
-def manual_loglik(model, tok, example, option):
-    """log p(option + eos | prompt) computed one sequence at a time, without padding."""
+def manual_loglik(model, tok, example, option, eos=True):
+    """log p(option [+ eos] | prompt) computed one sequence at a time, without padding."""
     from fanlora.data.formatting import PromptFrame, encode_example
 
     row = encode_example(tok, PromptFrame.of(tok), example, 128, response=option)
     ids = torch.tensor([row["input_ids"]])
     logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
     targets = torch.tensor(row["labels"][1:])
-    keep = targets != -100
+    keep = (targets != -100).nonzero()[:, 0]
+    keep = keep if eos else keep[:-1]  # the eos is the last labelled token
     return float(logp[keep].gather(1, targets[keep, None]).sum())
 
 
 def test_option_loglik_is_exact_and_independent_of_batching(tiny_llama):
     model, tok = tiny_llama
-    batched = option_loglik(model, tok, EXAMPLES, 128, batch_size=4)
-    single = option_loglik(model, tok, EXAMPLES, 128, batch_size=1)
-    for example, got, alone in zip(EXAMPLES, batched, single, strict=True):
+    batched, batched_plain = option_loglik(model, tok, EXAMPLES, 128, batch_size=4)
+    single, _ = option_loglik(model, tok, EXAMPLES, 128, batch_size=1)
+    for i, example in enumerate(EXAMPLES):
         want = [manual_loglik(model, tok, example, o) for o in example.choices]
-        assert got == pytest.approx(want, abs=1e-4)
-        assert alone == pytest.approx(want, abs=1e-4)
+        plain = [manual_loglik(model, tok, example, o, eos=False) for o in example.choices]
+        assert batched[i] == pytest.approx(want, abs=1e-4)
+        assert single[i] == pytest.approx(want, abs=1e-4)
+        assert batched_plain[i] == pytest.approx(plain, abs=1e-4)
+
+
+def test_acc_norm_divides_the_log_likelihood_without_eos_by_the_option_length():
+    from fanlora.evaluate.run import choice_records, summarize
+
+    example = Example("q", "p", "a", choices=("ab", "abcdefgh"), label=1)
+    # with eos the short option wins (-3 > -5); per character without eos the long one
+    # does (-4 / 8 = -0.5 > -2 / 2 = -1)
+    (record,) = choice_records([example], [[-3.0, -5.0]], [[-2.0, -4.0]])
+    assert record["values"] == {"accuracy": 0.0, "acc_norm": 1.0}
+    assert summarize([record], "accuracy") == {"value": 0.0, "accuracy": 0.0, "acc_norm": 100.0}
+
+
+def test_an_option_too_long_is_refused_by_scoring_and_evaluation_alike(tiny_llama):
+    from fanlora.score.evaluator import build_valset
+
+    model, tok = tiny_llama
+    example = Example("long-1", "Pick", "a", choices=("a", "b" * 80), label=0)
+    with pytest.raises(FanLoRAError, match="option 1 of example long-1 does not fit"):
+        option_loglik(model, tok, [example], 48, 2)
+    with pytest.raises(FanLoRAError, match="option 1 of example long-1 does not fit"):
+        build_valset(tok, [example], 48, 2, "accuracy")
 
 
 def test_left_padded_batched_generation_equals_one_at_a_time(tiny_llama):

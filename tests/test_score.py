@@ -396,7 +396,7 @@ def test_two_processes_shard_modules_with_the_same_scores(tmp_path, adapter, dat
         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    journals = sorted(p.name for p in (tmp_path / "two.json.journal").iterdir())
+    journals = sorted(p.name for p in (tmp_path / "two.json.journal").glob("*.jsonl"))
     assert journals == ["rank-0.jsonl", "rank-1.jsonl"]  # the work was shared
     two = json.loads((tmp_path / "two.json").read_text())
     assert [r["score"] for r in two["scores"]] == pytest.approx(

@@ -78,6 +78,26 @@ def encode_example(tokenizer, frame: PromptFrame, example: Example, max_length: 
     return assemble(frame, ids(example.prompt), ids(answer), max_length, ids(ELLIPSIS))
 
 
+def encode_options(tokenizer, frame: PromptFrame, example: Example, max_length: int) -> list[dict]:
+    """One encoded sequence per option of a choice example (the option as the response).
+
+    The one encoder of options, for scoring (metric accuracy) and evaluation alike: an option
+    that does not fit in ``max_length`` is an error naming the example, never dropped,
+    since dropping an option changes the question.
+    """
+    if not example.choices:
+        raise FanLoRAError(f"example {example.uid} has no options; this task is not a choice "
+                           "task")  # fmt: skip
+    rows = []
+    for j, option in enumerate(example.choices):
+        row = encode_example(tokenizer, frame, example, max_length, response=option)
+        if row is None or all(t == IGNORE for t in row["labels"][1:]):
+            raise FanLoRAError(f"option {j} of example {example.uid} does not fit in max length "
+                               f"{max_length}; raise --max-length")  # fmt: skip
+        rows.append(row)
+    return rows
+
+
 def encode_all(tokenizer, examples: list[Example], max_length: int) -> tuple[list[dict], int]:
     """Encode ``examples`` (two batched tokenizer calls, fast on 10^5 rows); return
     (encoded, number dropped because the response is too long)."""

@@ -1,29 +1,27 @@
-"""Choice tasks: each option's log-likelihood as the response; the highest one is chosen."""
+"""Choice tasks: each option's log-likelihood as the response; the highest one is chosen.
+
+Two accuracies, both reported: ``accuracy`` picks the highest log p(option + eos | prompt)
+(fanlora's original rule; summing over more tokens favours short options), ``acc_norm``
+picks the highest log p(option | prompt) / len(option) in characters, as
+lm-evaluation-harness's ``acc_norm``.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from fanlora.data.example import Example
-from fanlora.data.formatting import IGNORE, PromptFrame, collate, encode_example
-from fanlora.errors import FanLoRAError
-from fanlora.models.losses import sequence_losses
+from fanlora.data.formatting import PromptFrame, collate, encode_options
+from fanlora.models.losses import last_label_losses, sequence_losses
 
 
 def option_rows(tokenizer, examples: list[Example], max_length: int):
-    """(rows, owners): one encoded sequence per (example, option); options too long for
-    ``max_length`` are an error, since dropping them would change the question."""
+    """(rows, owners): one encoded sequence per (example, option), by
+    :func:`~fanlora.data.formatting.encode_options` (an option that does not fit is an error)."""
     frame = PromptFrame.of(tokenizer)
     rows, owners = [], []
     for e, example in enumerate(examples):
-        if not example.choices:
-            raise FanLoRAError(f"example {example.uid} has no options; this task is not a "
-                               "choice task")  # fmt: skip
-        for j, option in enumerate(example.choices):
-            row = encode_example(tokenizer, frame, example, max_length, response=option)
-            if row is None or all(t == IGNORE for t in row["labels"]):
-                raise FanLoRAError(f"option {j} of example {example.uid} does not fit in "
-                                   f"max length {max_length}; raise --max-length")  # fmt: skip
+        for j, row in enumerate(encode_options(tokenizer, frame, example, max_length)):
             rows.append(row)
             owners.append((e, j))
     return rows, owners
@@ -31,22 +29,25 @@ def option_rows(tokenizer, examples: list[Example], max_length: int):
 
 @torch.no_grad()
 def option_loglik(model, tokenizer, examples: list[Example], max_length: int, batch_size: int,
-                  progress=None) -> list[list[float]]:  # fmt: skip
-    """Per example, the summed log-probability of each option's tokens (and eos) after the
-    prompt: ``log p(option | prompt) = -sum_t CE_t``. Sequences are batched by length."""
+                  progress=None) -> tuple[list[list[float]], list[list[float]]]:  # fmt: skip
+    """Per example and option, ``log p(option + eos | prompt) = -sum_t CE_t`` and the same
+    without the eos term (the option's own tokens, as lm-evaluation-harness scores them).
+    Sequences are batched by length."""
     rows, owners = option_rows(tokenizer, examples, max_length)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
-    loglik = [[0.0] * len(e.choices) for e in examples]
+    with_eos = [[0.0] * len(e.choices) for e in examples]
+    without_eos = [[0.0] * len(e.choices) for e in examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = collate([rows[i] for i in chunk], pad)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        use_cache=False).logits  # fmt: skip
-        for i, (loss, _) in zip(chunk, sequence_losses(logits, batch["labels"]).tolist(),
-                                strict=True):  # fmt: skip
+        total = sequence_losses(logits, batch["labels"])[:, 0].tolist()
+        eos = last_label_losses(logits, batch["labels"]).tolist()
+        for i, loss, eos_loss in zip(chunk, total, eos, strict=True):
             e, j = owners[i]
-            loglik[e][j] = -loss
+            with_eos[e][j], without_eos[e][j] = -loss, -(loss - eos_loss)
         if progress is not None:
             progress.update(len(chunk))
-    return loglik
+    return with_eos, without_eos

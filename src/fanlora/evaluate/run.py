@@ -53,14 +53,20 @@ class EvalConfig:
                 raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-def choice_records(examples, loglik) -> list[dict]:
-    """Per example: options' log-likelihoods, the chosen index, the label, correctness."""
+def choice_records(examples, loglik, loglik_no_eos) -> list[dict]:
+    """Per example: options' log-likelihoods, the chosen index, the label, correctness by
+    ``accuracy`` (argmax of log p with eos) and ``acc_norm`` (argmax of log p without eos
+    over the option's length in characters, as lm-evaluation-harness)."""
     records = []
-    for example, scores in zip(examples, loglik, strict=True):
+    for example, scores, plain in zip(examples, loglik, loglik_no_eos, strict=True):
         chosen = max(range(len(scores)), key=scores.__getitem__)
+        normed = [ll / max(len(c), 1) for ll, c in zip(plain, example.choices, strict=True)]
+        chosen_norm = max(range(len(normed)), key=normed.__getitem__)
         records.append({"uid": example.uid, "prediction": example.choices[chosen],
-                        "chosen": chosen, "label": example.label, "loglik": scores,
-                        "values": {"accuracy": float(chosen == example.label)}})  # fmt: skip
+                        "chosen": chosen, "chosen_norm": chosen_norm, "label": example.label,
+                        "loglik": scores, "loglik_no_eos": plain,
+                        "values": {"accuracy": float(chosen == example.label),
+                                   "acc_norm": float(chosen_norm == example.label)}})  # fmt: skip
     return records
 
 
@@ -89,9 +95,9 @@ def predict(cfg: EvalConfig, model, tokenizer, examples, metric: str, progress=N
 
         if progress is not None:
             progress.reset(total=sum(len(e.choices) for e in examples))
-        loglik = option_loglik(model, tokenizer, examples, cfg.max_length, cfg.batch_size,
-                               progress)  # fmt: skip
-        return choice_records(examples, loglik)
+        loglik, plain = option_loglik(model, tokenizer, examples, cfg.max_length,
+                                      cfg.batch_size, progress)  # fmt: skip
+        return choice_records(examples, loglik, plain)
     from fanlora.evaluate.generate import generate, prompt_ids
 
     new = cfg.max_new_tokens or DEFAULT_NEW_TOKENS[metric]

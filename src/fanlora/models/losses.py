@@ -15,14 +15,29 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def sequence_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[B, 2] in fp32: per sequence, sum_t CE(logits_t, labels_{t+1}) over labelled
-    positions (labels != -100 after the causal shift) and the count of those positions."""
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B, T-1] in fp32: CE(logits_t, labels_{t+1}), 0 where the next label is -100."""
     targets = labels[:, 1:]
     losses = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets,
                              ignore_index=IGNORE, reduction="none")  # fmt: skip
-    mask = targets != IGNORE
-    return torch.stack([(losses * mask).sum(1), mask.sum(1).to(losses.dtype)], dim=1)
+    return losses * (targets != IGNORE)
+
+
+def sequence_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B, 2] in fp32: per sequence, sum_t CE(logits_t, labels_{t+1}) over labelled
+    positions (labels != -100 after the causal shift) and the count of those positions."""
+    losses = token_losses(logits, labels)
+    count = (labels[:, 1:] != IGNORE).sum(1).to(losses.dtype)
+    return torch.stack([losses.sum(1), count], dim=1)
+
+
+def last_label_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B]: the CE of each sequence's last labelled token (its eos, for a response)."""
+    losses = token_losses(logits, labels)
+    labelled = labels[:, 1:] != IGNORE
+    positions = torch.arange(labelled.shape[1], device=labels.device).expand_as(labelled)
+    last = torch.where(labelled, positions, -1).max(1).values.clamp(min=0)
+    return losses.gather(1, last[:, None])[:, 0]
 
 
 def orthogonal_penalty(peft_model, adapter: str = "default") -> torch.Tensor:

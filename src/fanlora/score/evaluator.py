@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fanlora.data.example import Example
-from fanlora.data.formatting import IGNORE, PromptFrame, collate, encode_example
+from fanlora.data.formatting import IGNORE, PromptFrame, collate, encode_example, encode_options
 from fanlora.errors import FanLoRAError
 from fanlora.models.losses import sequence_losses
 from fanlora.modules.architectures import FINAL_NORMS
@@ -48,18 +48,14 @@ def build_valset(tokenizer, examples: list[Example], max_length: int, batch_size
     frame = PromptFrame.of(tokenizer)
     rows, owner, option, labels = [], [], [], []
     for e, example in enumerate(examples):
-        if metric == "accuracy":
-            if not example.choices:
-                raise FanLoRAError(f"--metric accuracy needs a choice task; {example.uid} "
-                                   "has no options")  # fmt: skip
-            answers = list(example.choices)
+        if metric == "accuracy":  # every option, or an error naming the one that does not fit
+            encoded = encode_options(tokenizer, frame, example, max_length)
             labels.append(example.label)
-        else:
-            answers = [example.response]
-        for j, answer in enumerate(answers):
-            row = encode_example(tokenizer, frame, example, max_length, response=answer)
-            if row is None or all(t == IGNORE for t in row["labels"][1:]):
-                continue
+        else:  # a response too long for max_length leaves D_val, as in training
+            row = encode_example(tokenizer, frame, example, max_length)
+            fits = row is not None and any(t != IGNORE for t in row["labels"][1:])
+            encoded = [row] if fits else []
+        for j, row in enumerate(encoded):
             rows.append(row)
             owner.append(e)
             option.append(j)
