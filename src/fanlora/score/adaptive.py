@@ -1,30 +1,40 @@
-"""Adaptive AB-score: spend validation batches only where they change the setting.
+"""Adaptive AB-score: spend validation batches only where they change the setting (racing).
 
 With the loss metric, V_{m,l} = sum_i d_i / sum_i n_i over sequences i, where
 d_i = loss_i(without) - loss_i(all) + loss_i(none) - loss_i(only) and n_i is the
-sequence's response-token count. Batches are added one at a time (racing): after each,
-V is estimated on the batches seen (a ratio estimator with its standard error) and a
-module stops once its place is settled at ``z`` standard errors:
+sequence's response-token count (the same for every module). Batches are added one at a
+time. At each look, for m sequences, a ratio estimate and its standard error (delta method)
+give a two-sided interval ``V +- t_{1 - a/2, m-1} se`` with Student's t and a Bonferroni
+level ``a = alpha / (looks x modules)``: the chance that any module of the model is settled
+on the wrong side at any look is at most ``alpha``. No module settles before
+``min_sequences`` sequences. Decisions use paired differences (the same sequences) at the
+layer's K-th boundary:
 
-- a kept module (among its layer's top K_max by estimate, and >= 0) is settled when its
-  lower bound is above 0 and above the upper bound of every module not kept;
-- a dropped module is settled when its upper bound is below 0, or below the lower bound of
-  every kept module while the layer keeps K_max.
+- a kept module k (among its layer's top K_max by estimate, and >= 0) is settled when its
+  interval is above 0 and, for every module j not kept, the interval of V_k - V_j is above 0;
+- a dropped module j is settled when its interval is below 0, or when the layer keeps K_max
+  and for every kept module k the interval of V_j - V_k is below 0.
 
-The setting needs nothing more; a module never settled uses every batch.
+The setting needs nothing more; a module never settled uses every batch. When the validation
+set is too small for any module to stop before the last batch, racing only costs more than
+exact fast scoring: :func:`racing_pays` says so and the caller scores exactly.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+from scipy.stats import t as student_t
 
 from fanlora.errors import FanLoRAError
 from fanlora.score.ab import Evaluate, journalled
 from fanlora.score.evaluator import ValSet
 from fanlora.score.gates import Gates, Key
 from fanlora.score.journal import Journal
+
+Critical = Callable[[int], float]  # sequences seen -> interval half-width in standard errors
 
 
 def estimate(d: torch.Tensor, n: torch.Tensor) -> tuple[float, float]:
@@ -37,21 +47,70 @@ def estimate(d: torch.Tensor, n: torch.Tensor) -> tuple[float, float]:
     return v, float(resid.std(unbiased=True) / math.sqrt(m))
 
 
-def settled(stats: dict[Key, tuple[float, float]], k_max: int, z: float) -> set[Key]:
-    """Modules of one layer whose membership in the setting is decided (see module doc)."""
-    ranked = sorted(stats, key=lambda k: -stats[k][0])
-    kept = [k for k in ranked if stats[k][0] >= 0][:k_max]
-    out_ = [k for k in ranked if k not in kept]
-    low = {k: stats[k][0] - z * stats[k][1] for k in stats}
-    high = {k: stats[k][0] + z * stats[k][1] for k in stats}
+def critical_value(alpha: float, looks: int, modules: int) -> Critical:
+    """m -> t quantile 1 - a/2 with m - 1 degrees of freedom, a = alpha / (looks x modules)."""
+    level = alpha / (max(looks, 1) * max(modules, 1))
+    return lambda m: float(student_t.ppf(1 - level / 2, m - 1)) if m >= 2 else math.inf
+
+
+def interval(d: torch.Tensor, n: torch.Tensor, crit: Critical) -> tuple[float, float]:
+    v, se = estimate(d, n)
+    half = crit(len(d)) * se
+    return v - half, v + half
+
+
+def settled(data: dict[Key, torch.Tensor], n: torch.Tensor, k_max: int, crit: Critical,
+            min_sequences: int = 2) -> set[Key]:  # fmt: skip
+    """Modules of one layer whose membership in the setting is decided (see module doc).
+
+    ``data[key]``: the per-sequence d_i seen so far (a prefix of the batches); ``n``: n_i of
+    the longest prefix. Paired differences use the sequences both modules have seen.
+    """
+    values = {k: estimate(d, n[: len(d)])[0] for k, d in data.items()}
+    ranked = sorted(data, key=lambda k: -values[k])
+    kept = [k for k in ranked if values[k] >= 0][:k_max]
+    dropped = [k for k in ranked if k not in kept]
+
+    def diff(a: Key, b: Key) -> tuple[float, float]:
+        m = min(len(data[a]), len(data[b]))
+        return interval(data[a][:m] - data[b][:m], n[:m], crit)
+
     done = set()
     for k in kept:
-        if low[k] > 0 and all(low[k] > high[j] for j in out_):
+        if len(data[k]) < min_sequences:
+            continue
+        if interval(data[k], n[: len(data[k])], crit)[0] > 0 and all(
+            diff(k, j)[0] > 0 for j in dropped
+        ):
             done.add(k)
-    for k in out_:
-        if high[k] < 0 or (len(kept) == k_max and all(high[k] < low[j] for j in kept)):
-            done.add(k)
+    for j in dropped:
+        if len(data[j]) < min_sequences:
+            continue
+        below = interval(data[j], n[: len(data[j])], crit)[1] < 0
+        beaten = len(kept) == k_max and all(diff(j, k)[1] < 0 for k in kept)
+        if below or beaten:
+            done.add(j)
     return done
+
+
+def racing_pays(valset: ValSet, min_sequences: int) -> str | None:
+    """None when a module can stop before the last validation batch, else why it cannot."""
+    sizes = [len(b["input_ids"]) for b in valset.batches]
+    seen = 0
+    for size in sizes[:-1]:
+        seen += size
+        if seen >= min_sequences:
+            return None
+    return (f"racing cannot stop a module before the last of the {len(sizes)} validation "
+            f"batches ({valset.num_sequences} sequences, at least {min_sequences} before a "
+            "module may stop), so it would cost more than exact scoring")  # fmt: skip
+
+
+def check_k_max(gates: Gates, k_max: int) -> None:
+    per_layer = len({kind for _, kind in gates.keys})
+    if k_max > per_layer:
+        raise FanLoRAError(f"--adaptive with K_max {k_max} exceeds the {per_layer} modules "
+                           "per layer: nothing to decide")  # fmt: skip
 
 
 class Racer:
@@ -78,37 +137,31 @@ class Racer:
 
 
 def adaptive_scores(evaluate: Evaluate, gates: Gates, valset: ValSet, journal: Journal,
-                    k_max: int, z: float = 2.0, min_batches: int = 2, progress=None,
+                    k_max: int, alpha: float = 0.05, min_sequences: int = 8, progress=None,
                     layers: list[int] | None = None) -> list[dict]:  # fmt: skip
     """Race each of ``layers`` (default all); return records with V, its standard error
-    and the batches spent (journalled, so a second call recomputes nothing)."""
-    per_layer = len({kind for _, kind in gates.keys})
-    if k_max > per_layer:
-        raise FanLoRAError(f"--adaptive with K_max {k_max} exceeds the {per_layer} modules "
-                           "per layer: nothing to decide")  # fmt: skip
+    and the sequences spent (journalled, so a second call recomputes nothing)."""
+    check_k_max(gates, k_max)
     racer = Racer(evaluate, gates, journal)
-    if layers is None:
-        layers = gates.layers
+    crit = critical_value(alpha, len(valset.batches), len(gates.keys))
     records = []
-    for layer in layers:
+    for layer in gates.layers if layers is None else layers:
         keys = [k for k in gates.keys if k[0] == layer]
-        data = {k: ([], []) for k in keys}
+        data = {k: torch.zeros(0) for k in keys}
+        n = torch.zeros(0)
         active = set(keys)
         for batch in range(len(valset.batches)):
             for key in sorted(active, key=keys.index):
-                d, n = racer.diffs(key, batch)
-                data[key][0].append(d)
-                data[key][1].append(n)
-            stats = {k: estimate(torch.cat(data[k][0]), torch.cat(data[k][1])) for k in keys}
-            if batch + 1 >= min_batches:
-                active -= settled(stats, k_max, z)
+                d, n_batch = racer.diffs(key, batch)
+                data[key] = torch.cat([data[key], d])
+            n = torch.cat([n, n_batch])
+            active -= settled(data, n, k_max, crit, min_sequences)
             if not active:
                 break
         for key in keys:
-            v, se = estimate(torch.cat(data[key][0]), torch.cat(data[key][1]))
+            v, se = estimate(data[key], n[: len(data[key])])
             records.append({"layer": key[0], "module": key[1], "score": v, "stderr": se,
-                            "batches_spent": len(data[key][0]),
-                            "sequences_spent": int(sum(len(x) for x in data[key][0]))})  # fmt: skip
+                            "sequences_spent": len(data[key])})  # fmt: skip
         if progress is not None:
             progress.update(len(keys))
     return records

@@ -10,6 +10,7 @@ import torch
 
 from fanlora.errors import FanLoRAError
 from fanlora.models.adapters import adapter_hash
+from fanlora.score.adaptive import adaptive_scores, check_k_max, racing_pays
 
 METHODS = ("ab", "shapley", "sensitivity")
 
@@ -54,7 +55,12 @@ class ScoreConfig:
             "help": "AB-score by racing: stop each module once its place in the setting is settled"
         },
     )
-    z: float = field(default=2.0, metadata={"help": "adaptive: standard errors of confidence"})
+    alpha: float = field(default=0.05, metadata={
+        "help": "adaptive: chance that any module is settled on the wrong side (Bonferroni "
+                "over every module and look, Student's t)"})  # fmt: skip
+    min_sequences: int = field(
+        default=8, metadata={"help": "adaptive: sequences seen before a module may stop"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the example draw and permutations"})
 
     def __post_init__(self) -> None:
@@ -71,7 +77,9 @@ class ScoreConfig:
                                "(--method shapley --scope layer)")  # fmt: skip
         if any(layer < 0 for layer in self.layers) or len(set(self.layers)) < len(self.layers):
             raise FanLoRAError(f"--layers must be distinct layer indices >= 0, got {self.layers}")
-        for name in ("val_examples", "max_length", "batch_size", "k_max"):
+        if not 0 < self.alpha < 1:
+            raise FanLoRAError(f"alpha must be in (0, 1), got {self.alpha}")
+        for name in ("val_examples", "max_length", "batch_size", "k_max", "min_sequences"):
             if getattr(self, name) < 1:
                 raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -100,7 +108,8 @@ def draw_examples(cfg: ScoreConfig):
 def identity(cfg: ScoreConfig) -> dict:
     """What a journal must share with this run to be resumed by it."""
     keys = ("model", "data", "split", "val_examples", "max_length", "batch_size", "method",
-            "metric", "mode", "scope", "budget", "seed", "adaptive", "z", "k_max")  # fmt: skip
+            "metric", "mode", "scope", "budget", "seed", "adaptive", "alpha", "min_sequences",
+            "k_max")  # fmt: skip
     # not ``layers``: journal entries are per layer, so runs on other layers share them
     return {**{k: getattr(cfg, k) for k in keys}, "adapter_sha256": adapter_hash(cfg.adapter)}
 
@@ -142,6 +151,12 @@ def _score_into(cfg, out, journal, state, model, gates, valset, started, log) ->
     from fanlora.score import ab, shapley
 
     layout = gates.layout
+    if cfg.adaptive:
+        check_k_max(gates, cfg.k_max)
+    fallback = racing_pays(valset, cfg.min_sequences) if cfg.adaptive else None
+    if fallback:
+        log(f"--adaptive: {fallback}; scoring every module exactly (fast mode) instead")
+    racing = cfg.adaptive and not fallback
     evaluate = None  # sensitivity needs no gated evaluator; adaptive races on the fast one
     if cfg.method != "sensitivity":
         fast = cfg.mode == "fast" or cfg.adaptive
@@ -150,12 +165,10 @@ def _score_into(cfg, out, journal, state, model, gates, valset, started, log) ->
     bar = tqdm(total=len(mine), unit="module", desc=f"score {cfg.method} ({cfg.mode})",
                disable=not state.is_main_process)  # fmt: skip
     extra: dict = {}
-    if cfg.adaptive:
-        from fanlora.score.adaptive import adaptive_scores
-
+    if racing:
         shard = gates.layers[state.process_index :: state.num_processes]
-        adaptive_scores(evaluate, gates, valset, journal, cfg.k_max, cfg.z, progress=bar,
-                        layers=shard)  # fmt: skip
+        adaptive_scores(evaluate, gates, valset, journal, cfg.k_max, cfg.alpha,
+                        cfg.min_sequences, progress=bar, layers=shard)  # fmt: skip
     elif cfg.method == "ab":
         ab.ab_scores(evaluate, gates, valset, cfg.metric, journal, mine, bar)
     elif cfg.method == "shapley" and cfg.scope == "layer":
@@ -176,8 +189,9 @@ def _score_into(cfg, out, journal, state, model, gates, valset, started, log) ->
     if not state.is_main_process:
         return None
     journal.reload()
-    records = collect(cfg, journal, gates, valset, model, evaluate, extra)
-    return write_scores(cfg, out, records, layout, valset, time.time() - started, log)
+    records = collect(cfg, journal, gates, valset, model, evaluate, extra, racing)
+    doc = write_scores(cfg, out, records, layout, valset, time.time() - started, log, fallback)
+    return doc
 
 
 def scored_layers(cfg: ScoreConfig, gates) -> list[int]:
@@ -191,14 +205,13 @@ def scored_layers(cfg: ScoreConfig, gates) -> list[int]:
     return sorted(cfg.layers)
 
 
-def collect(cfg, journal, gates, valset, model, evaluate, extra) -> list[dict]:
+def collect(cfg, journal, gates, valset, model, evaluate, extra, racing) -> list[dict]:
     from fanlora.score import ab
     from fanlora.score.sensitivity import sensitivity
 
-    if cfg.adaptive:  # every race is journalled: this only reads the journal back
-        from fanlora.score.adaptive import adaptive_scores
-
-        return adaptive_scores(evaluate, gates, valset, journal, cfg.k_max, cfg.z)
+    if racing:  # every race is journalled: this only reads the journal back
+        return adaptive_scores(evaluate, gates, valset, journal, cfg.k_max, cfg.alpha,
+                               cfg.min_sequences)  # fmt: skip
     if cfg.method == "ab":
         return ab.ab_records(journal, gates, valset, cfg.metric)
     if cfg.method == "sensitivity":
@@ -211,13 +224,14 @@ def collect(cfg, journal, gates, valset, model, evaluate, extra) -> list[dict]:
             for (l_, k), (m, se) in extra.items()]  # fmt: skip
 
 
-def write_scores(cfg, out: Path, records, layout, valset, wall, log) -> dict:
+def write_scores(cfg, out: Path, records, layout, valset, wall, log, fallback=None) -> dict:
     from fanlora.score.heatmap import draw_heatmap
     from fanlora.select.scores import ScoreRecord
     from fanlora.utils.io import atomic_write_json
 
     doc = {"format": "fanlora-scores", "model": cfg.model, "adapter": cfg.adapter,
-           "method": cfg.method + ("-adaptive" if cfg.adaptive else ""), "metric": cfg.metric,
+           "method": cfg.method + ("-adaptive" if cfg.adaptive and not fallback else ""),
+           "metric": cfg.metric, "racing_fallback": fallback,
            "mode": cfg.mode, "scope": cfg.scope,
            "validation": {"data": cfg.data, "split": cfg.split, "examples": cfg.val_examples,
                           "sequences": valset.num_sequences},
