@@ -76,8 +76,14 @@ def test_every_unit_runs_once_and_the_report_traces_to_files(finished):
         for method in ("base", "fanlora", "lora"):
             doc = json.loads((out / "5-eval" / task / method / "metrics.json").read_text())
             assert f"{doc['value']:.1f}" in report
-    lora = json.loads((out / "4-downstream/yesno/lora/adapter_config.json").read_text())
-    assert lora["r"] == setting.matched_rank(4)  # the budget is matched
+    from fanlora.select.budget import match_kind_ranks
+
+    lora = json.loads((out / "4-downstream/yesno/lora/run.json").read_text())
+    fan = json.loads((out / "4-downstream/yesno/fanlora/run.json").read_text())
+    ranks, match = match_kind_ranks(setting.layout, fan["trainable_params"])
+    assert fan["trainable_params"] == 4 * setting.params_per_rank()
+    assert lora["config"]["rank_pattern"] == ranks  # the budget is matched per module kind
+    assert lora["trainable_params"] == match.got
     html = (out / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "<table>" in html
     decode = json.loads((out / "6-decode" / "decode.json").read_text())

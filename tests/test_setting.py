@@ -121,3 +121,90 @@ def test_duplicates_and_empty_lists(layout12):
         parse_scores({"scores": []}, layout12)
     with pytest.raises(FanLoRAError, match="list under 'scores'"):
         parse_scores({"score": []}, layout12)
+
+
+# --- matched budgets (issue 15, item 6) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_layout():
+    """SmolLM2-135M's shapes (30 layers, hidden 576, 3 KV heads of 64, MLP 1536), no weights."""
+    from transformers import LlamaConfig
+
+    from fanlora.modules.discovery import layout_from_config
+
+    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=256)  # fmt: skip
+    return layout_from_config(config)
+
+
+def a_setting(layout, seed=0):
+    """Two kinds in most layers (some one or none), drawn with a fixed seed."""
+    import random
+
+    rng = random.Random(seed)
+    kinds = list(layout.kinds)
+    layers = [sorted(rng.sample(kinds, rng.choice([0, 1, 2, 2, 2])), key=kinds.index)
+              for _ in range(layout.num_layers)]  # fmt: skip
+    return FanLoRASetting("m", 2, layout, layers)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lora_ranks_per_kind_match_fanloras_budget_within_five_percent(smollm2_layout, seed):
+    from fanlora.select.budget import match_kind_ranks, per_rank
+
+    setting = a_setting(smollm2_layout, seed)
+    target = 12 * setting.params_per_rank()
+    ranks, match = match_kind_ranks(smollm2_layout, target)
+    got = sum(r * per_rank(smollm2_layout, k) for k, r in ranks.items())
+    assert match.got == got and match.within, match.describe("lora")
+    assert max(ranks.values()) - min(ranks.values()) <= 1
+    # one rank for every module (the old rule) misses by more: that is what was fixed
+    single = setting.matched_rank(12) * sum(per_rank(smollm2_layout, k) for k in ranks)
+    assert abs(got - target) <= abs(single - target)
+
+
+def test_the_one_rank_rule_missed_by_twelve_percent_where_kind_ranks_do_not(smollm2_layout):
+    """The committed table 1 run: 60 modules, FanLoRA 1,036,800 parameters at rank 12 and
+    LoRA at one rank 915,840 (-12%)."""
+    from fanlora.select.budget import Match, match_kind_ranks, per_rank
+
+    every = sum(per_rank(smollm2_layout, k) for k in smollm2_layout.kinds)
+    assert not Match(1_036_800, 915_840).within and 915_840 % every == 0
+    _, match = match_kind_ranks(smollm2_layout, 1_036_800)
+    assert match.within and abs(match.ratio - 1) < 0.03
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_placement_is_drawn_under_fanloras_budget(smollm2_layout, seed):
+    from fanlora.select.budget import kinds_params
+    from fanlora.train.methods import random_setting
+
+    setting = a_setting(smollm2_layout, seed)
+    placed = random_setting(setting, seed=seed)
+    assert [len(k) for k in placed.layers] == [len(k) for k in setting.layers]
+    ratio = kinds_params(smollm2_layout, placed.layers, 1) / setting.params_per_rank()
+    assert abs(ratio - 1) <= 0.05 and placed.extra["budget_match"]["within_tolerance"]
+    assert placed.layers == random_setting(setting, seed=seed).layers
+
+
+def test_adalora_starts_at_one_and_a_half_times_its_matched_target_rank(smollm2_layout):
+    from fanlora.select.budget import adalora_ranks, per_rank
+
+    every = sum(per_rank(smollm2_layout, k) for k in smollm2_layout.kinds)
+    init, target, match = adalora_ranks(smollm2_layout, 4 * every + 10)
+    assert (init, target) == (6, 4) and match.got == 4 * every
+
+
+def test_kind_ranks_reach_peft_with_alpha_twice_each_rank(smollm2_layout):
+    from fanlora.train import TrainConfig
+    from fanlora.train.methods import build_peft_config
+
+    cfg = TrainConfig(method="lora", rank=3, rank_pattern={"q": 3, "down": 4})
+    peft = build_peft_config(cfg, smollm2_layout, 10)
+    assert peft.rank_pattern == {r"self_attn\.q_proj": 3, r"mlp\.down_proj": 4}
+    assert peft.alpha_pattern == {r"self_attn\.q_proj": 6, r"mlp\.down_proj": 8}
+    with pytest.raises(FanLoRAError, match="rank_pattern is for method lora"):
+        TrainConfig(method="fanlora", setting="s.json", rank_pattern={"q": 3})
+    with pytest.raises(FanLoRAError, match="kinds"):
+        build_peft_config(TrainConfig(method="lora", rank_pattern={"qq": 2}), smollm2_layout, 1)

@@ -17,6 +17,9 @@ from pathlib import Path
 
 from fanlora.pipeline.config import RunConfig
 from fanlora.pipeline.stages import STAGES, RunDir, Unit, run_units
+from fanlora.select import FanLoRASetting
+from fanlora.select.budget import adalora_ranks, match_kind_ranks
+from fanlora.train.config import TrainConfig
 
 TRAIN_OUTPUTS = ("adapter_config.json", "adapter_model.safetensors", "run.json")
 
@@ -47,20 +50,22 @@ def train_unit(cfg: RunConfig, run_dir: RunDir, name: str, stage: str, section: 
 
 
 def matched_ranks(cfg: RunConfig, section: dict, setting_path: str | None) -> dict:
-    """With budget "matched", LoRA and AdaLoRA on every module get the rank whose trainable
-    parameters are closest to FanLoRA's at rank r1 (AdaLoRA: the average target rank, from
-    1.5x that at the start); the section's ``rank`` is r1."""
+    """With budget "matched", the options that give LoRA and AdaLoRA on every module
+    FanLoRA's trainable parameters at rank r1 (the section's ``rank``): LoRA ranks per
+    module kind, AdaLoRA's average target rank (init 1.5x); see :mod:`fanlora.select.budget`."""
     method = section.get("method")
     if cfg.budget != "matched" or method not in ("lora", "adalora") or not setting_path:
         return {}
-    from fanlora.select import FanLoRASetting
-    from fanlora.train.config import TrainConfig
-
-    r1 = section.get("rank", TrainConfig.rank)
-    rank = FanLoRASetting.load(setting_path).matched_rank(r1)
+    setting = FanLoRASetting.load(setting_path)
+    target = section.get("rank", TrainConfig.rank) * setting.params_per_rank()
     if method == "lora":
-        return {"rank": rank}
-    return {"adalora_target_rank": rank, "adalora_init_rank": max(rank + 1, round(1.5 * rank))}
+        ranks, match = match_kind_ranks(setting.layout, target)
+        options = {"rank": min(ranks.values()), "rank_pattern": ranks}
+    else:
+        init, rank, match = adalora_ranks(setting.layout, target)
+        options = {"adalora_target_rank": rank, "adalora_init_rank": init}
+    print(match.describe(f"matched budget, {method}"), flush=True)
+    return options
 
 
 def _log(run_dir):

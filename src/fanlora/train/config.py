@@ -22,6 +22,11 @@ class TrainConfig:
     method: str = field(default="full-lora", **_help("what to train", choices=METHODS))
     rank: int = field(default=12, **_help("LoRA rank (r0 for full-lora, r1 for fanlora)"))
     alpha: int | None = field(default=None, **_help("LoRA alpha (default 2 x rank)"))
+    rank_pattern: dict | None = field(
+        default=None,
+        **_help("lora: rank per module kind, e.g. {q: 3, v: 2} (matched budgets); alpha is "
+                "2 x each kind's rank", cli=False),
+    )  # fmt: skip
     dropout: float = field(default=0.05, **_help("LoRA dropout"))
     setting: str | None = field(default=None, **_help("setting JSON (fanlora, random)"))
     adalora_init_rank: int = field(default=12, **_help("AdaLoRA initial rank per module"))
@@ -56,6 +61,10 @@ class TrainConfig:
                 raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise FanLoRAError(f"batch_size must be >= 1, got {self.batch_size}")
+        bad_rank = any(not isinstance(r, int) or r < 1 for r in (self.rank_pattern or {}).values())
+        if self.rank_pattern is not None and (self.method != "lora" or bad_rank):
+            raise FanLoRAError(f"rank_pattern is for method lora, as kind: rank >= 1; got "
+                               f"{self.rank_pattern} for {self.method}")  # fmt: skip
         if self.method in ("fanlora", "random") and not self.setting:
             raise FanLoRAError(f"method {self.method!r} needs --setting SETTING.json")
         if not 0 <= self.warmup_ratio < 1:

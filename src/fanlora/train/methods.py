@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-import random
+import re
 
 from fanlora.errors import FanLoRAError
 from fanlora.modules.discovery import ModuleLayout
+from fanlora.select.budget import draw_random_kinds
 from fanlora.select.setting import FanLoRASetting
 from fanlora.train.config import TrainConfig
 
 
 def random_setting(setting: FanLoRASetting, seed: int) -> FanLoRASetting:
     """The control the paper lacks: per layer as many modules as ``setting`` keeps there,
-    but of kinds drawn uniformly at random (``random.Random(seed)``)."""
-    rng = random.Random(seed)
-    kinds = list(setting.layout.kinds)
-    layers = [sorted(rng.sample(kinds, len(kept)), key=kinds.index) for kept in setting.layers]
+    of kinds drawn uniformly at random (seeded), redrawn until the trainable parameters are
+    within 5% of the setting's (:func:`fanlora.select.budget.draw_random_kinds`)."""
+    layers, match = draw_random_kinds(setting.layout, setting.layers, seed)
     return FanLoRASetting(
         setting.model,
         setting.k_max,
         setting.layout,
         layers,
-        extra={"random_of": setting.extra.get("scores_file", ""), "seed": seed},
+        extra={
+            "random_of": setting.extra.get("scores_file", ""),
+            "seed": seed,
+            "budget_match": match.to_dict(),
+        },
     )
 
 
@@ -50,6 +54,22 @@ def default_alpha(cfg: TrainConfig) -> int:
     return 2 * (cfg.adalora_init_rank if cfg.method == "adalora" else cfg.rank)
 
 
+def kind_patterns(cfg: TrainConfig, layout: ModuleLayout) -> dict:
+    """PEFT's ``rank_pattern``/``alpha_pattern`` for ``cfg.rank_pattern`` (kind -> rank),
+    keyed by the kind's escaped in-layer path; alpha = 2 x rank unless ``cfg.alpha``."""
+    if not cfg.rank_pattern:
+        return {}
+    unknown = sorted(set(cfg.rank_pattern) - set(layout.kinds))
+    if unknown:
+        raise FanLoRAError(f"rank_pattern names kinds {unknown} this model lacks "
+                           f"({', '.join(layout.kinds)})")  # fmt: skip
+    keys = {k: re.escape(layout.kinds[k]) for k in cfg.rank_pattern}
+    ranks = {keys[k]: r for k, r in cfg.rank_pattern.items()}
+    alphas = {keys[k]: cfg.alpha if cfg.alpha is not None else 2 * r
+              for k, r in cfg.rank_pattern.items()}  # fmt: skip
+    return {"rank_pattern": ranks, "alpha_pattern": alphas}
+
+
 def build_peft_config(cfg: TrainConfig, layout: ModuleLayout, total_steps: int,
                       setting: FanLoRASetting | None = None):  # fmt: skip
     """The PEFT config of ``cfg.method``; target modules are always fully qualified names."""
@@ -63,6 +83,7 @@ def build_peft_config(cfg: TrainConfig, layout: ModuleLayout, total_steps: int,
             lora_alpha=alpha,
             lora_dropout=cfg.dropout,
             target_modules=layout.all_names(),
+            **kind_patterns(cfg, layout),
         )
     if cfg.method in ("fanlora", "random"):
         if setting is None:
