@@ -182,31 +182,59 @@ def write_predictions(folder, correct: list[float]) -> None:
     (folder / "predictions.jsonl").write_text("\n".join(lines))
 
 
-def test_paired_counts_pool_over_seeds_and_give_mcnemars_p(tmp_path):
+def write_pair(tmp_path, task, cases, keys=None):
+    rows = []
+    for point, (fan, other) in cases.items():
+        write_predictions(tmp_path / point / f"5-eval/{task}/fanlora", fan)
+        write_predictions(tmp_path / point / f"5-eval/{task}/lora", other)
+        rows += [{"point": point, **(keys or {}), "task": task, "method": m}
+                 for m in ("fanlora", "lora", "ia3")]  # fmt: skip
+    return rows
+
+
+def test_paired_gives_per_seed_mcnemar_tests_and_a_seed_aware_interval(tmp_path):
     from fanlora.experiment.paired import paired_markdown, paired_summary
 
-    # seed 0: fanlora alone right on 5, lora alone on 1; seed 1: 4 and 0 -> 9 vs 1 pooled
+    # seed 0: fanlora alone right on 5, lora alone on 1; seed 1: 4 and 0 (10 rows each)
     cases = {"s0": ([1] * 5 + [0] + [1] * 4, [0] * 5 + [1] + [1] * 4),
              "s1": ([1] * 4 + [0] * 6, [0] * 4 + [0] * 6)}  # fmt: skip
-    rows = []
-    for point, (fan, lora) in cases.items():
-        write_predictions(tmp_path / point / "5-eval/mc/fanlora", fan)
-        write_predictions(tmp_path / point / "5-eval/mc/lora", lora)
-        rows += [{"point": point, "k_max": 2, "task": "mc", "method": m}
-                 for m in ("fanlora", "lora")]  # fmt: skip
+    rows = write_pair(tmp_path, "mc", cases, {"k_max": 2})  # ia3 has no predictions: skipped
     (found,) = paired_summary(rows, tmp_path, ["k_max"])
-    assert (found["a_only"], found["b_only"], found["examples"], found["runs"]) == (9, 1, 20, 2)
-    assert found["gap"] == 40.0
-    assert found["p"] == pytest.approx(2 * 11 / 1024)  # 2 * P(X <= 1), X ~ Bin(10, 1/2)
-    table = "\n".join(paired_markdown([found, {**found, "p": 1e-5}], ["k_max"]))
-    assert "| 2 | mc | lora | 9 | 1 | 20 | +40.0 | 0.021 |" in table
-    assert "| +40.0 | <0.001 |" in table
+    assert found["diff"] == 40.0 and found["seeds"] == 2 and found["examples_per_seed"] == [10, 10]
+    assert found["ci_low"] < 40 < found["ci_high"]
+    s0, s1 = found["per_seed"]
+    assert (s0["a_better"], s0["b_better"], s0["test"]) == (5, 1, "McNemar exact")
+    assert s0["p"] == pytest.approx(2 * 7 / 64)  # 2 P(X <= 1), X ~ Bin(6, 1/2)
+    assert s1["p"] == pytest.approx(2 / 16)
+    table = "\n".join(paired_markdown([found], ["k_max"]))
+    assert "| 2 | mc | lora | 2 | 10 | +40.0 |" in table and "0.219, 0.125 (McNemar" in table
 
 
-def test_paired_skips_scores_that_are_not_right_or_wrong(tmp_path):
+def test_the_interval_counts_seed_variance_that_pooled_counts_ignored(tmp_path):
+    """Three seeds whose differences are +40, +5 and -6 points on 100 rows each: pooled
+    discordant counts (52 vs 13) give p < 0.001, yet a seed can go either way, so the
+    seed-aware interval reaches below 0."""
+    from scipy.stats import binomtest
+
     from fanlora.experiment.paired import paired_summary
 
-    write_predictions(tmp_path / "s0/5-eval/squad/fanlora", [0.5, 1.0])
-    write_predictions(tmp_path / "s0/5-eval/squad/lora", [0.25, 1.0])
-    rows = [{"point": "s0", "task": "squad", "method": m} for m in ("fanlora", "lora", "ia3")]
-    assert paired_summary(rows, tmp_path, []) == []  # F1 values; ia3 has no predictions
+    def seed(a_only, b_only):
+        fan = [1] * a_only + [0] * b_only + [1] * 20 + [0] * (80 - a_only - b_only)
+        other = [0] * a_only + [1] * b_only + [1] * 20 + [0] * (80 - a_only - b_only)
+        return fan, other
+
+    cases = {"s0": seed(40, 0), "s1": seed(9, 4), "s2": seed(3, 9)}
+    (found,) = paired_summary(write_pair(tmp_path, "mc", cases), tmp_path, [])
+    assert binomtest(52, 65, 0.5).pvalue < 0.001
+    assert found["diff"] == pytest.approx((40 + 5 - 6) / 3, abs=0.01)
+    assert found["ci_low"] < 0 < found["ci_high"]
+
+
+def test_graded_metrics_get_the_exact_sign_test(tmp_path):
+    from fanlora.experiment.paired import paired_summary
+
+    cases = {"s0": ([0.5, 1.0, 0.75, 0.2], [0.25, 1.0, 0.5, 0.1])}
+    (found,) = paired_summary(write_pair(tmp_path, "squad", cases), tmp_path, [])
+    (test,) = found["per_seed"]
+    assert test["test"] == "sign test" and (test["a_better"], test["b_better"]) == (3, 0)
+    assert test["p"] == pytest.approx(0.25) and found["diff"] == pytest.approx(15.0)

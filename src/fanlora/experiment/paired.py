@@ -1,11 +1,21 @@
-"""Paired comparison of two methods on the same test examples: McNemar's exact test.
+"""FanLoRA against each method on the same test rows: a seed-aware interval and per-seed tests.
 
-Every method of a run is evaluated on the same seeded test sample, so for each example it
-is known whether method A and method B got it right. With ``a_only`` = examples only A
-gets right and ``b_only`` = examples only B gets right, "A and B are equally good" means
-``a_only ~ Binomial(a_only + b_only, 1/2)``; the two-sided p-value of that binomial test
-is McNemar's exact test. Counts are pooled over the seeds of a summary group (each seed
-draws its own examples). Only 0/1 metrics (accuracy) are paired; F1-type scores are not.
+Every method of every seed is evaluated on the same test rows (the pipeline's draw of test
+rows does not depend on the seed), so for seed s and example i there is a paired difference
+``x_si = v_fanlora(s, i) - v_other(s, i)``, in points.
+
+- **Difference**: ``mean_s mean_i x_si`` with a 95% interval from a hierarchical bootstrap:
+  each replicate draws the seeds with replacement, then, inside each drawn seed, the
+  examples with replacement (the same examples for both methods, so the pairing is kept).
+  The interval thus carries the variance between trained models (seeds) as well as between
+  test rows. Pooling discordant counts over seeds, as fanlora did before, treated the
+  trained models as fixed and was anti-conservative. With one seed, the interval covers the
+  test rows only, and the table says so.
+- **Per-seed exact tests**: McNemar's exact test for 0/1 metrics (the binomial test of "only
+  FanLoRA right" among the discordant examples at 1/2) and the exact sign test for graded
+  metrics such as F1 (the same binomial test on the signs of the non-zero differences).
+
+The bootstrap is written here because scipy's ``bootstrap`` resamples one level only.
 """
 
 from __future__ import annotations
@@ -13,11 +23,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+from scipy.stats import binomtest
+
+from fanlora.utils.io import md_table
+
 REFERENCE = "fanlora"
+BOOTSTRAP_REPLICATES = 4000
+BOOTSTRAP_SEED = 0
 
 
-def correct_by_example(path: Path) -> dict[str, float] | None:
-    """``{uid: metric value}`` from an evaluation's ``predictions.jsonl``; None if absent."""
+def values_by_example(path: Path) -> dict[str, float] | None:
+    """``{uid: headline metric value}`` from an evaluation's ``predictions.jsonl``."""
     if not path.is_file():
         return None
     values = {}
@@ -28,27 +45,66 @@ def correct_by_example(path: Path) -> dict[str, float] | None:
     return values
 
 
-def discordant(a: dict[str, float], b: dict[str, float]) -> tuple[int, int, int] | None:
-    """(only A right, only B right, shared examples); None unless every value is 0 or 1."""
+def paired_differences(a: dict[str, float], b: dict[str, float]) -> np.ndarray:
+    """100 (a_i - b_i) over the examples both have, in uid order."""
     shared = sorted(a.keys() & b.keys())
-    if any(a[u] not in (0.0, 1.0) or b[u] not in (0.0, 1.0) for u in shared):
+    return 100.0 * np.array([a[u] - b[u] for u in shared], dtype=float)
+
+
+def hierarchical_bootstrap(diffs: list[np.ndarray], replicates: int = BOOTSTRAP_REPLICATES,
+                           seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:  # fmt: skip
+    """(mean over seeds of the mean difference, 2.5th and 97.5th percentiles) resampling
+    seeds, then examples within each drawn seed."""
+    rng = np.random.default_rng(seed)
+    n_seeds = len(diffs)
+    drawn = rng.integers(n_seeds, size=(replicates, n_seeds))
+    means = np.zeros((replicates, n_seeds))
+    for s, x in enumerate(diffs):
+        slots = drawn == s
+        count = int(slots.sum())
+        if count:
+            rows = rng.integers(len(x), size=(count, len(x)))
+            means[slots] = x[rows].mean(axis=1)
+    boot = means.mean(axis=1)
+    point = float(np.mean([x.mean() for x in diffs]))
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def exact_test(x: np.ndarray) -> dict:
+    """McNemar's exact test (0/1 values) or the exact sign test (graded), two-sided."""
+    binary = bool(np.all(np.isin(x, (-100.0, 0.0, 100.0))))
+    a_better, b_better = int((x > 0).sum()), int((x < 0).sum())
+    n = a_better + b_better
+    p = float(binomtest(a_better, n, 0.5).pvalue) if n else 1.0
+    return {"test": "McNemar exact" if binary else "sign test", "a_better": a_better,
+            "b_better": b_better, "examples": len(x), "p": p}  # fmt: skip
+
+
+def compare(folders: list[Path], other: str) -> dict | None:
+    """Difference, interval and per-seed tests of FanLoRA against ``other`` over the eval
+    folders of one task (one per seed); None when no seed has both predictions."""
+    diffs, tests = [], []
+    for folder in folders:
+        a = values_by_example(folder / REFERENCE / "predictions.jsonl")
+        b = values_by_example(folder / other / "predictions.jsonl")
+        if a is None or b is None:
+            continue
+        x = paired_differences(a, b)
+        if len(x):
+            diffs.append(x)
+            tests.append({"run": folder.parent.parent.name, **exact_test(x)})
+    if not diffs:
         return None
-    a_only = sum(1 for u in shared if a[u] > b[u])
-    b_only = sum(1 for u in shared if b[u] > a[u])
-    return a_only, b_only, len(shared)
-
-
-def mcnemar_p(a_only: int, b_only: int) -> float:
-    """Two-sided exact McNemar p-value: binomial test of a_only in a_only + b_only at 1/2."""
-    from scipy.stats import binomtest
-
-    n = a_only + b_only
-    return float(binomtest(a_only, n, 0.5).pvalue) if n else 1.0
+    point, low, high = hierarchical_bootstrap(diffs)
+    return {"diff": round(point, 2), "ci_low": round(low, 2), "ci_high": round(high, 2),
+            "seeds": len(diffs), "examples_per_seed": [len(x) for x in diffs],
+            "per_seed": tests}  # fmt: skip
 
 
 def paired_summary(rows: list[dict], out: Path, keys: list[str]) -> list[dict]:
     """For each group (``keys``: the grid values but the seed) and task, FanLoRA against
-    every other method: discordant counts pooled over seeds, gap in points, p-value."""
+    every other method: difference in points, its 95% interval, per-seed exact tests."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(str(row.get(k)) for k in [*keys, "task"]), []).append(row)
@@ -57,37 +113,32 @@ def paired_summary(rows: list[dict], out: Path, keys: list[str]) -> list[dict]:
         others = [m for m in dict.fromkeys(r["method"] for r in group) if m != REFERENCE]
         points = sorted({r["point"] for r in group if r["method"] == REFERENCE})
         folders = [out / p / "5-eval" / group[0]["task"] for p in points]
-        references = [correct_by_example(f / REFERENCE / "predictions.jsonl") for f in folders]
         for other in others:
-            counts = [_counts(ref, f / other / "predictions.jsonl")
-                      for f, ref in zip(folders, references, strict=True)]  # fmt: skip
-            counts = [c for c in counts if c is not None]
-            if not counts:
-                continue
-            a_only, b_only, n = (sum(c[i] for c in counts) for i in range(3))
-            found.append({**{k: group[0].get(k) for k in keys}, "task": group[0]["task"],
-                          "a": REFERENCE, "b": other, "a_only": a_only, "b_only": b_only,
-                          "examples": n, "runs": len(counts),
-                          "gap": round(100.0 * (a_only - b_only) / n, 2) if n else 0.0,
-                          "p": mcnemar_p(a_only, b_only)})  # fmt: skip
+            result = compare(folders, other)
+            if result is not None:
+                found.append({**{k: group[0].get(k) for k in keys}, "task": group[0]["task"],
+                              "a": REFERENCE, "b": other, **result})  # fmt: skip
     return found
 
 
-def _counts(reference: dict[str, float] | None, other: Path) -> tuple[int, int, int] | None:
-    b = correct_by_example(other) if reference is not None else None
-    return discordant(reference, b) if b is not None else None
-
-
 def paired_markdown(paired: list[dict], keys: list[str]) -> list[str]:
-    """A table of ``paired_summary``: one line per group, task and compared method."""
-    from fanlora.utils.io import md_table
-
-    header = [*keys, "task", "fanlora vs", "only fanlora right", "only the other right",
-              "examples", "gap (points)", "p (McNemar)"]  # fmt: skip
-    body = [[*(str(p[k]) for k in keys), p["task"], p["b"], str(p["a_only"]), str(p["b_only"]),
-             str(p["examples"]), f"{p['gap']:+.1f}", _p_text(p["p"])] for p in paired]  # fmt: skip
-    return ["## FanLoRA against each method on the same test examples", "",
-            "McNemar's exact test on the examples where the two differ, pooled over seeds.",
+    """A table of :func:`paired_summary`: one line per group, task and compared method."""
+    header = [*keys, "task", "fanlora vs", "seeds", "rows per seed", "difference (points)",
+              "95% interval", "per-seed p (test)"]  # fmt: skip
+    body = []
+    for p in paired:
+        tests = ", ".join(_p_text(t["p"]) for t in p["per_seed"])
+        interval = f"[{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]"
+        if p["seeds"] == 1:
+            interval += " (one seed: rows only)"
+        body.append([*(str(p[k]) for k in keys), p["task"], p["b"], str(p["seeds"]),
+                     "/".join(map(str, sorted(set(p["examples_per_seed"])))),
+                     f"{p['diff']:+.1f}", interval,
+                     f"{tests} ({p['per_seed'][0]['test']})"])  # fmt: skip
+    return ["## FanLoRA against each method on the same test rows", "",
+            "Difference = FanLoRA minus the method, mean over seeds of the mean over rows; "
+            "95% interval from a bootstrap over seeds, then rows within each seed; exact "
+            "tests per seed (McNemar for right/wrong metrics, sign test for graded ones).",
             "", md_table(header, body)]  # fmt: skip
 
 
