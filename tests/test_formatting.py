@@ -73,3 +73,59 @@ def test_collate_pads_right_and_masks_labels():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
     assert batch["input_ids"].dtype == torch.long
+
+
+# --- truncation around the answer (issue 15, item 3) --------------------------------
+
+SQUADLIKE = Example(
+    "sq1",
+    "Answer with a span.\n\nPassage: " + "filler words here. " * 30 + "The capital is Zorbania. "
+    + "more filler text. " * 30 + "\n\nQuestion: What is the capital?",
+    "Zorbania",
+    references=("Zorbania", "Zorbania city"),
+)  # fmt: skip
+
+
+def test_fit_prompt_keeps_an_anchor_with_the_head_and_the_tail():
+    ids = list(range(200))
+    plain = fit_prompt(ids, 40, [-1])
+    assert 100 not in plain  # the middle cut drops what sits in the middle
+    cut = fit_prompt(ids, 40, [-1], anchor=(98, 103))
+    assert len(cut) == 40 and set(range(98, 103)) <= set(cut)
+    assert cut[:9] == list(range(9)) and cut[-9:] == list(range(191, 200))  # a quarter each
+    assert cut.count(-1) == 2
+    # an anchor already inside the kept halves changes nothing
+    assert fit_prompt(ids, 40, [-1], anchor=(2, 5)) == plain
+
+
+def test_training_keeps_the_answer_in_the_prompt_when_cutting(tok):
+    (row,), _ = encode_all(tok, [SQUADLIKE], max_length=160)
+    prompt = [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab == IGNORE]
+    text = tok.decode(prompt)
+    assert len(row["input_ids"]) == 160 and "Zorbania" in text
+    assert "Answer with a span" in text and "What is the capital?" in text
+    single = encode_example(tok, PromptFrame.of(tok), SQUADLIKE, 160)
+    assert single == row  # the one-example path cuts the same way
+
+
+def test_choice_examples_are_never_anchored(tok):
+    example = Example("c", "Is it yes? " + "filler " * 80 + " yes indeed", "yes",
+                      choices=("yes", "no"), label=0)  # fmt: skip
+    (row,), _ = encode_all(tok, [example], max_length=90)
+    plain = encode_example(tok, PromptFrame.of(tok), Example("c", example.prompt, "yes"), 90)
+    assert row == plain
+
+
+def test_evaluation_records_whether_a_reference_survives(tok):
+    from fanlora.evaluate.generate import prompt_ids, references_kept
+    from fanlora.evaluate.run import answers_in_prompt, generated_records
+
+    never = Example("sql", "Question: names?", "SELECT name FROM t")
+    short = Example("s2", "Passage: Zorbania is big.\n\nQuestion: Which?", "Zorbania")
+    examples = [SQUADLIKE, never, short]
+    prompts = prompt_ids(tok, examples, 120)
+    kept = references_kept(tok, examples, prompts)
+    assert kept == [False, None, True]  # the middle cut lost SQUADLIKE's answer
+    records = generated_records(examples, ["x", "y", "Zorbania"], "f1_em", kept)
+    assert [r["reference_in_prompt"] for r in records] == kept
+    assert answers_in_prompt(records) == {"share": 50.0, "examples": 2}

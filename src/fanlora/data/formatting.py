@@ -3,9 +3,15 @@
 A training sequence is ``pre + prompt + post + response + eos`` where ``pre``/``post`` are
 the chat template's text around the user message (``<|im_start|>user\\n`` ...
 ``<|im_end|>\\n<|im_start|>assistant\\n`` for ChatML). Labels are -100 everywhere but the
-response and eos tokens. When the sequence exceeds ``max_length`` the prompt loses tokens
-from its middle (its beginning holds the instruction and its end the question); the
-response is never cut.
+response and eos tokens. The response is never cut. When the sequence exceeds
+``max_length`` the prompt is cut (:func:`fit_prompt`):
+
+- by default in its middle: the beginning holds the instruction and the end the question;
+- around the answer, when training on a generated-answer example whose answer occurs in
+  the prompt (a SQuAD span): the instruction's first quarter of the budget, the question's
+  last quarter, and a window centred on the answer, so the model never learns to answer
+  from a passage that lost its answer. Evaluation cannot know the answer: it keeps the
+  middle cut and records per example whether a reference still occurs in the prompt.
 """
 
 from __future__ import annotations
@@ -47,27 +53,66 @@ class PromptFrame:
         return cls(pre=ids(before), post=ids(after), eos=tokenizer.eos_token_id)
 
 
-def fit_prompt(prompt_ids: list[int], budget: int, ellipsis: list[int]) -> list[int]:
-    """``prompt_ids`` cut to ``budget`` tokens by removing the middle (marked by ellipsis)."""
+def fit_prompt(prompt_ids: list[int], budget: int, ellipsis: list[int],
+               anchor: tuple[int, int] | None = None) -> list[int]:  # fmt: skip
+    """``prompt_ids`` cut to ``budget`` tokens, the cuts marked by ``ellipsis``.
+
+    Without ``anchor``: the middle goes (head and tail halves kept). With ``anchor`` (a token
+    span [start, end) that must survive) not inside those halves: head = tail = a quarter of
+    the room, and the rest a window centred on the anchor (head ... window ... tail).
+    """
     if len(prompt_ids) <= budget:
         return prompt_ids
     keep = budget - len(ellipsis)
     if keep < 2:
         return prompt_ids[: max(budget, 0)]
     head = keep // 2
-    return prompt_ids[:head] + ellipsis + prompt_ids[len(prompt_ids) - (keep - head) :]
+    cut = prompt_ids[:head] + ellipsis + prompt_ids[len(prompt_ids) - (keep - head) :]
+    if anchor is None or anchor[1] <= head or anchor[0] >= len(prompt_ids) - (keep - head):
+        return cut
+    room = budget - 2 * len(ellipsis)
+    edge = room // 4
+    window = room - 2 * edge
+    if anchor[1] - anchor[0] > window:
+        return cut  # the answer alone is longer than the window: nothing better to do
+    centre = (anchor[0] + anchor[1]) // 2
+    start = min(max(centre - window // 2, edge), len(prompt_ids) - edge - window)
+    return (prompt_ids[:edge] + ellipsis + prompt_ids[start : start + window] + ellipsis
+            + prompt_ids[len(prompt_ids) - edge :])  # fmt: skip
+
+
+def answer_anchor(example: Example, offsets: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """Token span of the first answer (response, then references) found in the prompt, for
+    generated-answer examples; None for choice examples or when no answer occurs."""
+    if example.choices:
+        return None
+    for answer in (example.response, *example.references):
+        at = example.prompt.find(answer) if answer else -1
+        if at >= 0:
+            inside = [i for i, (a, b) in enumerate(offsets) if a < at + len(answer) and b > at]
+            return (inside[0], inside[-1] + 1) if inside else None
+    return None
 
 
 def assemble(frame: PromptFrame, prompt_ids: list[int], response_ids: list[int],
-             max_length: int, ellipsis: list[int]) -> dict | None:  # fmt: skip
-    """Template + prompt (cut in the middle to fit) + response + eos; labels on the response
-    and eos only. None when the response alone leaves no room for the prompt."""
+             max_length: int, ellipsis: list[int],
+             anchor: tuple[int, int] | None = None) -> dict | None:  # fmt: skip
+    """Template + prompt (cut to fit, around ``anchor`` if given) + response + eos; labels on
+    the response and eos only. None when the response alone leaves no room for the prompt."""
     answer = [*response_ids, frame.eos]
     room = max_length - len(answer) - len(frame.pre) - len(frame.post)
     if room < 1:
         return None
-    prompt = frame.pre + fit_prompt(prompt_ids, room, ellipsis) + frame.post
+    prompt = frame.pre + fit_prompt(prompt_ids, room, ellipsis, anchor) + frame.post
     return {"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer}
+
+
+def encode_prompt(tokenizer, example: Example) -> tuple[list[int], tuple[int, int] | None]:
+    """The prompt's token ids and the answer's token span in them (see :func:`answer_anchor`)."""
+    enc = tokenizer(example.prompt, add_special_tokens=False,
+                    return_offsets_mapping=tokenizer.is_fast)  # fmt: skip
+    offsets = enc.get("offset_mapping")
+    return enc["input_ids"], answer_anchor(example, offsets) if offsets is not None else None
 
 
 def encode_example(tokenizer, frame: PromptFrame, example: Example, max_length: int,
@@ -75,7 +120,8 @@ def encode_example(tokenizer, frame: PromptFrame, example: Example, max_length: 
     """input_ids and labels (response tokens only) or None when the response cannot fit."""
     ids = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     answer = example.response if response is None else response
-    return assemble(frame, ids(example.prompt), ids(answer), max_length, ids(ELLIPSIS))
+    prompt, anchor = encode_prompt(tokenizer, example)
+    return assemble(frame, prompt, ids(answer), max_length, ids(ELLIPSIS), anchor)
 
 
 def encode_options(tokenizer, frame: PromptFrame, example: Example, max_length: int) -> list[dict]:
@@ -102,11 +148,15 @@ def encode_all(tokenizer, examples: list[Example], max_length: int) -> tuple[lis
     """Encode ``examples`` (two batched tokenizer calls, fast on 10^5 rows); return
     (encoded, number dropped because the response is too long)."""
     frame = PromptFrame.of(tokenizer)
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+    enc = tokenizer([e.prompt for e in examples], add_special_tokens=False,
+                    return_offsets_mapping=tokenizer.is_fast)  # fmt: skip
+    offsets = enc.get("offset_mapping") or [None] * len(examples)
+    anchors = [answer_anchor(e, o) if o is not None else None
+               for e, o in zip(examples, offsets, strict=True)]  # fmt: skip
     answers = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
     ellipsis = tokenizer(ELLIPSIS, add_special_tokens=False)["input_ids"]
-    encoded = [assemble(frame, p, a, max_length, ellipsis)
-               for p, a in zip(prompts, answers, strict=True)]  # fmt: skip
+    rows = zip(enc["input_ids"], answers, anchors, strict=True)
+    encoded = [assemble(frame, p, a, max_length, ellipsis, anchor) for p, a, anchor in rows]
     kept = [e for e in encoded if e is not None]
     if not kept:
         raise FanLoRAError(f"no example fits in max length {max_length}: every response is "

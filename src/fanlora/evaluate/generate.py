@@ -17,6 +17,20 @@ def prompt_ids(tokenizer, examples: list[Example], max_prompt: int) -> list[list
     return [frame.pre + fit_prompt(ids, room, ellipsis) + frame.post for ids in raw]
 
 
+def references_kept(tokenizer, examples: list[Example], prompts: list[list[int]]) -> list:
+    """Per example, whether a reference answer still occurs in the cut prompt; None when the
+    whole prompt holds none (nothing to lose: a SQL query, say, is never in its prompt)."""
+    kept = []
+    for example, ids in zip(examples, prompts, strict=True):
+        refs = [r for r in (example.references or (example.response,)) if r]
+        if not any(r in example.prompt for r in refs):
+            kept.append(None)
+            continue
+        text = tokenizer.decode(ids)
+        kept.append(any(r in text for r in refs))
+    return kept
+
+
 def left_pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """input_ids and attention_mask, padded on the left so every row ends at the last column."""
     width = max(len(r) for r in rows)

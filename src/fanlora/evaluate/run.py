@@ -70,15 +70,28 @@ def choice_records(examples, loglik, loglik_no_eos) -> list[dict]:
     return records
 
 
-def generated_records(examples, texts, metric: str) -> list[dict]:
+def generated_records(examples, texts, metric: str, kept=None) -> list[dict]:
+    """Per example: the answer, the references, the metric values and whether a reference
+    survived the prompt's truncation (``reference_in_prompt``, None when none could)."""
     from fanlora.evaluate.metrics import score_generated
 
     records = []
-    for example, text in zip(examples, texts, strict=True):
+    kept = kept or [None] * len(examples)
+    for example, text, in_prompt in zip(examples, texts, kept, strict=True):
         refs = list(example.references) or [example.response]
         records.append({"uid": example.uid, "prediction": text, "references": refs,
+                        "reference_in_prompt": in_prompt,
                         "values": score_generated(metric, text, refs)})  # fmt: skip
     return records
+
+
+def answers_in_prompt(records: list[dict]) -> dict | None:
+    """Share (percent) of the examples whose prompt held a reference that still hold one
+    after truncation; None when no prompt held a reference."""
+    flags = [r["reference_in_prompt"] for r in records if r.get("reference_in_prompt") is not None]
+    if not flags:
+        return None
+    return {"share": round(100 * sum(flags) / len(flags), 2), "examples": len(flags)}
 
 
 def summarize(records: list[dict], metric: str) -> dict[str, float]:
@@ -98,12 +111,12 @@ def predict(cfg: EvalConfig, model, tokenizer, examples, metric: str, progress=N
         loglik, plain = option_loglik(model, tokenizer, examples, cfg.max_length,
                                       cfg.batch_size, progress)  # fmt: skip
         return choice_records(examples, loglik, plain)
-    from fanlora.evaluate.generate import generate, prompt_ids
+    from fanlora.evaluate.generate import generate, prompt_ids, references_kept
 
     new = cfg.max_new_tokens or DEFAULT_NEW_TOKENS[metric]
     prompts = prompt_ids(tokenizer, examples, cfg.max_length - new)
     texts = generate(model, tokenizer, prompts, cfg.batch_size, new, cfg.num_beams, progress)
-    return generated_records(examples, texts, metric)
+    return generated_records(examples, texts, metric, references_kept(tokenizer, examples, prompts))
 
 
 def evaluate(cfg: EvalConfig, out: str | Path, log=print, model=None, tokenizer=None) -> dict:
@@ -129,6 +142,7 @@ def evaluate(cfg: EvalConfig, out: str | Path, log=print, model=None, tokenizer=
     atomic_write_text(out / "predictions.jsonl", lines)
     doc = {"format": "fanlora-eval", "task": cfg.task, "split": cfg.split, "metric": metric,
            **summarize(records, metric), "examples": len(records), "config": asdict(cfg),
+           "answer_in_prompt": answers_in_prompt(records),
            "adapter_sha256": adapter_hash(cfg.adapter) if cfg.adapter else None,
            "predictions": "predictions.jsonl", "wall_time_s": round(time.time() - started, 2),
            "versions": versions()}  # fmt: skip

@@ -51,12 +51,27 @@ def downstream_section(run: Path, cfg: dict) -> tuple[str, list[str]]:
                 continue
             pm = margin(doc["metric"], doc["value"], doc["examples"])
             results[(method, task)] = doc
+            norm = f"; acc_norm {doc['acc_norm']:.1f}" if "acc_norm" in doc else ""
             cells.append(f"{doc['value']:.1f}" + (f" ± {pm:.1f}" if pm else "")
-                         + f" ({doc['metric']}, n={doc['examples']})")  # fmt: skip
+                         + f" ({doc['metric']}{norm}, n={doc['examples']})")  # fmt: skip
         rows.append([method, params, rank, *cells])
     notes = [task_note(task, {m: results[(m, task)] for m in methods if (m, task) in results})
              for task in cfg["tasks"]]  # fmt: skip
+    notes += [truncation_note(task, results) for task in cfg["tasks"]]
     return md_table(header, rows), [n for n in notes if n]
+
+
+def truncation_note(task: str, results: dict) -> str:
+    """How many test prompts still hold a reference answer after truncation (the same for
+    every method: the prompts do not depend on the adapter)."""
+    kept = [d["answer_in_prompt"] for (_, t), d in results.items()
+            if t == task and d.get("answer_in_prompt")]  # fmt: skip
+    if not kept:
+        return ""
+    share, n = kept[0]["share"], kept[0]["examples"]
+    warn = " (below 90%: raise evaluation.max_length)" if share < 90 else ""
+    return (f"On **{task}**, a reference answer still occurs in {share:.1f}% of the {n} test "
+            f"prompts that held one before truncation{warn}.")
 
 
 def task_note(task: str, docs: dict[str, dict]) -> str:
