@@ -35,17 +35,21 @@ class TaskSpec:
     metric: str  # loss | f1_em | sql_em | number_acc | accuracy
     role: str  # the paper's dataset this one stands in for
     source: str
+    # Evaluation's default tokens per sequence: the smallest length at which at least 90%
+    # of the test prompts that hold a reference answer still hold it after truncation, on
+    # SmolLM2's tokenizer (bench/truncation.py: SQuAD 69.8% at 192, 92.6% at 256).
+    max_length: int = 192
 
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in [
     TaskSpec("instruct", builders.build_instruct, (0.98, 0.01, 0.01), "loss", "UltraChat",
-             "BIG-bench natural_instructions (Natural Instructions v1, 61 subtasks)"),
+             "BIG-bench natural_instructions (Natural Instructions v1, 61 subtasks)", 512),
     # The paper tests on SQuAD's dev set; only that file ships here, so its 48 articles are
     # split into train/dev/test by article (no passage is shared across splits).
     TaskSpec("squad", builders.build_squad, (0.6, 0.1, 0.3), "f1_em", "SQuAD v1.1",
-             "BIG-bench squad_shifts/squaddev_v1.1.json (SQuAD v1.1 dev)"),
+             "BIG-bench squad_shifts/squaddev_v1.1.json (SQuAD v1.1 dev)", 256),
     TaskSpec("sql", builders.build_sql, (0.7, 0.1, 0.2), "sql_em", "Q2SQL",
-             "BIG-bench semantic_parsing_spider (Spider)"),
+             "BIG-bench semantic_parsing_spider (Spider)", 512),
     TaskSpec("math", builders.build_math, (0.8, 0.1, 0.1), "number_acc", "HSM10K",
              "BIG-bench elementary_math_qa/question_only (MathQA)"),
     # BoolQ and COPA lack public test labels, so the paper halves their dev sets; these
@@ -140,6 +144,11 @@ def load_sample(name: str, split: str, n: int | None, seed: int = 0) -> list[Exa
     if n is not None and len(examples) > n:
         examples = random.Random(seed).sample(examples, n)
     return examples
+
+
+def task_max_length(name: str) -> int:
+    """Evaluation's default tokens per sequence for ``name`` (512 for a user's file)."""
+    return TASKS[name].max_length if name in TASKS else 512
 
 
 def task_metric(name: str, examples: list[Example] | None = None) -> str:

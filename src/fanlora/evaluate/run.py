@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from fanlora.errors import FanLoRAError
@@ -32,8 +32,11 @@ class EvalConfig:
     metric: str | None = field(default=None, metadata={"help": "default: the task's (A.2)",
                                                         "choices": METRICS})  # fmt: skip
     batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
-    max_length: int = field(default=512, metadata={"help": "tokens per sequence (prompt cut "
-                                                             "in the middle)"})  # fmt: skip
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "tokens per sequence (prompt cut in the middle); default: the "
+                  "task's, chosen so >= 90% of test answers survive (SQuAD 256), else 512"},
+    )  # fmt: skip
     max_new_tokens: int | None = field(
         default=None,
         metadata={"help": "generated tokens at most (default: 32 SQuAD, 128 SQL, 24 math)"},
@@ -45,10 +48,10 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "seed of the example draw"})
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_length", "num_beams"):
+        for name in ("batch_size", "num_beams"):
             if getattr(self, name) < 1:
                 raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("limit", "max_new_tokens"):
+        for name in ("limit", "max_new_tokens", "max_length"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -124,13 +127,15 @@ def evaluate(cfg: EvalConfig, out: str | Path, log=print, model=None, tokenizer=
     metrics. ``model``/``tokenizer`` may be passed in to skip loading them again."""
     from tqdm.auto import tqdm
 
-    from fanlora.data.registry import load_sample, task_metric
+    from fanlora.data.registry import load_sample, task_max_length, task_metric
     from fanlora.models.adapters import adapter_hash, load_with_adapter
     from fanlora.train.run import versions
     from fanlora.utils.io import atomic_write_json, atomic_write_text
 
     started = time.time()
     examples = load_sample(cfg.task, cfg.split, cfg.limit, cfg.seed)
+    if cfg.max_length is None:
+        cfg = replace(cfg, max_length=task_max_length(cfg.task))
     metric = cfg.metric or task_metric(cfg.task, examples)
     if model is None:
         model, tokenizer = load_with_adapter(cfg.model, cfg.adapter, cfg.dtype)
