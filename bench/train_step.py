@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from fanlora.data.registry import load_sample
 from fanlora.data.formatting import collate, encode_all
+from fanlora.data.registry import load_sample
 from fanlora.models import load_model
 from fanlora.modules import discover_layout
 from fanlora.select import FanLoRASetting

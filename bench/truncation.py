@@ -33,8 +33,8 @@ def survival(tok, examples, max_length: int, new_tokens: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--lengths", type=int, nargs="+",
-                        default=[192, 256, 320, 384, 448, 512, 640, 768])  # fmt: skip
+    lengths = [192, 256, 320, 384, 448, 512, 640, 768]
+    parser.add_argument("--lengths", type=int, nargs="+", default=lengths)
     parser.add_argument("--out", default="bench/results/truncation.json")
     args = parser.parse_args()
     tok = load_tokenizer(args.model)
@@ -47,12 +47,22 @@ def main() -> None:
         if all(r["share"] is None for r in rows):
             continue
         enough = [r["max_length"] for r in rows if r["share"] is not None and r["share"] >= GOAL]
-        tasks[name] = {"test_rows": len(examples), "new_tokens": DEFAULT_NEW_TOKENS[spec.metric],
-                       "by_max_length": rows, "smallest_max_length_for_goal": min(enough, default=None)}  # fmt: skip
+        tasks[name] = {
+            "test_rows": len(examples),
+            "new_tokens": DEFAULT_NEW_TOKENS[spec.metric],
+            "by_max_length": rows,
+            "smallest_max_length_for_goal": min(enough, default=None),
+        }
         print(name, [(r["max_length"], r["share"] and round(r["share"], 1)) for r in rows])
-    atomic_write_json(args.out, {"benchmark": "truncation", "model": args.model, "goal_share": GOAL,
-                                 "tasks": tasks, "versions": versions(),
-                                 "machine": platform.machine()})  # fmt: skip
+    record = {
+        "benchmark": "truncation",
+        "model": args.model,
+        "goal_share": GOAL,
+        "tasks": tasks,
+        "versions": versions(),
+        "machine": platform.machine(),
+    }
+    atomic_write_json(args.out, record)
 
 
 if __name__ == "__main__":

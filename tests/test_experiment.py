@@ -122,6 +122,18 @@ def test_results_markdown_shows_varying_columns_and_decoding():
     assert "## Decoding speed, run seed=0" in md and "fanlora 80%" in md
 
 
+def test_results_of_an_older_results_version_are_marked_stale():
+    from fanlora.experiment.aggregate import render_markdown
+    from fanlora.pipeline.stages import RESULTS_VERSION
+
+    base = {"experiment": "t", "mixed_code_versions": False, "runs": {"a": "finished"},
+            "score_agreement": None, "summary": [], "decoding": {}}  # fmt: skip
+    old = render_markdown({**base, "results_versions": {"a": 1, "b": RESULTS_VERSION}})
+    assert "**Stale: made by results version 1" in old
+    assert "Stale" in render_markdown(base)  # results.json from before the field existed
+    assert "Stale" not in render_markdown({**base, "results_versions": {"a": RESULTS_VERSION}})
+
+
 def test_reuse_takes_run_folders_and_other_experiments_folders(tmp_path):
     from fanlora.experiment.grid import reuse_folders
 

@@ -402,11 +402,12 @@ def test_adalora_penalty_weight_does_not_depend_on_the_micro_batch_split(tmp_pat
 def test_adalora_logs_its_penalty_apart_from_the_loss(tmp_path, data_file):
     out = tmp_path / "ada"
     train(cfg(data_file, method="adalora", max_steps=4), out, log=lambda _: None)
-    lines = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(line["orth_penalty"] > 0 for line in lines)
     lora = tmp_path / "lora"
     train(cfg(data_file, max_steps=2, eval_every=2), lora, log=lambda _: None)
-    assert all("orth_penalty" not in json.loads(line) for line in open(lora / "metrics.jsonl"))
+    lora_lines = (lora / "metrics.jsonl").read_text().splitlines()
+    assert all("orth_penalty" not in json.loads(line) for line in lora_lines)
 
 
 @pytest.mark.parametrize("eval_every, kill_at", [(4, 6), (11, 11)])

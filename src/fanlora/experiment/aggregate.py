@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 
 from fanlora.experiment.paired import paired_markdown, paired_summary
+from fanlora.pipeline.stages import RESULTS_VERSION
 from fanlora.utils.io import atomic_write_json, atomic_write_text, read_json_if_present
 
 STATS = ("median", "min", "max", "runs", "values", "metric", "trainable_params")
@@ -67,7 +68,7 @@ def summarize(rows: list[dict], grid_keys: list[str]) -> list[dict]:
 
 
 def aggregate(name: str, out: Path, points) -> dict:
-    rows, status, codes = [], {}, {}
+    rows, status, codes, versions = [], {}, {}, {}
     for point in points:
         folder = out / point.name
         run = read_json_if_present(folder / "run.json")
@@ -77,6 +78,8 @@ def aggregate(name: str, out: Path, points) -> dict:
                               else "not finished")  # fmt: skip
         if run:
             codes[point.name] = run.get("code", run.get("fanlora", "?"))
+        if report:  # a stage record without the field was made before RESULTS_VERSION
+            versions[point.name] = report.get("results_version", 1)
         rows += point_rows(point, folder)
     grid_keys = list(points[0].values) if points else []  # as written, linked keys joined
     decoding = {
@@ -89,6 +92,7 @@ def aggregate(name: str, out: Path, points) -> dict:
     paired = paired_summary(rows, out, group_keys(grid_keys))
     return {"format": "fanlora-experiment", "experiment": name, "runs": status,
             "code_versions": codes, "mixed_code_versions": len(distinct) > 1,
+            "results_versions": versions,
             "rows": rows, "summary": summarize(rows, grid_keys), "paired": paired,
             "score_agreement": agreement, "decoding": decoding}  # fmt: skip
 
@@ -116,6 +120,13 @@ def score_agreement(out: Path, points) -> dict | None:
 
 def render_markdown(results: dict) -> str:
     lines = [f"# Experiment {results['experiment']}", ""]
+    stale = sorted({v for v in results.get("results_versions", {"?": 1}).values()
+                    if v < RESULTS_VERSION})  # fmt: skip
+    if stale:
+        lines += [f"**Stale: made by results version {', '.join(map(str, stale))}, before "
+                  f"the fixes of version {RESULTS_VERSION} (README: rules that keep the "
+                  "numbers honest). Kept as an earlier section; not comparable with newer "
+                  "runs.**", ""]  # fmt: skip
     if results["mixed_code_versions"]:
         lines += [
             "**Warning: these runs were made by different code versions: "

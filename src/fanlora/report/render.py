@@ -70,8 +70,10 @@ def truncation_note(task: str, results: dict) -> str:
         return ""
     share, n = kept[0]["share"], kept[0]["examples"]
     warn = " (below 90%: raise evaluation.max_length)" if share < 90 else ""
-    return (f"On **{task}**, a reference answer still occurs in {share:.1f}% of the {n} test "
-            f"prompts that held one before truncation{warn}.")
+    return (
+        f"On **{task}**, a reference answer still occurs in {share:.1f}% of the {n} test "
+        f"prompts that held one before truncation{warn}."
+    )
 
 
 def task_note(task: str, docs: dict[str, dict]) -> str:
