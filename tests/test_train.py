@@ -74,6 +74,16 @@ def kill_before_step(step):
     return hook
 
 
+def assert_same_run(straight, broken):
+    """The same adapter, bit for bit, and the same logged losses."""
+    a = load_file(straight / "adapter_model.safetensors")
+    b = load_file(broken / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert losses(straight) == losses(broken)
+
+
 def losses(out):
     return [json.loads(line)["loss"] for line in open(os.path.join(out, "metrics.jsonl"))]
 
@@ -138,12 +148,7 @@ def test_resume_equals_uninterrupted(tmp_path, data_file):
         train(cfg(data_file, dropout=0.1), broken, log=lambda _: None)
     assert latest_checkpoint(broken / "checkpoints").name == "step-4"
     train(cfg(data_file, dropout=0.1), broken, resume=True, log=lambda _: None)
-    a = load_file(straight / "adapter_model.safetensors")
-    b = load_file(broken / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    assert losses(straight) == losses(broken)
+    assert_same_run(straight, broken)
 
 
 def test_reload_through_plain_peft_gives_identical_logits(tmp_path, data_file):
@@ -422,12 +427,7 @@ def test_adalora_resume_equals_uninterrupted(tmp_path, data_file, eval_every, ki
     with before_each_step(kill_before_step(kill_at)), pytest.raises(KeyboardInterrupt):
         train(cfg(data_file, **c), broken, log=lambda _: None)
     train(cfg(data_file, **c), broken, resume=True, log=lambda _: None)
-    a = load_file(straight / "adapter_model.safetensors")
-    b = load_file(broken / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    assert losses(straight) == losses(broken)
+    assert_same_run(straight, broken)
 
 
 def test_train_and_dev_rows_are_seeded_draws_not_the_first_rows(tmp_path):

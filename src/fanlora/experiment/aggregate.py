@@ -29,19 +29,11 @@ def point_rows(point, folder: Path) -> list[dict]:
                 continue
             trained = folder / "4-downstream" / task / method / "run.json"
             trained = read_json_if_present(trained) or {}
-            rows.append({"point": point.name, **flat_values(point), "task": task, "method": method,
+            rows.append({"point": point.name, **point.flat_values(), "task": task, "method": method,
                          "metric": doc["metric"], "value": doc["value"],
                          "examples": doc["examples"],
                          "trainable_params": trained.get("trainable_params", 0)})  # fmt: skip
     return rows
-
-
-def flat_values(point) -> dict:
-    """The point's grid values, linked axes split: ``{"seed+decode": [0, True]}`` gives
-    ``{"seed": 0, "decode": True}``."""
-    from fanlora.experiment.grid import linked_values
-
-    return {k: v for key, value in point.values.items() for k, v in linked_values(key, value)}
 
 
 def group_keys(grid_keys: list[str]) -> list[str]:

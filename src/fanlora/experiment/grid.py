@@ -39,6 +39,11 @@ class Point:
     values: dict
     config: RunConfig
 
+    def flat_values(self) -> dict:
+        """The grid values, linked axes split: ``{"seed+decode": [0, True]}`` gives
+        ``{"seed": 0, "decode": True}``."""
+        return {k: v for key, value in self.values.items() for k, v in linked_values(key, value)}
+
 
 def _base_run(doc: dict, path: Path) -> dict:
     run = doc.get("run")
