@@ -45,8 +45,13 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 7, 15, 22, 29])
     parser.add_argument("--out", default="bench/results/score.json")
     args = parser.parse_args()
-    cfg = ScoreConfig(model=args.model, adapter=args.adapter, val_examples=args.val_examples,
-                      batch_size=args.batch_size, max_length=args.max_length)  # fmt: skip
+    cfg = ScoreConfig(
+        model=args.model,
+        adapter=args.adapter,
+        val_examples=args.val_examples,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )
     model, gates, valset = build_and_gate(cfg)
     layout, kinds = gates.layout, list(gates.layout.kinds)
     num_layers, every = layout.num_layers, set(gates.keys)
@@ -88,8 +93,10 @@ def main() -> None:
             s_all - score_of(pair[0], valset, "loss") + score_of(pair[1], valset, "loss") - s_none
         )
 
-    max_diff = max(abs(v_of(plain[k], plain_all, plain_none) - v_of(fast[k], fast_all, fast_none))
-                   for k in sample)  # fmt: skip
+    max_diff = max(
+        abs(v_of(plain[k], plain_all, plain_none) - v_of(fast[k], fast_all, fast_none))
+        for k in sample
+    )
 
     # per-layer tail cost grows with depth (L - l): fit t = a + b (L - l) on the samples
     xs = [num_layers - k[0] for k in sample]
@@ -115,8 +122,9 @@ def main() -> None:
                 w = score_of(fast_eval(every - {key}, layer, "on"), valset, "loss")
                 o = score_of(fast_eval({key}, layer, "off"), valset, "loss")
                 exact_records.append((key, w, o))
-    exact_scores = [ScoreRecord(k[0], k[1], fast_all - w + o - fast_none)
-                    for k, w, o in exact_records]  # fmt: skip
+    exact_scores = [
+        ScoreRecord(k[0], k[1], fast_all - w + o - fast_none) for k, w, o in exact_records
+    ]
     adaptive = [ScoreRecord(r["layer"], r["module"], r["score"]) for r in records]
     kept_exact = top_modules(exact_scores, layout, 2)
     kept_adaptive = top_modules(adaptive, layout, 2)
@@ -125,27 +133,46 @@ def main() -> None:
     projected["adaptive"] = t_capture + t_race_per_layer * num_layers
     spent = [r["sequences_spent"] for r in records]
     record = {
-        "benchmark": "score", "model": args.model, "adapter": args.adapter,
-        "validation": {"examples": args.val_examples, "sequences": valset.num_sequences,
-                       "batches": len(valset.batches), "max_length": args.max_length},
-        "sampled_layers": args.layers, "sampled_modules": [list(k) for k in sample],
-        "seconds": {"full_eval": t_full, "capture_two_passes": t_capture,
-                    "fast_tail_per_sampled_module": {str(k): v for k, v in t_fast.items()},
-                    "adaptive_sampled_layers": t_adaptive},
+        "benchmark": "score",
+        "model": args.model,
+        "adapter": args.adapter,
+        "validation": {
+            "examples": args.val_examples,
+            "sequences": valset.num_sequences,
+            "batches": len(valset.batches),
+            "max_length": args.max_length,
+        },
+        "sampled_layers": args.layers,
+        "sampled_modules": [list(k) for k in sample],
+        "seconds": {
+            "full_eval": t_full,
+            "capture_two_passes": t_capture,
+            "fast_tail_per_sampled_module": {str(k): v for k, v in t_fast.items()},
+            "adaptive_sampled_layers": t_adaptive,
+        },
         "projected_whole_model_s": projected,
-        "speedup_vs_straightforward": {k: projected["straightforward"] / v
-                                       for k, v in projected.items()},
+        "speedup_vs_straightforward": {
+            k: projected["straightforward"] / v for k, v in projected.items()
+        },
         "fast_max_abs_diff_vs_straightforward": max_diff,
-        "adaptive": {"setting_agreement_sampled_layers": sum(agree) / len(agree),
-                     "sequences_spent_per_module": {"median": statistics.median(spent),
-                                                    "min": min(spent), "max": max(spent),
-                                                    "of": valset.num_sequences}},
-        "goals": {"fast >= 2x": projected["straightforward"] / projected["fast"] >= 2,
-                  "adaptive >= 8x": projected["straightforward"] / projected["adaptive"] >= 8,
-                  "fast exact (<= 1e-4)": max_diff <= 1e-4},
-        "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "adaptive": {
+            "setting_agreement_sampled_layers": sum(agree) / len(agree),
+            "sequences_spent_per_module": {
+                "median": statistics.median(spent),
+                "min": min(spent),
+                "max": max(spent),
+                "of": valset.num_sequences,
+            },
+        },
+        "goals": {
+            "fast >= 2x": projected["straightforward"] / projected["fast"] >= 2,
+            "adaptive >= 8x": projected["straightforward"] / projected["adaptive"] >= 8,
+            "fast exact (<= 1e-4)": max_diff <= 1e-4,
+        },
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
         "versions": versions(),
-    }  # fmt: skip
+    }
     atomic_write_json(args.out, record)
     for k, v in projected.items():
         print(

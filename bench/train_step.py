@@ -54,8 +54,9 @@ def run_pair(name, cfg, setting, rows, steps, tmp) -> dict:
     torch.manual_seed(0)
     bare = get_peft_model(base_a, peft_config)
     optimizer = torch.optim.AdamW([p for p in bare.parameters() if p.requires_grad], lr=1e-4)
-    data = Batches(rows, rows[:4], batch_size=len(rows), steps_per_epoch=1, total_steps=steps,
-                   dropped=0)  # fmt: skip
+    data = Batches(
+        rows, rows[:4], batch_size=len(rows), steps_per_epoch=1, total_steps=steps, dropped=0
+    )
     trainer = Trainer(cfg, RunFolder(tmp), log=lambda _: None)
     trainer.setup(base_b, tok, build_peft_config(cfg, layout, steps, setting), data)
     indices = list(range(len(rows)))
@@ -72,9 +73,15 @@ def run_pair(name, cfg, setting, rows, steps, tmp) -> dict:
             if step > 0:
                 times[variant].append(time.perf_counter() - started)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"config": name, "trainable_params": trainer.trainable, "steps": steps,
-            "median_s": med, "p90_s": {k: p90(v) for k, v in times.items()}, "times_s": times,
-            "engine_over_bare": med["engine"] / med["bare"]}  # fmt: skip
+    return {
+        "config": name,
+        "trainable_params": trainer.trainable,
+        "steps": steps,
+        "median_s": med,
+        "p90_s": {k: p90(v) for k, v in times.items()},
+        "times_s": times,
+        "engine_over_bare": med["engine"] / med["bare"],
+    }
 
 
 def main() -> None:
@@ -89,21 +96,32 @@ def main() -> None:
     _, tok = load_model(args.model)
     examples = load_sample("instruct", "train", args.batch, seed=0)
     rows, _ = encode_all(tok, examples, args.max_length)
-    cfg = TrainConfig(model=args.model, method="full-lora", rank=12, dropout=0.0,
-                      micro_batch_size=args.batch)  # fmt: skip
+    cfg = TrainConfig(
+        model=args.model, method="full-lora", rank=12, dropout=0.0, micro_batch_size=args.batch
+    )
     results = [run_pair("full-lora (210 modules)", cfg, None, rows, args.steps, "/tmp/bench-a")]
     layout = discover_layout(load_model(args.model)[0])
     setting = FanLoRASetting(args.model, 2, layout, [["v", "down"]] * layout.num_layers)
     cfg2 = TrainConfig(**{**cfg.to_dict(), "method": "fanlora", "setting": "inline"})
-    results.append(run_pair("2 per layer (v, down; 60 modules)", cfg2, setting, rows,
-                            args.steps, "/tmp/bench-b"))  # fmt: skip
-    record = {"benchmark": "train_step", "model": args.model, "batch": args.batch,
-              "tokens_per_step": sum(len(r["input_ids"]) for r in rows),
-              "max_length": args.max_length, "threads": torch.get_num_threads(),
-              "machine": platform.machine(), "processor": platform.processor(),
-              "versions": versions(), "results": results,
-              "goal": "engine adds at most 5% (engine_over_bare <= 1.05)",
-              "goal_met": all(r["engine_over_bare"] <= 1.05 for r in results)}  # fmt: skip
+    results.append(
+        run_pair(
+            "2 per layer (v, down; 60 modules)", cfg2, setting, rows, args.steps, "/tmp/bench-b"
+        )
+    )
+    record = {
+        "benchmark": "train_step",
+        "model": args.model,
+        "batch": args.batch,
+        "tokens_per_step": sum(len(r["input_ids"]) for r in rows),
+        "max_length": args.max_length,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "versions": versions(),
+        "results": results,
+        "goal": "engine adds at most 5% (engine_over_bare <= 1.05)",
+        "goal_met": all(r["engine_over_bare"] <= 1.05 for r in results),
+    }
     atomic_write_json(args.out, record)
     for r in results:
         print(

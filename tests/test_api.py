@@ -13,8 +13,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def readme_example() -> str:
     text = README.read_text()
-    match = re.search(r"<!-- api-example.*?-->\n```python\n(.*?)```\n<!-- /api-example -->",
-                      text, re.S)  # fmt: skip
+    match = re.search(
+        r"<!-- api-example.*?-->\n```python\n(.*?)```\n<!-- /api-example -->", text, re.S
+    )
     assert match, "the README lost its api-example block"
     return match.group(1)
 
@@ -25,8 +26,11 @@ def test_the_readme_example_runs(tasks_home, tmp_path, monkeypatch, capsys):
     exec(compile(readme_example(), "README.md", "exec"), scope)
     setting, peft_model = scope["setting"], scope["peft_model"]
     assert (tmp_path / "runs/api-demo/3-setting/setting.json").is_file()
-    wrapped = {n.removesuffix(".base_layer") for n, _ in peft_model.named_modules()
-               if n.endswith(".base_layer")}  # fmt: skip
+    wrapped = {
+        n.removesuffix(".base_layer")
+        for n, _ in peft_model.named_modules()
+        if n.endswith(".base_layer")
+    }
     assert {n.removeprefix("base_model.model.") for n in wrapped} == set(setting.target_modules)
     assert scope["metrics"]["metric"] == "accuracy"
     # a second call finds steps 1-3 done and returns the same setting

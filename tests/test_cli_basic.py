@@ -13,8 +13,10 @@ def fanlora(*args):
     """Run the real console entry point in a subprocess; return (rc, stdout, stderr)."""
     proc = subprocess.run(
         [sys.executable, "-m", "fanlora.cli.main", *map(str, args)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -48,8 +50,9 @@ def test_select_end_to_end(tmp_path):
     kinds = ["q", "k", "v", "o", "gate", "up", "down"]
     scores = [
         {"layer": n, "module": k, "score": (i - 3) * (1 if n % 2 else -1) + 0.01 * n}
-        for n in range(4) for i, k in enumerate(kinds)
-    ]  # fmt: skip
+        for n in range(4)
+        for i, k in enumerate(kinds)
+    ]
     path = write_scores(tmp_path / "scores.json", scores)
     rc, out, err = fanlora("select", "--scores", path, "--k-max", "2", "--out", tmp_path / "s.json")
     assert rc == 0, err
@@ -89,7 +92,8 @@ def test_select_bad_input_writes_nothing(tmp_path, capsys, scores, k_max, messag
 
 def test_select_nan_score_from_json_text(tmp_path, capsys):
     path = tmp_path / "scores.json"
-    path.write_text('{"model": "tiny-random-llama", "scores": '
-                    '[{"layer": 0, "module": "q", "score": NaN}]}')  # fmt: skip
+    path.write_text(
+        '{"model": "tiny-random-llama", "scores": [{"layer": 0, "module": "q", "score": NaN}]}'
+    )
     assert main(["select", "--scores", str(path), "--out", str(tmp_path / "o.json")]) == 2
     assert "finite number" in capsys.readouterr().err

@@ -58,8 +58,9 @@ def _maybe(fn, *args):
 
 
 def test_squad_splits_never_share_an_article(prepared):
-    articles = {s: {e.group for e in _maybe(load_split, "squad", s)}
-                for s in ("train", "dev", "test")}  # fmt: skip
+    articles = {
+        s: {e.group for e in _maybe(load_split, "squad", s)} for s in ("train", "dev", "test")
+    }
     assert not articles["train"] & articles["test"]
     assert not articles["train"] & articles["dev"]
 
@@ -132,8 +133,10 @@ def test_dataset_file_with_missing_fields_is_named(home, tmp_path):
 
 
 def test_user_files_jsonl_csv_and_chat(tmp_path):
-    rows = [{"instruction": f"Say {i}", "input": "x" if i % 2 else "", "output": str(i)}
-            for i in range(200)]  # fmt: skip
+    rows = [
+        {"instruction": f"Say {i}", "input": "x" if i % 2 else "", "output": str(i)}
+        for i in range(200)
+    ]
     jsonl = tmp_path / "mine.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in rows))
     splits = {s: load_user_file(jsonl, s) for s in ("train", "dev", "test")}
@@ -143,19 +146,31 @@ def test_user_files_jsonl_csv_and_chat(tmp_path):
     csv.write_text("instruction,input,output,split\nAdd,1+1,2,test\nSub,2-1,1,train\n")
     assert [e.response for e in load_split(str(csv), "test")] == ["2"]
     chat = tmp_path / "chat.json"
-    chat.write_text(json.dumps([{"messages": [{"role": "user", "content": "hi"},
-                                              {"role": "assistant", "content": "hello"}],
-                                 "split": "dev"}]))  # fmt: skip
+    chat.write_text(
+        json.dumps(
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "hello"},
+                    ],
+                    "split": "dev",
+                }
+            ]
+        )
+    )
     with pytest.raises(FanLoRAError, match="empty"):
         load_split(str(chat), "train")
 
 
 @pytest.mark.parametrize(
     ("row", "message"),
-    [({"instruction": "x"}, "row 1: missing output"),
-     ({"messages": [{"role": "user", "content": "q"}]}, "assistant turn"),
-     ({"instruction": "x", "output": "y", "split": "val"}, "split 'val'")],
-)  # fmt: skip
+    [
+        ({"instruction": "x"}, "row 1: missing output"),
+        ({"messages": [{"role": "user", "content": "q"}]}, "assistant turn"),
+        ({"instruction": "x", "output": "y", "split": "val"}, "split 'val'"),
+    ],
+)
 def test_user_file_bad_rows(tmp_path, row, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(row))

@@ -72,8 +72,13 @@ def test_table_path_missing_from_model_is_reported():
 def test_layout_from_config_uses_no_real_memory():
     from transformers import LlamaConfig
 
-    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                         num_attention_heads=32, vocab_size=32000)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        vocab_size=32000,
+    )
     layout = layout_from_config(config)  # a 7B model on the meta device
     assert layout.num_layers == 32 and layout.shapes["up"] == [4096, 11008]
 
@@ -88,11 +93,13 @@ def test_tiny_preset_is_deterministic(tiny_llama):
 
     model, tokenizer = tiny_llama
     again, _ = build_tiny_llama()
-    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(),
-                                 strict=True):  # fmt: skip
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), again.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                         add_generation_prompt=True)  # fmt: skip
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>assistant\n")
     ids = tokenizer("héllo wörld")["input_ids"]
     assert tokenizer.decode(ids) == "héllo wörld"

@@ -46,9 +46,17 @@ def test_sql_exact_match_ignores_case_spacing_and_quotes_only():
     assert sql_em("SELECT a FROM t WHERE x != 1", ["select a from t where x!=1"])["sql_em"]
 
 
-@pytest.mark.parametrize("text, value", [("1 / 2", 0.5), ("The answer is 1,000.", 1000.0),
-                                         ("-3.5 then 7", 7.0), ("x = -.25", -0.25),
-                                         ("no number", None), ("3 / 0", None)])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("1 / 2", 0.5),
+        ("The answer is 1,000.", 1000.0),
+        ("-3.5 then 7", 7.0),
+        ("x = -.25", -0.25),
+        ("no number", None),
+        ("3 / 0", None),
+    ],
+)
 def test_final_number_parsing(text, value):
     assert parse_number(text) == value
 
@@ -60,8 +68,10 @@ def test_number_accuracy_compares_values_not_strings():
     assert number_acc("", ["42"])["number_acc"] == 0.0
 
 
-EXAMPLES = [Example(f"e{i}", "Is the sky " + "very " * i + "blue?", "Yes", ("Yes", "No maybe"),
-                    i % 2) for i in range(5)]  # fmt: skip
+EXAMPLES = [
+    Example(f"e{i}", "Is the sky " + "very " * i + "blue?", "Yes", ("Yes", "No maybe"), i % 2)
+    for i in range(5)
+]
 
 
 @torch.no_grad()
@@ -126,8 +136,9 @@ def test_left_padded_batched_generation_equals_one_at_a_time(tiny_llama):
 
 def test_evaluate_writes_metrics_that_trace_to_predictions(tasks_home, tmp_path):
     for task in ("yesno", "squad", "math"):
-        doc = evaluate(EvalConfig(task=task, limit=6, max_new_tokens=4), tmp_path / task,
-                       log=lambda _: None)  # fmt: skip
+        doc = evaluate(
+            EvalConfig(task=task, limit=6, max_new_tokens=4), tmp_path / task, log=lambda _: None
+        )
         text = (tmp_path / task / "predictions.jsonl").read_text()
         lines = [json.loads(x) for x in text.splitlines()]
         assert len(lines) == doc["examples"] == 6
@@ -142,8 +153,17 @@ def test_eval_cli_refuses_unknown_task_and_bad_adapter(tasks_home, tmp_path, cap
     assert main(["eval", "--task", "nosuch", "--out", str(tmp_path / "e")]) == 2
     assert "unknown dataset 'nosuch'" in capsys.readouterr().err
     (tmp_path / "adapter").mkdir()
-    code = main(["eval", "--task", "yesno", "--adapter", str(tmp_path / "adapter"),
-                 "--out", str(tmp_path / "e")])  # fmt: skip
+    code = main(
+        [
+            "eval",
+            "--task",
+            "yesno",
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--out",
+            str(tmp_path / "e"),
+        ]
+    )
     assert code == 2 and "not a PEFT adapter folder" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
 

@@ -15,13 +15,15 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 def grid_file(tmp_path, grid, **run) -> Path:
     base = yaml.safe_load(TINY.read_text())
-    base.update(tasks=["yesno"], methods=["fanlora", "lora"], eval_base=False, decode=False,
-                **run)  # fmt: skip
+    base.update(tasks=["yesno"], methods=["fanlora", "lora"], eval_base=False, decode=False, **run)
     base["evaluation"]["limit"] = 4
     base["scoring"]["adaptive"] = False  # exact scores do not depend on K_max: shared
     path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump({"name": "t", "run": base, "out": str(tmp_path / "runs"),
-                                    "grid": grid}, sort_keys=False))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {"name": "t", "run": base, "out": str(tmp_path / "runs"), "grid": grid}, sort_keys=False
+        )
+    )
     return path
 
 
@@ -61,8 +63,10 @@ def test_grid_runs_reuse_shared_units_and_aggregate_medians(tasks_home, tmp_path
     doc = json.loads(run_json.read_text())
     run_json.write_text(json.dumps({**doc, "code": "0.0.1+other"}))
     again = run_experiment(path, log=logs.append, aggregate_only=True)
-    assert again["mixed_code_versions"] and "different code versions" in (
-        runs / "results.md").read_text()  # fmt: skip
+    assert (
+        again["mixed_code_versions"]
+        and "different code versions" in (runs / "results.md").read_text()
+    )
 
 
 def test_a_crashing_run_is_reported_and_the_grid_goes_on(tasks_home, tmp_path, monkeypatch):
@@ -83,8 +87,9 @@ def test_a_crashing_run_is_reported_and_the_grid_goes_on(tasks_home, tmp_path, m
     assert "simulated crash" in (tmp_path / "runs" / "seed=1" / "failure.txt").read_text()
 
 
-@pytest.mark.parametrize("path", sorted((TINY.parent / "experiments").glob("*.yaml")),
-                         ids=lambda p: p.name)  # fmt: skip
+@pytest.mark.parametrize(
+    "path", sorted((TINY.parent / "experiments").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_experiment_parses(path):
     _, _, points = load_experiment(path)
     assert points and len({p.name for p in points}) == len(points)
@@ -93,30 +98,72 @@ def test_every_shipped_experiment_parses(path):
 def test_keys_linked_with_the_seed_are_part_of_the_replicate():
     from fanlora.experiment.aggregate import summarize
 
-    rows = [{"seed": s, "decode": s == 0, "k_max": k, "task": "yesno", "method": "fanlora",
-             "metric": "accuracy", "value": 50.0 + s + 10 * k, "trainable_params": 1}
-            for s in (0, 1, 2) for k in (1, 2)]  # fmt: skip
+    rows = [
+        {
+            "seed": s,
+            "decode": s == 0,
+            "k_max": k,
+            "task": "yesno",
+            "method": "fanlora",
+            "metric": "accuracy",
+            "value": 50.0 + s + 10 * k,
+            "trainable_params": 1,
+        }
+        for s in (0, 1, 2)
+        for k in (1, 2)
+    ]
     summary = summarize(rows, ["seed+decode", "k_max"])
     assert sorted((s["k_max"], s["runs"], s["median"]) for s in summary) == [
-        (1, 3, 61.0), (2, 3, 71.0)]  # fmt: skip
+        (1, 3, 61.0),
+        (2, 3, 71.0),
+    ]
     assert all("decode" not in s for s in summary)
 
 
 def test_results_markdown_shows_varying_columns_and_decoding():
     from fanlora.experiment.aggregate import render_markdown
 
-    row = {"tasks": ["yesno"], "k_max": 1, "task": "yesno", "method": "fanlora",
-           "metric": "accuracy", "median": 60.0, "min": 55.0, "max": 65.0, "runs": 3,
-           "values": [55.0, 60.0, 65.0], "trainable_params": 1000}  # fmt: skip
-    decode = {"device": "cpu", "threads": 2, "config": {"prompt_tokens": 8, "new_tokens": 4,
-              "runs": 3}, "rows": [{"variant": v, "beams": 1, "tokens_per_s_median": s,
-              "tokens_per_s_p10": s, "tokens_per_s_p90": s, "adapter_params": 0,
-              "adapter_mb": 0.0, "peak_extra_mb_median": 0.0}
-              for v, s in (("base", 10.0), ("fanlora", 8.0))]}  # fmt: skip
-    md = render_markdown({"experiment": "t", "mixed_code_versions": False,
-                          "runs": {"a": "finished"}, "score_agreement": None,
-                          "summary": [row, {**row, "k_max": 2, "median": 70.0}],
-                          "decoding": {"seed=0": decode}})  # fmt: skip
+    row = {
+        "tasks": ["yesno"],
+        "k_max": 1,
+        "task": "yesno",
+        "method": "fanlora",
+        "metric": "accuracy",
+        "median": 60.0,
+        "min": 55.0,
+        "max": 65.0,
+        "runs": 3,
+        "values": [55.0, 60.0, 65.0],
+        "trainable_params": 1000,
+    }
+    decode = {
+        "device": "cpu",
+        "threads": 2,
+        "config": {"prompt_tokens": 8, "new_tokens": 4, "runs": 3},
+        "rows": [
+            {
+                "variant": v,
+                "beams": 1,
+                "tokens_per_s_median": s,
+                "tokens_per_s_p10": s,
+                "tokens_per_s_p90": s,
+                "adapter_params": 0,
+                "adapter_mb": 0.0,
+                "peak_extra_mb_median": 0.0,
+            }
+            for v, s in (("base", 10.0), ("fanlora", 8.0))
+        ],
+    }
+    md = render_markdown(
+        {
+            "experiment": "t",
+            "mixed_code_versions": False,
+            "runs": {"a": "finished"},
+            "score_agreement": None,
+            "summary": [row, {**row, "k_max": 2, "median": 70.0}],
+            "decoding": {"seed=0": decode},
+        }
+    )
     assert "| k_max | task | method | params (median) |" in md and "tasks" not in md
     assert "| 2 | yesno | fanlora | 1,000 | accuracy | 70.0 | 55.0-65.0 | 3 |" in md
     assert "## Decoding speed, run seed=0" in md and "fanlora 80%" in md
@@ -126,8 +173,14 @@ def test_results_of_an_older_results_version_are_marked_stale():
     from fanlora.experiment.aggregate import render_markdown
     from fanlora.pipeline.stages import RESULTS_VERSION
 
-    base = {"experiment": "t", "mixed_code_versions": False, "runs": {"a": "finished"},
-            "score_agreement": None, "summary": [], "decoding": {}}  # fmt: skip
+    base = {
+        "experiment": "t",
+        "mixed_code_versions": False,
+        "runs": {"a": "finished"},
+        "score_agreement": None,
+        "summary": [],
+        "decoding": {},
+    }
     old = render_markdown({**base, "results_versions": {"a": 1, "b": RESULTS_VERSION}})
     assert "**Stale: made by results version 1" in old
     assert "Stale" in render_markdown(base)  # results.json from before the field existed
@@ -142,20 +195,43 @@ def test_reuse_takes_run_folders_and_other_experiments_folders(tmp_path):
         (tmp_path / run / "run.json").write_text("{}")
     (tmp_path / "other" / "results.json").write_text("{}")
     path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump({"reuse": [str(tmp_path / "other"), str(tmp_path / "single"),
-                                              str(tmp_path / "missing")]}))  # fmt: skip
-    assert reuse_folders(path) == [tmp_path / "other/seed=0", tmp_path / "other/seed=1",
-                                   tmp_path / "single", tmp_path / "missing"]  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "reuse": [
+                    str(tmp_path / "other"),
+                    str(tmp_path / "single"),
+                    str(tmp_path / "missing"),
+                ]
+            }
+        )
+    )
+    assert reuse_folders(path) == [
+        tmp_path / "other/seed=0",
+        tmp_path / "other/seed=1",
+        tmp_path / "single",
+        tmp_path / "missing",
+    ]
 
 
 def test_a_numeric_sweep_is_plotted_as_lines_and_the_rest_as_bars(tmp_path, monkeypatch):
     from fanlora.experiment import aggregate
 
-    row = {"k_max": 1, "downstream.rank": 24, "tasks": ["yesno"], "task": "yesno",
-           "method": "fanlora", "metric": "accuracy", "median": 60.0, "min": 55.0,
-           "max": 65.0, "runs": 1, "values": [60.0], "trainable_params": 1}  # fmt: skip
-    sweep = [{**row, "k_max": k, "downstream.rank": 24 // k, "median": 50.0 + k}
-             for k in (1, 2, 3)]  # fmt: skip
+    row = {
+        "k_max": 1,
+        "downstream.rank": 24,
+        "tasks": ["yesno"],
+        "task": "yesno",
+        "method": "fanlora",
+        "metric": "accuracy",
+        "median": 60.0,
+        "min": 55.0,
+        "max": 65.0,
+        "runs": 1,
+        "values": [60.0],
+        "trainable_params": 1,
+    }
+    sweep = [{**row, "k_max": k, "downstream.rank": 24 // k, "median": 50.0 + k} for k in (1, 2, 3)]
     assert aggregate.sweep_key(sweep) == "k_max"
     assert aggregate.varying_keys(sweep) == ["k_max", "downstream.rank"]
     assert aggregate.sweep_key(sweep[:2]) is None  # two points: bars
@@ -177,8 +253,17 @@ def test_sweep_ticks_stack_linked_values_named_in_the_axis_label():
 
     from fanlora.experiment.aggregate import plot_sweep
 
-    rows = [{"k_max": k, "downstream.rank": 24 // k, "method": "fanlora", "median": 50.0 + k,
-             "min": 50.0, "max": 60.0} for k in (1, 2, 4)]  # fmt: skip
+    rows = [
+        {
+            "k_max": k,
+            "downstream.rank": 24 // k,
+            "method": "fanlora",
+            "median": 50.0 + k,
+            "min": 50.0,
+            "max": 60.0,
+        }
+        for k in (1, 2, 4)
+    ]
     fig, ax = plt.subplots()
     plot_sweep(ax, rows, "k_max", ["k_max", "downstream.rank"])
     labels = [t.get_text() for t in ax.get_xticklabels()]
@@ -189,8 +274,9 @@ def test_sweep_ticks_stack_linked_values_named_in_the_axis_label():
 
 def write_predictions(folder, correct: list[float]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"uid": f"t/{i}", "values": {"accuracy": v}})
-             for i, v in enumerate(correct)]  # fmt: skip
+    lines = [
+        json.dumps({"uid": f"t/{i}", "values": {"accuracy": v}}) for i, v in enumerate(correct)
+    ]
     (folder / "predictions.jsonl").write_text("\n".join(lines))
 
 
@@ -199,8 +285,10 @@ def write_pair(tmp_path, task, cases, keys=None):
     for point, (fan, other) in cases.items():
         write_predictions(tmp_path / point / f"5-eval/{task}/fanlora", fan)
         write_predictions(tmp_path / point / f"5-eval/{task}/lora", other)
-        rows += [{"point": point, **(keys or {}), "task": task, "method": m}
-                 for m in ("fanlora", "lora", "ia3")]  # fmt: skip
+        rows += [
+            {"point": point, **(keys or {}), "task": task, "method": m}
+            for m in ("fanlora", "lora", "ia3")
+        ]
     return rows
 
 
@@ -208,8 +296,10 @@ def test_paired_gives_per_seed_mcnemar_tests_and_a_seed_aware_interval(tmp_path)
     from fanlora.experiment.paired import paired_markdown, paired_summary
 
     # seed 0: fanlora alone right on 5, lora alone on 1; seed 1: 4 and 0 (10 rows each)
-    cases = {"s0": ([1] * 5 + [0] + [1] * 4, [0] * 5 + [1] + [1] * 4),
-             "s1": ([1] * 4 + [0] * 6, [0] * 4 + [0] * 6)}  # fmt: skip
+    cases = {
+        "s0": ([1] * 5 + [0] + [1] * 4, [0] * 5 + [1] + [1] * 4),
+        "s1": ([1] * 4 + [0] * 6, [0] * 4 + [0] * 6),
+    }
     rows = write_pair(tmp_path, "mc", cases, {"k_max": 2})  # ia3 has no predictions: skipped
     (found,) = paired_summary(rows, tmp_path, ["k_max"])
     assert found["diff"] == 40.0 and found["seeds"] == 2 and found["examples_per_seed"] == [10, 10]

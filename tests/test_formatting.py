@@ -10,7 +10,7 @@ from fanlora.data.formatting import (
     encode_example,
     fit_prompt,
     length_grouped_batches,
-)  # fmt: skip
+)
 from fanlora.errors import FanLoRAError
 
 
@@ -79,11 +79,14 @@ def test_collate_pads_right_and_masks_labels():
 
 SQUADLIKE = Example(
     "sq1",
-    "Answer with a span.\n\nPassage: " + "filler words here. " * 30 + "The capital is Zorbania. "
-    + "more filler text. " * 30 + "\n\nQuestion: What is the capital?",
+    "Answer with a span.\n\nPassage: "
+    + "filler words here. " * 30
+    + "The capital is Zorbania. "
+    + "more filler text. " * 30
+    + "\n\nQuestion: What is the capital?",
     "Zorbania",
     references=("Zorbania", "Zorbania city"),
-)  # fmt: skip
+)
 
 
 def test_fit_prompt_keeps_an_anchor_with_the_head_and_the_tail():
@@ -109,8 +112,9 @@ def test_training_keeps_the_answer_in_the_prompt_when_cutting(tok):
 
 
 def test_choice_examples_are_never_anchored(tok):
-    example = Example("c", "Is it yes? " + "filler " * 80 + " yes indeed", "yes",
-                      choices=("yes", "no"), label=0)  # fmt: skip
+    example = Example(
+        "c", "Is it yes? " + "filler " * 80 + " yes indeed", "yes", choices=("yes", "no"), label=0
+    )
     (row,), _ = encode_all(tok, [example], max_length=90)
     plain = encode_example(tok, PromptFrame.of(tok), Example("c", example.prompt, "yes"), 90)
     assert row == plain

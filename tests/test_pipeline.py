@@ -42,8 +42,11 @@ def run_quiet(cfg, out, start_from=None):
         records = run_pipeline(cfg, out, start_from)
     finally:
         run_mod._log = original
-    ran = [m.group(1) for line in lines if (m := re.match(r"\[\d+/\d+\] (\S+): (starts|resumes)",
-                                                          line))]  # fmt: skip
+    ran = [
+        m.group(1)
+        for line in lines
+        if (m := re.match(r"\[\d+/\d+\] (\S+): (starts|resumes)", line))
+    ]
     return records, ran
 
 
@@ -96,8 +99,9 @@ def test_a_second_run_skips_everything(finished, tasks_home, tmp_path):
     assert ran == []
 
 
-def test_a_changed_downstream_config_redoes_only_what_it_invalidates(finished, tasks_home,
-                                                                     tmp_path):  # fmt: skip
+def test_a_changed_downstream_config_redoes_only_what_it_invalidates(
+    finished, tasks_home, tmp_path
+):
     out = copy_run(finished, tmp_path)
     data = tiny_data()
     data["downstream"]["lr"] = 0.02
@@ -140,8 +144,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(tasks_home, tmp_path, finis
     assert a == b
 
 
-def test_a_full_disk_fails_the_stage_and_keeps_earlier_ones(finished, tasks_home, tmp_path,
-                                                            monkeypatch):  # fmt: skip
+def test_a_full_disk_fails_the_stage_and_keeps_earlier_ones(
+    finished, tasks_home, tmp_path, monkeypatch
+):
     import errno
 
     import fanlora.utils.io as io_mod
@@ -177,16 +182,22 @@ def test_a_run_folder_of_another_format_or_not_a_run_is_refused(finished, tmp_pa
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"epochs": 3}, r"unknown key\(s\) 'epochs'"),
-    ({"k_max": "two"}, "key 'k_max' must be int"),
-    ({"tasks": ["yesno", "nosuch"]}, r"unknown task\(s\) \['nosuch'\]"),
-    ({"methods": ["fanlora", "lorra"]}, r"unknown downstream method\(s\) \['lorra'\]"),
-    ({"downstream": {"rnk": 4}}, "section 'downstream': unknown key"),
-    ({"scoring": {"val_examples": "many"}}, "section 'scoring': key 'val_examples' must be int"),
-    ({"downstream": {"method": "lora"}}, "set by the pipeline itself"),
-    ({"decoding": {"beams": []}}, "decoding.beams"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"epochs": 3}, r"unknown key\(s\) 'epochs'"),
+        ({"k_max": "two"}, "key 'k_max' must be int"),
+        ({"tasks": ["yesno", "nosuch"]}, r"unknown task\(s\) \['nosuch'\]"),
+        ({"methods": ["fanlora", "lorra"]}, r"unknown downstream method\(s\) \['lorra'\]"),
+        ({"downstream": {"rnk": 4}}, "section 'downstream': unknown key"),
+        (
+            {"scoring": {"val_examples": "many"}},
+            "section 'scoring': key 'val_examples' must be int",
+        ),
+        ({"downstream": {"method": "lora"}}, "set by the pipeline itself"),
+        ({"decoding": {"beams": []}}, "decoding.beams"),
+    ],
+)
 def test_bad_configs_fail_before_anything_runs(tmp_path, change, message):
     data = tiny_data()
     data.update(change)
@@ -223,8 +234,7 @@ def test_report_command_rerenders_from_json(finished, tmp_path):
     assert main(["report", str(tmp_path)]) == 2
 
 
-def test_units_of_an_older_results_version_are_recomputed_and_never_reused(tmp_path,
-                                                                          monkeypatch):  # fmt: skip
+def test_units_of_an_older_results_version_are_recomputed_and_never_reused(tmp_path, monkeypatch):
     """A fix that changes numbers bumps RESULTS_VERSION: finished units of the old code are
     stale in their own folder and are not copied into another run by `reuse:`."""
     import fanlora.pipeline.stages as stages

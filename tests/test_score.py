@@ -17,8 +17,10 @@ WORDS = ["apple", "pear", "plum", "fig", "kiwi", "lime", "date", "sloe"]
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("d") / "words.jsonl"
-    rows = [{"instruction": f"Repeat {w} {i}", "output": f"{w} {w}", "split": "dev"}
-            for i, w in enumerate(WORDS * 2)]  # fmt: skip
+    rows = [
+        {"instruction": f"Repeat {w} {i}", "output": f"{w} {w}", "split": "dev"}
+        for i, w in enumerate(WORDS * 2)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return str(path)
 
@@ -38,8 +40,9 @@ def make_adapter(folder, zero=(), seed=0, num_layers=None):
         base = build_tiny("llama", vocab_size=260, num_hidden_layers=num_layers)
     layout = discover_layout(base)
     torch.manual_seed(seed)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=layout.all_names(),
-                        init_lora_weights=False)  # fmt: skip
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=layout.all_names(), init_lora_weights=False
+    )
     model = get_peft_model(base, config)
     for layer, kind in zero:
         module = model.base_model.model.get_submodule(layout.name(layer, kind))
@@ -85,14 +88,17 @@ def test_accuracy_metric_on_a_choice_task(tmp_path, adapter):
     path = tmp_path / "choice.jsonl"
     from fanlora.data.example import Example
 
-    rows = [Example(f"c{i}", f"Pick {i}", "yes", choices=("yes", "no"), label=0).to_dict()
-            for i in range(6)]  # fmt: skip
+    rows = [
+        Example(f"c{i}", f"Pick {i}", "yes", choices=("yes", "no"), label=0).to_dict()
+        for i in range(6)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     from fanlora.models import load_tokenizer
     from fanlora.score.evaluator import build_valset, score_of
 
-    valset = build_valset(load_tokenizer("tiny-random-llama"),
-                          [Example.from_dict(r) for r in rows], 64, 4, "accuracy")  # fmt: skip
+    valset = build_valset(
+        load_tokenizer("tiny-random-llama"), [Example.from_dict(r) for r in rows], 64, 4, "accuracy"
+    )
     assert valset.num_sequences == 12 and valset.labels == [0] * 6
     stats = torch.tensor([[1.0, 2.0], [2.0, 2.0]] * 6)  # option 0 has the lower loss
     assert score_of(stats, valset, "accuracy") == 1.0
@@ -104,10 +110,12 @@ def test_exact_layer_shapley_is_efficient(tmp_path, adapter, data_file):
     from fanlora.score.evaluator import score_of
     from fanlora.score.run import build_and_gate
 
-    doc = run_score(tmp_path, adapter, data_file, method="shapley", scope="layer",
-                    mode="straightforward")  # fmt: skip
-    model, gates, valset = build_and_gate(ScoreConfig(adapter=adapter, data=data_file,
-                                                      val_examples=16, batch_size=16))  # fmt: skip
+    doc = run_score(
+        tmp_path, adapter, data_file, method="shapley", scope="layer", mode="straightforward"
+    )
+    model, gates, valset = build_and_gate(
+        ScoreConfig(adapter=adapter, data=data_file, val_examples=16, batch_size=16)
+    )
     evaluate = straightforward(model, gates, valset)
     every = set(gates.keys)
     s_all = score_of(evaluate(every, 0, "on"), valset, "loss")
@@ -117,8 +125,16 @@ def test_exact_layer_shapley_is_efficient(tmp_path, adapter, data_file):
         s_closed = score_of(evaluate(closed, 0, "on"), valset, "loss")
         assert phi == pytest.approx(s_all - s_closed, abs=1e-5)
     # --layers: the same exact values, for the chosen layers only
-    some = run_score(tmp_path, adapter, data_file, "some.json", method="shapley",
-                     scope="layer", mode="straightforward", layers=[3, 1])  # fmt: skip
+    some = run_score(
+        tmp_path,
+        adapter,
+        data_file,
+        "some.json",
+        method="shapley",
+        scope="layer",
+        mode="straightforward",
+        layers=[3, 1],
+    )
     full = {(r["layer"], r["module"]): r["score"] for r in doc["scores"]}
     part = {(r["layer"], r["module"]): r["score"] for r in some["scores"]}
     assert {k[0] for k in part} == {1, 3}
@@ -139,8 +155,9 @@ def test_sensitivity_matches_finite_differences(tmp_path, adapter, data_file):
     from fanlora.score.run import build_and_gate
 
     doc = run_score(tmp_path, adapter, data_file, method="sensitivity")
-    model, gates, valset = build_and_gate(ScoreConfig(adapter=adapter, data=data_file,
-                                                      val_examples=16, batch_size=16))  # fmt: skip
+    model, gates, valset = build_and_gate(
+        ScoreConfig(adapter=adapter, data=data_file, val_examples=16, batch_size=16)
+    )
     assert len(valset.batches) == 1  # one batch: the sum of |grad| is |grad|
     key = (2, "o")
     module = gates.modules[key]
@@ -158,8 +175,9 @@ def test_sensitivity_matches_finite_differences(tmp_path, adapter, data_file):
 
 def test_sensitivity_sums_absolute_gradients_over_several_batches(tmp_path, adapter, data_file):
     one = by_key(run_score(tmp_path, adapter, data_file, "one.json", method="sensitivity"))
-    four = by_key(run_score(tmp_path, adapter, data_file, "four.json", method="sensitivity",
-                            batch_size=4))  # fmt: skip
+    four = by_key(
+        run_score(tmp_path, adapter, data_file, "four.json", method="sensitivity", batch_size=4)
+    )
     assert four.keys() == one.keys()
     # sum_b |dL_b/dg| >= |sum_b dL_b/dg| = the one-batch score, strictly for some module
     assert all(four[k]["score"] >= one[k]["score"] - 1e-6 for k in one)
@@ -213,10 +231,27 @@ def test_a_second_scoring_process_on_the_same_output_is_refused(tmp_path, adapte
     holder = Journal(tmp_path / "s.json.journal", identity(cfg))
     holder.write("all", stats=[[1.0, 2.0]])
     try:
-        proc = subprocess.run([sys.executable, "-m", "fanlora.cli.main", "score", "--adapter",
-                               adapter, "--data", data_file, "--val-examples", "16",
-                               "--batch-size", "16", "--out", str(tmp_path / "s.json")],
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fanlora.cli.main",
+                "score",
+                "--adapter",
+                adapter,
+                "--data",
+                data_file,
+                "--val-examples",
+                "16",
+                "--batch-size",
+                "16",
+                "--out",
+                str(tmp_path / "s.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         holder.close()
     assert proc.returncode == 2 and "another scoring process" in proc.stderr, proc.stderr
@@ -245,8 +280,14 @@ def test_bad_inputs(tmp_path, data_file):
     with pytest.raises(FanLoRAError, match="--layers restricts"):
         ScoreConfig(adapter="x", layers=[0])
     with pytest.raises(FanLoRAError, match=r"--layers \[9\]: tiny-random-llama has layers 0-3"):
-        run_score(tmp_path, make_adapter(tmp_path / "ok"), data_file, method="shapley",
-                  scope="layer", layers=[1, 9])  # fmt: skip
+        run_score(
+            tmp_path,
+            make_adapter(tmp_path / "ok"),
+            data_file,
+            method="shapley",
+            scope="layer",
+            layers=[1, 9],
+        )
 
 
 def test_ia3_adapter_has_no_lora_modules(tmp_path, data_file):
@@ -255,8 +296,9 @@ def test_ia3_adapter_has_no_lora_modules(tmp_path, data_file):
     from fanlora.models import load_model
 
     base, _ = load_model("tiny-random-llama")
-    get_peft_model(base, IA3Config(target_modules=["k_proj"], feedforward_modules=[])
-                   ).save_pretrained(tmp_path / "ia3")  # fmt: skip
+    get_peft_model(
+        base, IA3Config(target_modules=["k_proj"], feedforward_modules=[])
+    ).save_pretrained(tmp_path / "ia3")
     with pytest.raises(FanLoRAError, match="no LoRA modules"):
         run_score(tmp_path, str(tmp_path / "ia3"), data_file)
 
@@ -272,8 +314,10 @@ def test_compare_identical_and_reversed():
     from fanlora.select import ScoreRecord
 
     layout = ModuleLayout("M", "llama", "model.layers", 2, {"q": "q", "k": "k", "v": "v"})
-    a = [ScoreRecord(l_, k, float(i)) for i, (l_, k) in
-         enumerate((l_, k) for l_ in range(2) for k in "qkv")]  # fmt: skip
+    a = [
+        ScoreRecord(l_, k, float(i))
+        for i, (l_, k) in enumerate((l_, k) for l_ in range(2) for k in "qkv")
+    ]
     b = [ScoreRecord(r.layer, r.module, -r.score) for r in a]
     out = compare({"a": a, "b": b, "a2": a}, layout, 1)
     assert out["spearman"]["a"]["a2"] == pytest.approx(1.0)
@@ -293,9 +337,12 @@ def test_agreement_heatmap_labels_every_cell(tmp_path, monkeypatch):
     from fanlora.score import compare as compare_module
     from fanlora.utils import plotting
 
-    result = {"files": ["a", "b"], "k": 2,
-              "spearman": {"a": {"a": 1.0, "b": 0.25}, "b": {"a": 0.25, "b": 1.0}},
-              "topk_agreement": {"a": {"a": 1.0, "b": 0.5}, "b": {"a": 0.5, "b": 1.0}}}  # fmt: skip
+    result = {
+        "files": ["a", "b"],
+        "k": 2,
+        "spearman": {"a": {"a": 1.0, "b": 0.25}, "b": {"a": 0.25, "b": 1.0}},
+        "topk_agreement": {"a": {"a": 1.0, "b": 0.5}, "b": {"a": 0.5, "b": 1.0}},
+    }
     seen = {}
     original = plotting.save_figure
 
@@ -321,11 +368,24 @@ def test_compare_names_files_by_the_shortest_distinct_path():
 
 def test_cli_score_then_select_and_compare(tmp_path, adapter, data_file):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "fanlora.cli.main", *map(str, args)],
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "fanlora.cli.main", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
-    proc = cli("score", "--adapter", adapter, "--data", data_file, "--val-examples", "8",
-               "--out", tmp_path / "s.json")  # fmt: skip
+    proc = cli(
+        "score",
+        "--adapter",
+        adapter,
+        "--data",
+        data_file,
+        "--val-examples",
+        "8",
+        "--out",
+        tmp_path / "s.json",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     proc = cli("select", "--scores", tmp_path / "s.json", "--out", tmp_path / "set.json")
     assert proc.returncode == 0, proc.stderr
@@ -345,11 +405,21 @@ def test_adaptive_racing_matches_the_exact_setting(tmp_path, adapter, data_file)
     from fanlora.select import ScoreRecord, top_modules
 
     exact = run_score(tmp_path, adapter, data_file, "exact.json", batch_size=2)
-    fast = run_score(tmp_path, adapter, data_file, "adaptive.json", batch_size=2, adaptive=True,
-                     alpha=0.5, min_sequences=4)  # fmt: skip
+    fast = run_score(
+        tmp_path,
+        adapter,
+        data_file,
+        "adaptive.json",
+        batch_size=2,
+        adaptive=True,
+        alpha=0.5,
+        min_sequences=4,
+    )
     layout = ModuleLayout.from_dict(exact["layout"])
-    as_records = lambda doc: [ScoreRecord(r["layer"], r["module"], r["score"])  # noqa: E731
-                              for r in doc["scores"]]  # fmt: skip
+
+    def as_records(doc):
+        return [ScoreRecord(r["layer"], r["module"], r["score"]) for r in doc["scores"]]
+
     kept_exact = top_modules(as_records(exact), layout, 2)
     kept_fast = top_modules(as_records(fast), layout, 2)
     exact_by = by_key(exact)
@@ -364,13 +434,11 @@ def test_adaptive_racing_matches_the_exact_setting(tmp_path, adapter, data_file)
     assert fast["method"] == "ab-adaptive" and fast["racing_fallback"] is None
 
 
-def test_racing_falls_back_to_exact_scores_when_it_cannot_stop_early(tmp_path, adapter,
-                                                                      data_file):  # fmt: skip
+def test_racing_falls_back_to_exact_scores_when_it_cannot_stop_early(tmp_path, adapter, data_file):
     """The embedded default's shape: 8 sequences in batches of 2 and a minimum of 8 before a
     module may stop: racing would spend every batch on every module, so it is not used."""
     lines = []
-    cfg = ScoreConfig(adapter=adapter, data=data_file, val_examples=8, batch_size=2,
-                      adaptive=True)  # fmt: skip
+    cfg = ScoreConfig(adapter=adapter, data=data_file, val_examples=8, batch_size=2, adaptive=True)
     doc = score(cfg, tmp_path / "s.json", log=lines.append)
     assert doc["method"] == "ab" and "cannot stop a module" in doc["racing_fallback"]
     assert any("scoring every module exactly" in line for line in lines)
@@ -424,12 +492,34 @@ def test_two_processes_shard_modules_with_the_same_scores(tmp_path, adapter, dat
     one = run_score(tmp_path, adapter, data_file, "one.json")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29541", "-m", "fanlora.cli.main", "score", "--adapter", adapter,
-         "--data", data_file, "--val-examples", "16", "--batch-size", "16",
-         "--out", str(tmp_path / "two.json")],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29541",
+            "-m",
+            "fanlora.cli.main",
+            "score",
+            "--adapter",
+            adapter,
+            "--data",
+            data_file,
+            "--val-examples",
+            "16",
+            "--batch-size",
+            "16",
+            "--out",
+            str(tmp_path / "two.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     journals = sorted(p.name for p in (tmp_path / "two.json.journal").glob("*.jsonl"))
     assert journals == ["rank-0.jsonl", "rank-1.jsonl"]  # the work was shared
@@ -451,8 +541,10 @@ def test_every_shipped_score_config_parses(path):
     assert cfg.adapter and cfg.method in ("ab", "shapley", "sensitivity")
 
 
-@pytest.mark.parametrize("extra", [{"target": ["lm_head"]}, {"modules_to_save": ["lm_head"]},
-                                   {"target": ["embed_tokens"]}])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra",
+    [{"target": ["lm_head"]}, {"modules_to_save": ["lm_head"]}, {"target": ["embed_tokens"]}],
+)
 def test_an_adapter_with_modules_outside_the_gates_is_refused(tmp_path, data_file, extra):
     from peft import LoraConfig, get_peft_model
 
@@ -461,8 +553,11 @@ def test_an_adapter_with_modules_outside_the_gates_is_refused(tmp_path, data_fil
 
     base, _ = load_model("tiny-random-llama")
     layout = discover_layout(base)
-    config = LoraConfig(r=2, target_modules=layout.all_names() + extra.get("target", []),
-                        modules_to_save=extra.get("modules_to_save"))  # fmt: skip
+    config = LoraConfig(
+        r=2,
+        target_modules=layout.all_names() + extra.get("target", []),
+        modules_to_save=extra.get("modules_to_save"),
+    )
     get_peft_model(base, config).save_pretrained(tmp_path / "a")
     name = (extra.get("target") or extra["modules_to_save"])[0]
     with pytest.raises(FanLoRAError, match=f"cannot gate: .*{name}"):
@@ -487,8 +582,9 @@ def test_fast_equals_straightforward_on_every_architecture(model_type):
     base = build_tiny(model_type, vocab_size=len(tok), attn_implementation="eager")
     layout = discover_layout(base)
     torch.manual_seed(0)
-    model = get_peft_model(base, LoraConfig(r=4, target_modules=layout.all_names(),
-                                            init_lora_weights=False)).eval()  # fmt: skip
+    model = get_peft_model(
+        base, LoraConfig(r=4, target_modules=layout.all_names(), init_lora_weights=False)
+    ).eval()
     examples = [Example(f"e{i}", "Say " + "ab" * i, "yes" * (1 + i % 3)) for i in range(6)]
     valset = build_valset(tok, examples, 64, 3, "loss")
     gates = Gates(model, layout)

@@ -20,8 +20,9 @@ LLAMA_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 def make_adapter(folder, targets, rank, seed, **config):
     """A LoRA adapter on the tiny preset with random (non-zero) A and B."""
     model, _ = load_model("tiny-random-llama")
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank,
-                                                  target_modules=targets, **config))  # fmt: skip
+    peft_model = get_peft_model(
+        model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, **config)
+    )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -36,8 +37,11 @@ def adapters(tmp_path_factory):
     """Three tenants with different ranks and placements (one uses rsLoRA)."""
     root = tmp_path_factory.mktemp("adapters")
     layout = discover_layout(load_model("tiny-random-llama")[0])
-    two_per_layer = [layout.name(i, k) for i in range(layout.num_layers)
-                     for k in (("v", "down") if i % 2 else ("q", "up"))]  # fmt: skip
+    two_per_layer = [
+        layout.name(i, k)
+        for i in range(layout.num_layers)
+        for k in (("v", "down") if i % 2 else ("q", "up"))
+    ]
     return {
         "a": make_adapter(root / "a", two_per_layer, 4, 1),
         "b": make_adapter(root / "b", layout.all_names(), 8, 2),
@@ -49,8 +53,9 @@ def adapters(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def peft_and_server(adapters):
-    peft_model = PeftModel.from_pretrained(load_model("tiny-random-llama")[0], adapters["a"],
-                                           adapter_name="a")  # fmt: skip
+    peft_model = PeftModel.from_pretrained(
+        load_model("tiny-random-llama")[0], adapters["a"], adapter_name="a"
+    )
     for name in ("b", "c"):
         peft_model.load_adapter(adapters[name], adapter_name=name)
     peft_model.eval()
@@ -175,7 +180,8 @@ def test_saved_adapters_carry_what_vllm_reads(adapters):
         keys = load_file(f"{folder}/adapter_model.safetensors").keys()
         for key in keys:
             assert key.startswith("base_model.model.") and key.endswith(
-                (".lora_A.weight", ".lora_B.weight"))  # fmt: skip
+                (".lora_A.weight", ".lora_B.weight")
+            )
             assert key.split(".lora_")[0].split(".")[-1] in LLAMA_KINDS
 
 
@@ -183,10 +189,36 @@ def test_bench_commands_write_json_tables_and_plot(tmp_path):
     from fanlora.cli.main import main
 
     out = tmp_path / "tenants.json"
-    code = main(["bench", "tenants", "--model", "tiny-random-llama", "--counts", "1", "2",
-                 "--batch", "2", "--runs", "1", "--new-tokens", "2", "--prompt-tokens", "8",
-                 "--goal-sizes", "2", "4", "--goal-runs", "1", "--goal-new-tokens", "2",
-                 "--goal-prompt-tokens", "8", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "tenants",
+            "--model",
+            "tiny-random-llama",
+            "--counts",
+            "1",
+            "2",
+            "--batch",
+            "2",
+            "--runs",
+            "1",
+            "--new-tokens",
+            "2",
+            "--prompt-tokens",
+            "8",
+            "--goal-sizes",
+            "2",
+            "4",
+            "--goal-runs",
+            "1",
+            "--goal-new-tokens",
+            "2",
+            "--goal-prompt-tokens",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     doc = json.loads(out.read_text())
     assert {(r["kind"], r["tenants"], r["path"]) for r in doc["sweep"]} == {
@@ -195,14 +227,31 @@ def test_bench_commands_write_json_tables_and_plot(tmp_path):
     assert set(doc["goals"]) == {"2", "4"} and len(doc["goal_check"]) == 3
     assert out.with_suffix(".png").is_file() and out.with_suffix(".md").is_file()
     out = tmp_path / "decode.json"
-    code = main(["bench", "decode", "--model", "tiny-random-llama", "--runs", "1",
-                 "--new-tokens", "2", "--prompt-tokens", "8", "--beams", "1", "2",
-                 "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "decode",
+            "--model",
+            "tiny-random-llama",
+            "--runs",
+            "1",
+            "--new-tokens",
+            "2",
+            "--prompt-tokens",
+            "8",
+            "--beams",
+            "1",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     doc = json.loads(out.read_text())
     variants = {(r["variant"], r["beams"]) for r in doc["rows"]}
-    assert variants == {(v, b) for v in ("base", "fanlora", "lora", "adalora", "ia3")
-                        for b in (1, 2)}  # fmt: skip
+    assert variants == {
+        (v, b) for v in ("base", "fanlora", "lora", "adalora", "ia3") for b in (1, 2)
+    }
     assert doc["physical"]["limit_tokens_per_s_batch1"] > 0
     params = {r["variant"]: r["adapter_params"] for r in doc["rows"]}
     assert params["base"] == 0 < params["ia3"] < params["fanlora"] < params["lora"]

@@ -20,11 +20,13 @@ def records(table):
 
 
 def test_top_k_per_layer_and_negative_scores_pruned(layout12):
-    recs = records({
-        0: {"q": 0.5, "k": 0.1, "v": 0.9, "o": -1.0, "gate": 0.2, "up": 0.0, "down": 0.3},
-        1: {"q": -0.1, "k": -0.2, "v": 0.4, "o": -0.3, "gate": -1, "up": -1, "down": -2},
-        2: {kind: -1.0 for kind in layout12.kinds},
-    })  # fmt: skip
+    recs = records(
+        {
+            0: {"q": 0.5, "k": 0.1, "v": 0.9, "o": -1.0, "gate": 0.2, "up": 0.0, "down": 0.3},
+            1: {"q": -0.1, "k": -0.2, "v": 0.4, "o": -0.3, "gate": -1, "up": -1, "down": -2},
+            2: {kind: -1.0 for kind in layout12.kinds},
+        }
+    )
     kept = top_modules(recs, layout12, k_max=2)
     assert kept[0] == ["q", "v"]  # 0.9 and 0.5, in table order
     assert kept[1] == ["v"]  # only one non-negative score
@@ -133,8 +135,14 @@ def smollm2_layout():
 
     from fanlora.modules.discovery import layout_from_config
 
-    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, vocab_size=256)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=256,
+    )
     return layout_from_config(config)
 
 
@@ -144,8 +152,10 @@ def a_setting(layout, seed=0):
 
     rng = random.Random(seed)
     kinds = list(layout.kinds)
-    layers = [sorted(rng.sample(kinds, rng.choice([0, 1, 2, 2, 2])), key=kinds.index)
-              for _ in range(layout.num_layers)]  # fmt: skip
+    layers = [
+        sorted(rng.sample(kinds, rng.choice([0, 1, 2, 2, 2])), key=kinds.index)
+        for _ in range(layout.num_layers)
+    ]
     return FanLoRASetting("m", 2, layout, layers)
 
 

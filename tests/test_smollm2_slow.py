@@ -19,8 +19,14 @@ def test_smollm2_has_30_layers_of_7_modules(smollm2):
     model, tokenizer = smollm2
     layout = discover_layout(model)
     assert layout.num_layers == 30 and list(layout.kinds) == [
-        "q", "k", "v", "o", "gate", "up", "down"
-    ]  # fmt: skip
+        "q",
+        "k",
+        "v",
+        "o",
+        "gate",
+        "up",
+        "down",
+    ]
     assert len(layout.all_names()) == 210
     assert layout.shapes["q"] == [576, 576] and layout.shapes["k"] == [576, 192]
     assert tokenizer.model_max_length == 8192
@@ -30,8 +36,10 @@ def test_smollm2_answers_a_chat_prompt(smollm2):
     model, tokenizer = smollm2
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
-        add_generation_prompt=True, return_tensors="pt", return_dict=True,
-    )  # fmt: skip
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     answer = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)

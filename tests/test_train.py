@@ -26,9 +26,14 @@ WORDS = ["apple", "pear", "plum", "fig", "kiwi", "lime", "date", "sloe"]
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "words.jsonl"
-    rows = [{"instruction": f"Repeat the word {w}", "output": w,
-             "split": "dev" if i % 8 == 0 else "train"}
-            for i, w in enumerate(WORDS * 8)]  # fmt: skip
+    rows = [
+        {
+            "instruction": f"Repeat the word {w}",
+            "output": w,
+            "split": "dev" if i % 8 == 0 else "train",
+        }
+        for i, w in enumerate(WORDS * 8)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return str(path)
 
@@ -36,15 +41,28 @@ def data_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def setting_file(tmp_path_factory, tiny_llama):
     layout = discover_layout(tiny_llama[0])
-    records = [ScoreRecord(layer, kind, 1.0 if kind in ("v", "down") else -1.0)
-               for layer in range(layout.num_layers) for kind in layout.kinds]  # fmt: skip
+    records = [
+        ScoreRecord(layer, kind, 1.0 if kind in ("v", "down") else -1.0)
+        for layer in range(layout.num_layers)
+        for kind in layout.kinds
+    ]
     setting = select_setting(records, layout, 2, model="tiny-random-llama")
     return str(setting.save(tmp_path_factory.mktemp("setting") / "setting.json"))
 
 
 def cfg(data_file, **kw):
-    base = dict(model="tiny-random-llama", data=data_file, rank=4, lr=1e-2, batch_size=8,
-                micro_batch_size=4, max_steps=12, eval_every=4, max_length=64, seed=1)  # fmt: skip
+    base = dict(
+        model="tiny-random-llama",
+        data=data_file,
+        rank=4,
+        lr=1e-2,
+        batch_size=8,
+        micro_batch_size=4,
+        max_steps=12,
+        eval_every=4,
+        max_length=64,
+        seed=1,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -112,14 +130,19 @@ def test_fanlora_wraps_exactly_the_setting(tmp_path, data_file, setting_file):
 
     def spy(self, *args):
         original(self, *args)
-        captured["names"] = sorted(n.removeprefix("base_model.model.")
-                                   for n, m in self.peft_model.named_modules()
-                                   if isinstance(m, LoraLayer))  # fmt: skip
+        captured["names"] = sorted(
+            n.removeprefix("base_model.model.")
+            for n, m in self.peft_model.named_modules()
+            if isinstance(m, LoraLayer)
+        )
 
     Trainer.setup = spy
     try:
-        record = train(cfg(data_file, method="fanlora", setting=setting_file, max_steps=2),
-                       tmp_path / "f", log=lambda _: None)  # fmt: skip
+        record = train(
+            cfg(data_file, method="fanlora", setting=setting_file, max_steps=2),
+            tmp_path / "f",
+            log=lambda _: None,
+        )
     finally:
         Trainer.setup = original
     assert captured["names"] == sorted(setting.target_modules)
@@ -181,8 +204,9 @@ def test_output_folder_with_another_run_is_refused(tmp_path, data_file):
         train(cfg(data_file, max_steps=2, eval_every=2), out, log=lambda _: None)
     with pytest.raises(FanLoRAError, match="another config"):
         train(cfg(data_file, max_steps=3, eval_every=2), out, resume=True, log=lambda _: None)
-    record = train(cfg(data_file, max_steps=3, eval_every=3), out, overwrite=True,
-                   log=lambda _: None)  # fmt: skip
+    record = train(
+        cfg(data_file, max_steps=3, eval_every=3), out, overwrite=True, log=lambda _: None
+    )
     assert record["steps"] == 3
 
 
@@ -220,17 +244,18 @@ def test_killed_mid_save_leaves_previous_checkpoint_loadable(tmp_path, data_file
     half.mkdir()
     (half / "trainable.safetensors").write_bytes(b"\x00" * 10)  # a save cut short
     assert latest_checkpoint(out / "checkpoints").name == "step-2"
-    record = train(cfg(data_file, max_steps=4, eval_every=2), out, resume=True,
-                   log=lambda _: None)  # fmt: skip
+    record = train(cfg(data_file, max_steps=4, eval_every=2), out, resume=True, log=lambda _: None)
     assert record["steps"] == 4 and record["status"] == "finished"
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"rank": 0}, "rank must be >= 1"),
-     ({"method": "fanlora"}, "needs --setting"),
-     ({"method": "dora"}, "unknown method")],
-)  # fmt: skip
+    [
+        ({"rank": 0}, "rank must be >= 1"),
+        ({"method": "fanlora"}, "needs --setting"),
+        ({"method": "dora"}, "unknown method"),
+    ],
+)
 def test_bad_configs(data_file, overrides, message):
     with pytest.raises(FanLoRAError, match=message):
         cfg(data_file, **overrides)
@@ -244,19 +269,34 @@ def test_setting_for_another_model_is_refused(tmp_path, data_file):
     setting = sel([ScoreRecord(11, "q", 1.0)], layout, 2)
     path = setting.save(tmp_path / "s12.json")
     with pytest.raises(FanLoRAError, match="lacks"):
-        train(cfg(data_file, method="fanlora", setting=str(path)), tmp_path / "o",
-              log=lambda _: None)  # fmt: skip
+        train(
+            cfg(data_file, method="fanlora", setting=str(path)), tmp_path / "o", log=lambda _: None
+        )
     assert not (tmp_path / "o").exists()  # a refused command creates nothing
 
 
 def test_a_missing_setting_file_is_named_and_nothing_is_created(tmp_path, data_file):
     out = tmp_path / "o"
-    code = main(["train", "--data", data_file, "--method", "fanlora", "--setting",
-                 str(tmp_path / "nope.json"), "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            data_file,
+            "--method",
+            "fanlora",
+            "--setting",
+            str(tmp_path / "nope.json"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2 and not out.exists()
     with pytest.raises(FanLoRAError, match=r"setting file not found: .*nope\.json"):
-        train(cfg(data_file, method="fanlora", setting=str(tmp_path / "nope.json")), out,
-              log=lambda _: None)  # fmt: skip
+        train(
+            cfg(data_file, method="fanlora", setting=str(tmp_path / "nope.json")),
+            out,
+            log=lambda _: None,
+        )
 
 
 def test_empty_training_split_is_refused(tmp_path):
@@ -268,19 +308,46 @@ def test_empty_training_split_is_refused(tmp_path):
 
 def test_cli_with_yaml_config_and_flag_override(tmp_path, data_file):
     config = tmp_path / "train.yaml"
-    config.write_text(f"data: {data_file}\nrank: 2\nmax_steps: 2\neval_every: 2\n"
-                      "batch_size: 4\nmax_length: 64\n")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "fanlora.cli.main", "train", "--config",
-                           str(config), "--rank", "3", "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    config.write_text(
+        f"data: {data_file}\nrank: 2\nmax_steps: 2\neval_every: 2\nbatch_size: 4\nmax_length: 64\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fanlora.cli.main",
+            "train",
+            "--config",
+            str(config),
+            "--rank",
+            "3",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["config"]["rank"] == 3 and run["config"]["max_steps"] == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("rnak: 3\n")
-    proc = subprocess.run([sys.executable, "-m", "fanlora.cli.main", "train", "--config",
-                           str(bad), "--out", str(tmp_path / "o2")],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fanlora.cli.main",
+            "train",
+            "--config",
+            str(bad),
+            "--out",
+            str(tmp_path / "o2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "'rnak'" in proc.stderr and "bad.yaml" in proc.stderr
 
 
@@ -288,14 +355,42 @@ def test_cli_with_yaml_config_and_flag_override(tmp_path, data_file):
 def test_two_processes_on_cpu_agree(tmp_path, data_file):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29533", "-m", "fanlora.cli.main", "train", "--data", data_file,
-         "--rank", "4", "--max-steps", "3", "--dropout", "0", "--micro-batch-size", "4",
-         "--eval-every", "3", "--batch-size", "8", "--max-length", "64",
-         "--out", str(tmp_path / "ddp")],
-        capture_output=True, text=True, timeout=600, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "fanlora.cli.main",
+            "train",
+            "--data",
+            data_file,
+            "--rank",
+            "4",
+            "--max-steps",
+            "3",
+            "--dropout",
+            "0",
+            "--micro-batch-size",
+            "4",
+            "--eval-every",
+            "3",
+            "--batch-size",
+            "8",
+            "--max-length",
+            "64",
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads((tmp_path / "ddp" / "run.json").read_text())
     assert run["world_size"] == 2
@@ -304,8 +399,11 @@ def test_two_processes_on_cpu_agree(tmp_path, data_file):
     # the loss is normalised by the step's global token count: two processes log (and
     # descend) the one-process loss, not the mean of per-rank means
     one = tmp_path / "one"
-    train(cfg(data_file, rank=4, max_steps=3, dropout=0.0, eval_every=3, seed=0, lr=1e-4),
-          one, log=lambda _: None)  # fmt: skip
+    train(
+        cfg(data_file, rank=4, max_steps=3, dropout=0.0, eval_every=3, seed=0, lr=1e-4),
+        one,
+        log=lambda _: None,
+    )
     assert losses(tmp_path / "ddp") == pytest.approx(losses(one), rel=1e-4)
 
 
@@ -327,8 +425,11 @@ def test_a_pruned_adalora_adapter_loads_whole_and_quietly(tmp_path, data_file):
     params = dict(model.named_parameters())
     saved = load_file(out / "adapter_model.safetensors")
     for key, value in saved.items():
-        name = key.replace(".weight", ".default.weight") if ".lora_" in key and key.endswith(
-            ".weight") else key + ".default"  # fmt: skip
+        name = (
+            key.replace(".weight", ".default.weight")
+            if ".lora_" in key and key.endswith(".weight")
+            else key + ".default"
+        )
         assert torch.equal(params[name].detach(), value), key
 
 
@@ -345,11 +446,15 @@ def test_every_method_scales_its_lora_path_by_two(data_file, setting_file):
     setting = FanLoRASetting.load(setting_file)
     lora = build_peft_config(cfg(data_file, method="lora", rank=3), layout, 10)
     assert lora.lora_alpha == 6
-    fan = build_peft_config(cfg(data_file, method="fanlora", rank=5, setting=setting_file),
-                            layout, 10, setting)  # fmt: skip
+    fan = build_peft_config(
+        cfg(data_file, method="fanlora", rank=5, setting=setting_file), layout, 10, setting
+    )
     assert fan.lora_alpha == 10
-    ada = build_peft_config(cfg(data_file, method="adalora", rank=12, adalora_init_rank=6,
-                                adalora_target_rank=4), layout, 10)  # fmt: skip
+    ada = build_peft_config(
+        cfg(data_file, method="adalora", rank=12, adalora_init_rank=6, adalora_target_rank=4),
+        layout,
+        10,
+    )
     assert ada.lora_alpha == 12 and ada.init_r == 6
     assert build_peft_config(cfg(data_file, method="lora", alpha=7), layout, 10).lora_alpha == 7
 
@@ -363,8 +468,7 @@ def adalora_trainer(data_file, tmp_path, **kw):
     model, tok = load_model(c.model)
     data = prepare_data(c, tok)
     trainer = Trainer(c, RunFolder(tmp_path / "t"), log=lambda _: None)
-    trainer.setup(model, tok, build_peft_config(c, discover_layout(model), data.total_steps),
-                  data)  # fmt: skip
+    trainer.setup(model, tok, build_peft_config(c, discover_layout(model), data.total_steps), data)
     return trainer
 
 
@@ -394,8 +498,11 @@ def test_adalora_penalty_weight_does_not_depend_on_the_micro_batch_split(tmp_pat
     for micro in (8, 2):
         trainer = adalora_trainer(data_file, tmp_path / str(micro), micro_batch_size=micro)
         losses_ = [trainer.train_step(list(range(8 * s, 8 * s + 8)))[::2] for s in range(2)]
-        weights = {n: p.detach().clone() for n, p in trainer.peft_model.named_parameters()
-                   if p.requires_grad}  # fmt: skip
+        weights = {
+            n: p.detach().clone()
+            for n, p in trainer.peft_model.named_parameters()
+            if p.requires_grad
+        }
         runs[micro] = (losses_, weights)
     (l8, w8), (l2, w2) = runs[8], runs[2]
     for (a, pa), (b, pb) in zip(l8, l2, strict=True):
@@ -436,13 +543,21 @@ def test_train_and_dev_rows_are_seeded_draws_not_the_first_rows(tmp_path):
     from fanlora.train.engine import prepare_data
 
     path = tmp_path / "two_sources.jsonl"
-    rows = [{"instruction": f"Say {i}", "output": "apple" if i < 40 else "pear",
-             "split": "dev" if i % 2 else "train"} for i in range(80)]  # fmt: skip
+    rows = [
+        {
+            "instruction": f"Say {i}",
+            "output": "apple" if i < 40 else "pear",
+            "split": "dev" if i % 2 else "train",
+        }
+        for i in range(80)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     tok = load_tokenizer("tiny-random-llama")
     c = TrainConfig(data=str(path), eval_examples=10, max_train_examples=10, max_steps=1)
     data = prepare_data(c, tok)
     for part in (data.dev, data.train):
-        answers = {tok.decode([t for t in r["labels"] if t != -100], skip_special_tokens=True)
-                   for r in part}  # fmt: skip
+        answers = {
+            tok.decode([t for t in r["labels"] if t != -100], skip_special_tokens=True)
+            for r in part
+        }
         assert {"apple", "pear"} <= {a.strip() for a in answers}

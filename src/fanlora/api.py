@@ -26,9 +26,15 @@ def load(model: str, dtype: str = "float32"):
     return load_model(model, dtype)
 
 
-def find_setting(model: str, data: str = "instruct", out: str | Path = "fanlora-setting",
-                 k_max: int = 2, full_lora: dict | None = None, scoring: dict | None = None,
-                 seed: int = 0) -> FanLoRASetting:  # fmt: skip
+def find_setting(
+    model: str,
+    data: str = "instruct",
+    out: str | Path = "fanlora-setting",
+    k_max: int = 2,
+    full_lora: dict | None = None,
+    scoring: dict | None = None,
+    seed: int = 0,
+) -> FanLoRASetting:
     """Steps 1-3 into folder ``out`` (resumable, like ``fanlora run``): full LoRA on ``data``,
     AB-scores, and the setting with at most ``k_max`` modules per layer. ``full_lora`` and
     ``scoring`` take any `fanlora train` / `fanlora score` option."""
@@ -56,8 +62,13 @@ def _config(top: dict, sections: dict):
     return run_config_from({**top, **sections}, "fanlora.api")
 
 
-def apply_setting(model, setting: FanLoRASetting | str | Path, rank: int = 12,
-                  alpha: int | None = None, dropout: float = 0.05):  # fmt: skip
+def apply_setting(
+    model,
+    setting: FanLoRASetting | str | Path,
+    rank: int = 12,
+    alpha: int | None = None,
+    dropout: float = 0.05,
+):
     """Fresh LoRA modules of rank ``rank`` on exactly the setting's modules of ``model``
     (a transformers model): ``peft.get_peft_model(model, setting.to_lora_config(...))``."""
     from peft import get_peft_model
@@ -71,8 +82,13 @@ def apply_setting(model, setting: FanLoRASetting | str | Path, rank: int = 12,
     return get_peft_model(model, setting.to_lora_config(r=rank, alpha=alpha, dropout=dropout))
 
 
-def evaluate(model: str, task: str, adapter: str | Path | None = None,
-             out: str | Path | None = None, **options) -> dict:  # fmt: skip
+def evaluate(
+    model: str,
+    task: str,
+    adapter: str | Path | None = None,
+    out: str | Path | None = None,
+    **options,
+) -> dict:
     """``fanlora eval``: the task's metric (appendix A.2); ``options`` are EvalConfig fields.
     Writes metrics.json and predictions.jsonl into ``out`` (default: a temporary folder)."""
     import tempfile
@@ -80,13 +96,16 @@ def evaluate(model: str, task: str, adapter: str | Path | None = None,
     from fanlora.evaluate.run import EvalConfig
     from fanlora.evaluate.run import evaluate as run_eval
 
-    cfg = EvalConfig(model=model, task=task, adapter=str(adapter) if adapter else None,
-                     **options)  # fmt: skip
+    cfg = EvalConfig(model=model, task=task, adapter=str(adapter) if adapter else None, **options)
     return run_eval(cfg, out or tempfile.mkdtemp(prefix="fanlora-eval-"))
 
 
-def run(config: str | Path | None = None, out: str | Path = "runs/fanlora",
-        start_from: str | None = None, **overrides) -> dict:  # fmt: skip
+def run(
+    config: str | Path | None = None,
+    out: str | Path = "runs/fanlora",
+    start_from: str | None = None,
+    **overrides,
+) -> dict:
     """``fanlora run``: the whole pipeline from a YAML file (None: the embedded default),
     with top-level keys overridden by keyword; returns every unit's record."""
     from fanlora.pipeline.config import load_run_config

@@ -41,8 +41,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
             continue
         tp = _base_type(field_types(cls)[f.name])
         flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"help": f.metadata.get("help", ""), "dest": f.name,
-                                  "default": argparse.SUPPRESS}  # fmt: skip
+        kwargs: dict[str, Any] = {
+            "help": f.metadata.get("help", ""),
+            "dest": f.name,
+            "default": argparse.SUPPRESS,
+        }
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(tp) is list:
@@ -96,8 +99,10 @@ def from_mapping(cls, data: dict, source: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise FanLoRAError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                           f"known keys: {', '.join(sorted(names))}")  # fmt: skip
+        raise FanLoRAError(
+            f"{source}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"known keys: {', '.join(sorted(names))}"
+        )
     checked = {k: _check_value(cls, k, v, source) for k, v in data.items()}
     try:
         return cls(**checked)

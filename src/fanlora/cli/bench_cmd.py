@@ -19,8 +19,10 @@ from fanlora.utils.io import md_table
 
 def _common(p) -> None:
     p.add_argument("--model", default="smollm2-135m", help="the base model")
-    p.add_argument("--setting", help="FanLoRA setting JSON (default: a seeded random "
-                                     "placement of 2 modules per layer)")  # fmt: skip
+    p.add_argument(
+        "--setting",
+        help="FanLoRA setting JSON (default: a seeded random placement of 2 modules per layer)",
+    )
     p.add_argument("--rank", type=int, default=12, help="LoRA rank of every adapter")
     p.add_argument("--out", required=True, help="JSON to write (a .md table lands beside it)")
 
@@ -44,8 +46,13 @@ def register(sub) -> None:
     t.add_argument("--runs", type=int, default=2, help="timed runs per point of the sweep")
     t.add_argument("--new-tokens", type=int, default=16)
     t.add_argument("--prompt-tokens", type=int, default=64)
-    t.add_argument("--goal-sizes", type=int, nargs="*", default=[16, 64],
-                   help="batches of this many distinct FanLoRA tenants (the goals)")  # fmt: skip
+    t.add_argument(
+        "--goal-sizes",
+        type=int,
+        nargs="*",
+        default=[16, 64],
+        help="batches of this many distinct FanLoRA tenants (the goals)",
+    )
     t.add_argument("--goal-runs", type=int, default=3)
     t.add_argument("--goal-new-tokens", type=int, default=32)
     t.add_argument("--goal-prompt-tokens", type=int, default=128)
@@ -100,12 +107,28 @@ def run_decode(args) -> int:
         raise FanLoRAError("--runs, --new-tokens and --prompt-tokens must be >= 1")
     started = time.time()
     setting, source = load_setting(args)
-    body = bench_decode(args.model, setting, args.methods, args.rank, args.beams, args.runs,
-                        args.new_tokens, args.prompt_tokens)  # fmt: skip
-    rows = [[r["variant"], r["beams"], f"{r['tokens_per_s_median']:.1f}",
-             f"{r['tokens_per_s_p90']:.1f}", f"{100 * r['speed_vs_base']:.1f}%",
-             f"{r['adapter_params']:,}", f"{r['peak_extra_mb_median']:.1f}"]
-            for r in body["rows"]]  # fmt: skip
+    body = bench_decode(
+        args.model,
+        setting,
+        args.methods,
+        args.rank,
+        args.beams,
+        args.runs,
+        args.new_tokens,
+        args.prompt_tokens,
+    )
+    rows = [
+        [
+            r["variant"],
+            r["beams"],
+            f"{r['tokens_per_s_median']:.1f}",
+            f"{r['tokens_per_s_p90']:.1f}",
+            f"{100 * r['speed_vs_base']:.1f}%",
+            f"{r['adapter_params']:,}",
+            f"{r['peak_extra_mb_median']:.1f}",
+        ]
+        for r in body["rows"]
+    ]
     ph = body["physical"]
     table = md_table(
         [
@@ -134,8 +157,15 @@ def run_tenants(args) -> int:
     setting, source = load_setting(args)
     goals = {}
     if args.goal_sizes:
-        goals = bench_goals(args.model, setting, args.rank, args.goal_runs, args.goal_new_tokens,
-                            args.goal_prompt_tokens, args.goal_sizes)  # fmt: skip
+        goals = bench_goals(
+            args.model,
+            setting,
+            args.rank,
+            args.goal_runs,
+            args.goal_new_tokens,
+            args.goal_prompt_tokens,
+            args.goal_sizes,
+        )
     sweep = (
         bench_sweep(
             args.model,
@@ -152,12 +182,21 @@ def run_tenants(args) -> int:
         else []
     )
     verdict = judge(goals)
-    doc = envelope(args, "tenants", started, source, {"goals": goals, "goal_check": verdict,
-                                                      "sweep": sweep})  # fmt: skip
+    doc = envelope(
+        args, "tenants", started, source, {"goals": goals, "goal_check": verdict, "sweep": sweep}
+    )
     if sweep:
         plot_sweep(sweep, Path(args.out).with_suffix(".png"))
-    rows = [[r["kind"], r["tenants"], r["path"], f"{r['tokens_per_s_median']:.1f}",
-             f"{r['latency_s_median']:.2f}"] for r in sweep]  # fmt: skip
+    rows = [
+        [
+            r["kind"],
+            r["tenants"],
+            r["path"],
+            f"{r['tokens_per_s_median']:.1f}",
+            f"{r['latency_s_median']:.2f}",
+        ]
+        for r in sweep
+    ]
     table = md_table(["adapters", "tenants", "path", "tok/s", "s per batch"], rows) + "\n"
     table += "".join(f"\n- {k}: {v}" for k, v in verdict.items()) + "\n"
     write(args.out, doc, table)

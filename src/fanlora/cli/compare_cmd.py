@@ -25,8 +25,9 @@ def short_names(paths: list[str]) -> list[str]:
         names = ["/".join(p[-n:]) for p in parts]
         if len(set(names)) == distinct:
             break
-    return [f"{n}#{names[:i].count(n) + 1}" if names.count(n) > 1 else n
-            for i, n in enumerate(names)]  # fmt: skip
+    return [
+        f"{n}#{names[:i].count(n) + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)
+    ]
 
 
 def run(args) -> int:

@@ -11,8 +11,9 @@ def register(sub) -> None:
     p = sub.add_parser("data", help="prepare and list the datasets")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     prep = verbs.add_parser("prepare", help="fetch BIG-bench 1.0.0 and build every dataset")
-    prep.add_argument("--archive", type=Path,
-                      help="use this bigbench-1.0.0.tar.gz instead of downloading it")  # fmt: skip
+    prep.add_argument(
+        "--archive", type=Path, help="use this bigbench-1.0.0.tar.gz instead of downloading it"
+    )
     prep.add_argument("--force", action="store_true", help="rebuild the datasets")
     prep.set_defaults(func=prepare)
     lst = verbs.add_parser("list", help="datasets with their splits and row counts")
@@ -45,8 +46,11 @@ def list_tasks(args) -> int:
     from fanlora.data.registry import TASKS, split_counts
 
     counts = split_counts()
-    print(f"{'dataset':<10}{'metric':<12}{'role':<12}" + "".join(f"{s:>8}" for s in SPLITS)
-          + "  source")  # fmt: skip
+    print(
+        f"{'dataset':<10}{'metric':<12}{'role':<12}"
+        + "".join(f"{s:>8}" for s in SPLITS)
+        + "  source"
+    )
     for spec in TASKS.values():
         rows = counts.get(spec.name) if counts else None
         cells = "".join(f"{rows[s] if rows else '-':>8}" for s in SPLITS)

@@ -6,8 +6,9 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser("experiment", help="run a grid of pipelines and aggregate the results")
     p.add_argument("config", help="experiment YAML (name, run, out, grid)")
-    p.add_argument("--aggregate-only", action="store_true",
-                   help="only collect what the grid's runs hold now")  # fmt: skip
+    p.add_argument(
+        "--aggregate-only", action="store_true", help="only collect what the grid's runs hold now"
+    )
     p.set_defaults(func=run)
 
 

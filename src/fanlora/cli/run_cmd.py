@@ -22,8 +22,9 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="the whole pipeline: steps 1-4, evaluation, decoding, report")
     p.add_argument("config", nargs="?", help="YAML config (default: the embedded default)")
     p.add_argument("--out", help="run folder (created, or resumed when it exists)")
-    p.add_argument("--from", dest="start_from", choices=STAGES,
-                   help="redo this stage and every later one")  # fmt: skip
+    p.add_argument(
+        "--from", dest="start_from", choices=STAGES, help="redo this stage and every later one"
+    )
     p.add_argument("--print-default", action="store_true", help="print the default config")
     add_dataclass_args(p, RunConfig)
     p.set_defaults(func=run)

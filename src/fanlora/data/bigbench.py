@@ -29,10 +29,20 @@ DOWNLOAD_PIP = "pip==23.2.1"
 TASKS_PREFIX = f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks/"
 # Task folders used by fanlora's datasets (see fanlora.data.registry).
 FOLDERS = (
-    "natural_instructions", "squad_shifts", "semantic_parsing_spider", "elementary_math_qa",
-    "strategyqa", "coqa_conversational_question_answering", "cause_and_effect", "social_iqa",
-    "physics", "hindu_knowledge", "general_knowledge", "misconceptions", "truthful_qa",
-)  # fmt: skip
+    "natural_instructions",
+    "squad_shifts",
+    "semantic_parsing_spider",
+    "elementary_math_qa",
+    "strategyqa",
+    "coqa_conversational_question_answering",
+    "cause_and_effect",
+    "social_iqa",
+    "physics",
+    "hindu_knowledge",
+    "general_knowledge",
+    "misconceptions",
+    "truthful_qa",
+)
 
 
 def data_root() -> Path:
@@ -57,12 +67,38 @@ def download_sdist(dest: Path, log: Callable[[str], None] = print) -> Path:
     pip_dir = data_root() / "tools" / "pip-23.2.1"
     if not (pip_dir / "pip").is_dir():
         log(f"installing {DOWNLOAD_PIP} for the download into {pip_dir}")
-        _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
-              str(pip_dir), DOWNLOAD_PIP], "installing the download helper")  # fmt: skip
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                str(pip_dir),
+                DOWNLOAD_PIP,
+            ],
+            "installing the download helper",
+        )
     log(f"downloading bigbench=={BIGBENCH_VERSION} (358 MB sdist) with pip download")
     env = {**os.environ, "PYTHONPATH": str(pip_dir)}
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-          f"bigbench=={BIGBENCH_VERSION}", "-d", str(dest)], "pip download", env)  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"bigbench=={BIGBENCH_VERSION}",
+            "-d",
+            str(dest),
+        ],
+        "pip download",
+        env,
+    )
     archive = dest / f"bigbench-{BIGBENCH_VERSION}.tar.gz"
     if not archive.is_file():
         raise FanLoRAError(f"pip download finished but {archive} is missing")

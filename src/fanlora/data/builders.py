@@ -64,9 +64,13 @@ def build_instruct(root: Path) -> list[Example]:
             target = target[0] if isinstance(target, list) and target else target
             if not isinstance(target, str):
                 raise FanLoRAError(f"{path}: examples[{i}] target is not text")
-            out.append(Example(uid=f"{path.parent.name}/{i}",
-                               prompt=f"{definition.strip()}\n\n{row['input'].strip()}",
-                               response=target.strip()))  # fmt: skip
+            out.append(
+                Example(
+                    uid=f"{path.parent.name}/{i}",
+                    prompt=f"{definition.strip()}\n\n{row['input'].strip()}",
+                    response=target.strip(),
+                )
+            )
     return out
 
 
@@ -78,13 +82,19 @@ def build_squad(root: Path) -> list[Example]:
         for paragraph in article["paragraphs"]:
             for qa in paragraph["qas"]:
                 answers = tuple(dict.fromkeys(a["text"].strip() for a in qa["answers"]))
-                out.append(Example(
-                    uid=qa["id"], group=article["title"], response=answers[0],
-                    references=answers,
-                    prompt=("Answer the question with a short span copied from the passage."
+                out.append(
+                    Example(
+                        uid=qa["id"],
+                        group=article["title"],
+                        response=answers[0],
+                        references=answers,
+                        prompt=(
+                            "Answer the question with a short span copied from the passage."
                             f"\n\nPassage: {paragraph['context'].strip()}"
-                            f"\n\nQuestion: {qa['question'].strip()}"),
-                ))  # fmt: skip
+                            f"\n\nQuestion: {qa['question'].strip()}"
+                        ),
+                    )
+                )
     return out
 
 
@@ -96,9 +106,14 @@ def build_sql(root: Path) -> list[Example]:
     for i, row in enumerate(examples_of(path)):
         question, _, columns = row["input"].partition(" | ")
         targets = row["target"] if isinstance(row["target"], list) else [row["target"]]
-        out.append(Example(uid=f"spider/{i}", response=targets[0], references=tuple(targets),
-                           prompt=f"{prefix}\n\nQuestion: {question.strip()}\n"
-                                  f"Columns: {columns.strip()}"))  # fmt: skip
+        out.append(
+            Example(
+                uid=f"spider/{i}",
+                response=targets[0],
+                references=tuple(targets),
+                prompt=f"{prefix}\n\nQuestion: {question.strip()}\nColumns: {columns.strip()}",
+            )
+        )
     return out
 
 
@@ -110,15 +125,26 @@ def build_math(root: Path) -> list[Example]:
         if (picked := correct_choice(row["target_scores"])) is None:
             continue
         options, label = picked
-        out.append(Example(uid=f"mathqa/{i}", response=options[label], references=(options[label],),
-                           prompt="Solve the math word problem. Give only the final number."
-                                  f"\n\n{row['input'].strip()}"))  # fmt: skip
+        out.append(
+            Example(
+                uid=f"mathqa/{i}",
+                response=options[label],
+                references=(options[label],),
+                prompt="Solve the math word problem. Give only the final number."
+                f"\n\n{row['input'].strip()}",
+            )
+        )
     return out
 
 
 def _yes_no(uid: str, prompt: str, yes: bool) -> Example:
-    return Example(uid=uid, prompt=prompt, response="Yes" if yes else "No",
-                   choices=("Yes", "No"), label=0 if yes else 1)  # fmt: skip
+    return Example(
+        uid=uid,
+        prompt=prompt,
+        response="Yes" if yes else "No",
+        choices=("Yes", "No"),
+        label=0 if yes else 1,
+    )
 
 
 def build_yesno(root: Path) -> list[Example]:
@@ -136,16 +162,24 @@ def build_yesno(root: Path) -> list[Example]:
         )
     coqa = read_task(root / "coqa_conversational_question_answering" / "coqa.test.json")
     for story in coqa["data"]:
-        turns = [(q["input_text"].strip(), a["input_text"].strip())
-                 for q, a in zip(story["questions"], story["answers"], strict=False)]  # fmt: skip
+        turns = [
+            (q["input_text"].strip(), a["input_text"].strip())
+            for q, a in zip(story["questions"], story["answers"], strict=False)
+        ]
         for t, (question, answer) in enumerate(turns):
             word = answer.lower().rstrip(".!")
             if word not in ("yes", "no"):
                 continue
             history = "".join(f"Q: {q}\nA: {a}\n" for q, a in turns[max(0, t - 2) : t])
-            out.append(_yes_no(f"coqa/{story['id']}/{t}", "Answer the question about the story "
-                               f"with Yes or No.\n\nStory: {story['story'].strip()}\n\n{history}"
-                               f"Question: {question}", word == "yes"))  # fmt: skip
+            out.append(
+                _yes_no(
+                    f"coqa/{story['id']}/{t}",
+                    "Answer the question about the story "
+                    f"with Yes or No.\n\nStory: {story['story'].strip()}\n\n{history}"
+                    f"Question: {question}",
+                    word == "yes",
+                )
+            )
     return out
 
 
@@ -163,18 +197,31 @@ def build_choice(root: Path) -> list[Example]:
                 continue
             options, label = picked
             listing = "\n".join(f"- {o}" for o in options)
-            out.append(Example(uid=f"cause_effect/{folder}/{i}", prompt=f"{question}\n{listing}",
-                               response=options[label], choices=tuple(options), label=label,
-                               group=f"cause_effect/{i}"))  # fmt: skip
+            out.append(
+                Example(
+                    uid=f"cause_effect/{folder}/{i}",
+                    prompt=f"{question}\n{listing}",
+                    response=options[label],
+                    choices=tuple(options),
+                    label=label,
+                    group=f"cause_effect/{i}",
+                )
+            )
     path = root / "social_iqa" / "task.json"
     for i, row in enumerate(examples_of(path)):
         if (picked := correct_choice(row["target_scores"])) is None:
             continue
         options, label = picked
         listing = "\n".join(f"- {o}" for o in options)
-        out.append(Example(uid=f"social_iqa/{i}", response=options[label], choices=tuple(options),
-                           label=label, prompt=f"{row['input'].strip()}\nWhich answer fits best?"
-                                               f"\n{listing}"))  # fmt: skip
+        out.append(
+            Example(
+                uid=f"social_iqa/{i}",
+                response=options[label],
+                choices=tuple(options),
+                label=label,
+                prompt=f"{row['input'].strip()}\nWhich answer fits best?\n{listing}",
+            )
+        )
     return out
 
 
@@ -204,8 +251,14 @@ def build_mc(root: Path) -> list[Example]:
             letters = LETTERS[: len(kept)]
             listing = "\n".join(f"{k}. {o}" for k, o in zip(letters, kept, strict=True))
             answer = letters[kept.index(options[label])]
-            out.append(Example(uid=f"{name}/{i}", response=answer, choices=tuple(letters),
-                               label=letters.index(answer),
-                               prompt=f"{lead}{row['input'].strip()}\n\n{listing}\n\n"
-                                      "Answer with the letter of the correct option."))  # fmt: skip
+            out.append(
+                Example(
+                    uid=f"{name}/{i}",
+                    response=answer,
+                    choices=tuple(letters),
+                    label=letters.index(answer),
+                    prompt=f"{lead}{row['input'].strip()}\n\n{listing}\n\n"
+                    "Answer with the letter of the correct option.",
+                )
+            )
     return out

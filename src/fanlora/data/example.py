@@ -32,8 +32,13 @@ class Example:
 
     @classmethod
     def from_dict(cls, data: dict) -> Example:
-        return cls(**{**data, "choices": tuple(data.get("choices", ())),
-                      "references": tuple(data.get("references", ()))})  # fmt: skip
+        return cls(
+            **{
+                **data,
+                "choices": tuple(data.get("choices", ())),
+                "references": tuple(data.get("references", ())),
+            }
+        )
 
 
 def split_of(key: str, fractions: tuple[float, float, float], seed: int = 0) -> str:

@@ -41,9 +41,10 @@ class PromptFrame:
     def of(cls, tokenizer) -> PromptFrame:
         if getattr(tokenizer, "chat_template", None):
             text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": PLACEHOLDER}], tokenize=False,
+                [{"role": "user", "content": PLACEHOLDER}],
+                tokenize=False,
                 add_generation_prompt=True,
-            )  # fmt: skip
+            )
             before, _, after = text.partition(PLACEHOLDER)
         else:  # plain LM: "prompt\n" then the response
             before, after = "", "\n"
@@ -53,8 +54,9 @@ class PromptFrame:
         return cls(pre=ids(before), post=ids(after), eos=tokenizer.eos_token_id)
 
 
-def fit_prompt(prompt_ids: list[int], budget: int, ellipsis: list[int],
-               anchor: tuple[int, int] | None = None) -> list[int]:  # fmt: skip
+def fit_prompt(
+    prompt_ids: list[int], budget: int, ellipsis: list[int], anchor: tuple[int, int] | None = None
+) -> list[int]:
     """``prompt_ids`` cut to ``budget`` tokens, the cuts marked by ``ellipsis``.
 
     Without ``anchor``: the middle goes (head and tail halves kept). With ``anchor`` (a token
@@ -77,8 +79,13 @@ def fit_prompt(prompt_ids: list[int], budget: int, ellipsis: list[int],
         return cut  # the answer alone is longer than the window: nothing better to do
     centre = (anchor[0] + anchor[1]) // 2
     start = min(max(centre - window // 2, edge), len(prompt_ids) - edge - window)
-    return (prompt_ids[:edge] + ellipsis + prompt_ids[start : start + window] + ellipsis
-            + prompt_ids[len(prompt_ids) - edge :])  # fmt: skip
+    return (
+        prompt_ids[:edge]
+        + ellipsis
+        + prompt_ids[start : start + window]
+        + ellipsis
+        + prompt_ids[len(prompt_ids) - edge :]
+    )
 
 
 def answer_anchor(example: Example, offsets: list[tuple[int, int]]) -> tuple[int, int] | None:
@@ -94,9 +101,14 @@ def answer_anchor(example: Example, offsets: list[tuple[int, int]]) -> tuple[int
     return None
 
 
-def assemble(frame: PromptFrame, prompt_ids: list[int], response_ids: list[int],
-             max_length: int, ellipsis: list[int],
-             anchor: tuple[int, int] | None = None) -> dict | None:  # fmt: skip
+def assemble(
+    frame: PromptFrame,
+    prompt_ids: list[int],
+    response_ids: list[int],
+    max_length: int,
+    ellipsis: list[int],
+    anchor: tuple[int, int] | None = None,
+) -> dict | None:
     """Template + prompt (cut to fit, around ``anchor`` if given) + response + eos; labels on
     the response and eos only. None when the response alone leaves no room for the prompt."""
     answer = [*response_ids, frame.eos]
@@ -109,14 +121,16 @@ def assemble(frame: PromptFrame, prompt_ids: list[int], response_ids: list[int],
 
 def encode_prompt(tokenizer, example: Example) -> tuple[list[int], tuple[int, int] | None]:
     """The prompt's token ids and the answer's token span in them (see :func:`answer_anchor`)."""
-    enc = tokenizer(example.prompt, add_special_tokens=False,
-                    return_offsets_mapping=tokenizer.is_fast)  # fmt: skip
+    enc = tokenizer(
+        example.prompt, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast
+    )
     offsets = enc.get("offset_mapping")
     return enc["input_ids"], answer_anchor(example, offsets) if offsets is not None else None
 
 
-def encode_example(tokenizer, frame: PromptFrame, example: Example, max_length: int,
-                   response: str | None = None) -> dict | None:  # fmt: skip
+def encode_example(
+    tokenizer, frame: PromptFrame, example: Example, max_length: int, response: str | None = None
+) -> dict | None:
     """input_ids and labels (response tokens only) or None when the response cannot fit."""
     ids = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     answer = example.response if response is None else response
@@ -132,14 +146,15 @@ def encode_options(tokenizer, frame: PromptFrame, example: Example, max_length: 
     since dropping an option changes the question.
     """
     if not example.choices:
-        raise FanLoRAError(f"example {example.uid} has no options; this task is not a choice "
-                           "task")  # fmt: skip
+        raise FanLoRAError(f"example {example.uid} has no options; this task is not a choice task")
     rows = []
     for j, option in enumerate(example.choices):
         row = encode_example(tokenizer, frame, example, max_length, response=option)
         if row is None or all(t == IGNORE for t in row["labels"][1:]):
-            raise FanLoRAError(f"option {j} of example {example.uid} does not fit in max length "
-                               f"{max_length}; raise --max-length")  # fmt: skip
+            raise FanLoRAError(
+                f"option {j} of example {example.uid} does not fit in max length "
+                f"{max_length}; raise --max-length"
+            )
         rows.append(row)
     return rows
 
@@ -148,24 +163,32 @@ def encode_all(tokenizer, examples: list[Example], max_length: int) -> tuple[lis
     """Encode ``examples`` (two batched tokenizer calls, fast on 10^5 rows); return
     (encoded, number dropped because the response is too long)."""
     frame = PromptFrame.of(tokenizer)
-    enc = tokenizer([e.prompt for e in examples], add_special_tokens=False,
-                    return_offsets_mapping=tokenizer.is_fast)  # fmt: skip
+    enc = tokenizer(
+        [e.prompt for e in examples],
+        add_special_tokens=False,
+        return_offsets_mapping=tokenizer.is_fast,
+    )
     offsets = enc.get("offset_mapping") or [None] * len(examples)
-    anchors = [answer_anchor(e, o) if o is not None else None
-               for e, o in zip(examples, offsets, strict=True)]  # fmt: skip
+    anchors = [
+        answer_anchor(e, o) if o is not None else None
+        for e, o in zip(examples, offsets, strict=True)
+    ]
     answers = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
     ellipsis = tokenizer(ELLIPSIS, add_special_tokens=False)["input_ids"]
     rows = zip(enc["input_ids"], answers, anchors, strict=True)
     encoded = [assemble(frame, p, a, max_length, ellipsis, anchor) for p, a, anchor in rows]
     kept = [e for e in encoded if e is not None]
     if not kept:
-        raise FanLoRAError(f"no example fits in max length {max_length}: every response is "
-                           "longer; raise --max-length")  # fmt: skip
+        raise FanLoRAError(
+            f"no example fits in max length {max_length}: every response is "
+            "longer; raise --max-length"
+        )
     return kept, len(encoded) - len(kept)
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, seed: int,
-                           group: int = 50) -> list[list[int]]:  # fmt: skip
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, seed: int, group: int = 50
+) -> list[list[int]]:
     """Shuffled batches of indices whose lengths are close, so padding stays low.
 
     Shuffle with ``seed``, cut into groups of ``group * batch_size``, sort each group by

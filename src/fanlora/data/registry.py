@@ -41,27 +41,75 @@ class TaskSpec:
     max_length: int = 192
 
 
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in [
-    TaskSpec("instruct", builders.build_instruct, (0.98, 0.01, 0.01), "loss", "UltraChat",
-             "BIG-bench natural_instructions (Natural Instructions v1, 61 subtasks)", 512),
-    # The paper tests on SQuAD's dev set; only that file ships here, so its 48 articles are
-    # split into train/dev/test by article (no passage is shared across splits).
-    TaskSpec("squad", builders.build_squad, (0.6, 0.1, 0.3), "f1_em", "SQuAD v1.1",
-             "BIG-bench squad_shifts/squaddev_v1.1.json (SQuAD v1.1 dev)", 256),
-    TaskSpec("sql", builders.build_sql, (0.7, 0.1, 0.2), "sql_em", "Q2SQL",
-             "BIG-bench semantic_parsing_spider (Spider)", 512),
-    TaskSpec("math", builders.build_math, (0.8, 0.1, 0.1), "number_acc", "HSM10K",
-             "BIG-bench elementary_math_qa/question_only (MathQA)"),
-    # BoolQ and COPA lack public test labels, so the paper halves their dev sets; these
-    # sets ship without an official split, so all three splits are drawn by hash.
-    TaskSpec("yesno", builders.build_yesno, (0.8, 0.1, 0.1), "accuracy", "BoolQ",
-             "BIG-bench strategyqa + yes/no turns of coqa_conversational_question_answering"),
-    TaskSpec("choice", builders.build_choice, (0.6, 0.2, 0.2), "accuracy", "COPA",
-             "BIG-bench cause_and_effect (one_sentence, two_sentences) + social_iqa"),
-    TaskSpec("mc", builders.build_mc, (0.6, 0.1, 0.3), "accuracy", "MMLU",
-             "BIG-bench physics, hindu_knowledge, general_knowledge, misconceptions, "
-             "truthful_qa (task_mc)"),
-]}  # fmt: skip
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in [
+        TaskSpec(
+            "instruct",
+            builders.build_instruct,
+            (0.98, 0.01, 0.01),
+            "loss",
+            "UltraChat",
+            "BIG-bench natural_instructions (Natural Instructions v1, 61 subtasks)",
+            512,
+        ),
+        # The paper tests on SQuAD's dev set; only that file ships here, so its 48 articles are
+        # split into train/dev/test by article (no passage is shared across splits).
+        TaskSpec(
+            "squad",
+            builders.build_squad,
+            (0.6, 0.1, 0.3),
+            "f1_em",
+            "SQuAD v1.1",
+            "BIG-bench squad_shifts/squaddev_v1.1.json (SQuAD v1.1 dev)",
+            256,
+        ),
+        TaskSpec(
+            "sql",
+            builders.build_sql,
+            (0.7, 0.1, 0.2),
+            "sql_em",
+            "Q2SQL",
+            "BIG-bench semantic_parsing_spider (Spider)",
+            512,
+        ),
+        TaskSpec(
+            "math",
+            builders.build_math,
+            (0.8, 0.1, 0.1),
+            "number_acc",
+            "HSM10K",
+            "BIG-bench elementary_math_qa/question_only (MathQA)",
+        ),
+        # BoolQ and COPA lack public test labels, so the paper halves their dev sets; these
+        # sets ship without an official split, so all three splits are drawn by hash.
+        TaskSpec(
+            "yesno",
+            builders.build_yesno,
+            (0.8, 0.1, 0.1),
+            "accuracy",
+            "BoolQ",
+            "BIG-bench strategyqa + yes/no turns of coqa_conversational_question_answering",
+        ),
+        TaskSpec(
+            "choice",
+            builders.build_choice,
+            (0.6, 0.2, 0.2),
+            "accuracy",
+            "COPA",
+            "BIG-bench cause_and_effect (one_sentence, two_sentences) + social_iqa",
+        ),
+        TaskSpec(
+            "mc",
+            builders.build_mc,
+            (0.6, 0.1, 0.3),
+            "accuracy",
+            "MMLU",
+            "BIG-bench physics, hindu_knowledge, general_knowledge, misconceptions, "
+            "truthful_qa (task_mc)",
+        ),
+    ]
+}
 
 
 def tasks_dir() -> Path:
@@ -83,8 +131,12 @@ def build_tasks(log: Callable[[str], None] = print) -> dict:
             examples = spec.builder(root)
             counts[spec.name] = write_splits(work / spec.name, examples, spec.fractions)
             log(f"  {spec.name:<9} {counts[spec.name]}")
-        manifest = {"format_version": TASKS_FORMAT_VERSION, "bigbench": BIGBENCH_VERSION,
-                    "split_seed": SPLIT_SEED, "counts": counts}  # fmt: skip
+        manifest = {
+            "format_version": TASKS_FORMAT_VERSION,
+            "bigbench": BIGBENCH_VERSION,
+            "split_seed": SPLIT_SEED,
+            "counts": counts,
+        }
         atomic_write_json(work / "manifest.json", manifest)
     return manifest
 
@@ -124,8 +176,9 @@ def load_split(name: str, split: str) -> list[Example]:
     if Path(name).suffix in USER_SUFFIXES:
         examples = load_user_file(Path(name), split)
     elif name not in TASKS:
-        raise FanLoRAError(f"unknown dataset {name!r}; known: {', '.join(TASKS)}, "
-                           "or a .jsonl/.json/.csv file")  # fmt: skip
+        raise FanLoRAError(
+            f"unknown dataset {name!r}; known: {', '.join(TASKS)}, or a .jsonl/.json/.csv file"
+        )
     else:
         if read_manifest() is None:
             raise FanLoRAError(f"dataset {name!r} is not prepared: run `fanlora data prepare`")
@@ -157,8 +210,10 @@ def task_metric(name: str, examples: list[Example] | None = None) -> str:
         return TASKS[name].metric
     if examples and all(e.choices for e in examples):
         return "accuracy"
-    raise FanLoRAError(f"{name} is not a registered task and has no options: pass --metric "
-                       "(f1_em, sql_em, number_acc or accuracy)")  # fmt: skip
+    raise FanLoRAError(
+        f"{name} is not a registered task and has no options: pass --metric "
+        "(f1_em, sql_em, number_acc or accuracy)"
+    )
 
 
 USER_SUFFIXES = (".jsonl", ".json", ".csv")
@@ -196,12 +251,19 @@ def _user_example(path: Path, i: int, row: dict) -> Example:
     else:
         missing = [k for k in ("instruction", "output") if not row.get(k)]
         if missing:
-            raise FanLoRAError(f"{where}: missing {', '.join(missing)} (need instruction, "
-                               "optional input, output; or chat 'messages')")  # fmt: skip
+            raise FanLoRAError(
+                f"{where}: missing {', '.join(missing)} (need instruction, "
+                "optional input, output; or chat 'messages')"
+            )
         prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
         output = str(row["output"])
-    return Example(uid=f"{path.name}/{i}", prompt=prompt, response=output,
-                   references=(output,), meta={"split": split})  # fmt: skip
+    return Example(
+        uid=f"{path.name}/{i}",
+        prompt=prompt,
+        response=output,
+        references=(output,),
+        meta={"split": split},
+    )
 
 
 def load_user_file(path: Path, split: str) -> list[Example]:

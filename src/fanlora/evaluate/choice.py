@@ -28,8 +28,9 @@ def option_rows(tokenizer, examples: list[Example], max_length: int):
 
 
 @torch.no_grad()
-def option_loglik(model, tokenizer, examples: list[Example], max_length: int, batch_size: int,
-                  progress=None) -> tuple[list[list[float]], list[list[float]]]:  # fmt: skip
+def option_loglik(
+    model, tokenizer, examples: list[Example], max_length: int, batch_size: int, progress=None
+) -> tuple[list[list[float]], list[list[float]]]:
     """Per example and option, ``log p(option + eos | prompt) = -sum_t CE_t`` and the same
     without the eos term (the option's own tokens, as lm-evaluation-harness scores them).
     Sequences are batched by length."""
@@ -41,8 +42,9 @@ def option_loglik(model, tokenizer, examples: list[Example], max_length: int, ba
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = collate([rows[i] for i in chunk], pad)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits  # fmt: skip
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
         total = sequence_losses(logits, batch["labels"])[:, 0].tolist()
         eos = last_label_losses(logits, batch["labels"]).tolist()
         for i, loss, eos_loss in zip(chunk, total, eos, strict=True):

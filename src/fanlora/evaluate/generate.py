@@ -61,8 +61,14 @@ def generate_ids(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = left_pad([prompts[i] for i in chunk], pad)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                             do_sample=False, eos_token_id=eos, pad_token_id=pad)  # fmt: skip
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
         for i, row in zip(chunk, out[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
             out_ids[i] = row[: row.index(eos)] if eos in row else row
         if progress is not None:
@@ -70,9 +76,15 @@ def generate_ids(
     return out_ids
 
 
-def generate(model, tokenizer, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
-             num_beams: int = 1, progress=None) -> list[str]:  # fmt: skip
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    batch_size: int,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    progress=None,
+) -> list[str]:
     """Decoded continuations of ``prompts`` (see :func:`generate_ids`)."""
-    ids = generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, num_beams,
-                       progress)  # fmt: skip
+    ids = generate_ids(model, tokenizer, prompts, batch_size, max_new_tokens, num_beams, progress)
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]

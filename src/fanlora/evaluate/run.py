@@ -23,20 +23,25 @@ class EvalConfig:
     """Options of ``fanlora eval``."""
 
     model: str = field(default="tiny-random-llama", metadata={"help": "the base model"})
-    adapter: str | None = field(default=None, metadata={"help": "PEFT adapter folder (none: "
-                                                                 "the base model)"})  # fmt: skip
+    adapter: str | None = field(
+        default=None, metadata={"help": "PEFT adapter folder (none: the base model)"}
+    )
     task: str = field(default="yesno", metadata={"help": "dataset name or a local file"})
-    split: str = field(default="test", metadata={"help": "split to evaluate",
-                                                  "choices": ("train", "dev", "test")})  # fmt: skip
+    split: str = field(
+        default="test", metadata={"help": "split to evaluate", "choices": ("train", "dev", "test")}
+    )
     limit: int | None = field(default=None, metadata={"help": "a seeded draw of N examples"})
-    metric: str | None = field(default=None, metadata={"help": "default: the task's (A.2)",
-                                                        "choices": METRICS})  # fmt: skip
+    metric: str | None = field(
+        default=None, metadata={"help": "default: the task's (A.2)", "choices": METRICS}
+    )
     batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
     max_length: int | None = field(
         default=None,
-        metadata={"help": "tokens per sequence (prompt cut in the middle); default: the "
-                  "task's, chosen so >= 90% of test answers survive (SQuAD 256), else 512"},
-    )  # fmt: skip
+        metadata={
+            "help": "tokens per sequence (prompt cut in the middle); default: the "
+            "task's, chosen so >= 90% of test answers survive (SQuAD 256), else 512"
+        },
+    )
     max_new_tokens: int | None = field(
         default=None,
         metadata={"help": "generated tokens at most (default: 32 SQuAD, 128 SQL, 24 math)"},
@@ -65,11 +70,21 @@ def choice_records(examples, loglik, loglik_no_eos) -> list[dict]:
         chosen = max(range(len(scores)), key=scores.__getitem__)
         normed = [ll / max(len(c), 1) for ll, c in zip(plain, example.choices, strict=True)]
         chosen_norm = max(range(len(normed)), key=normed.__getitem__)
-        records.append({"uid": example.uid, "prediction": example.choices[chosen],
-                        "chosen": chosen, "chosen_norm": chosen_norm, "label": example.label,
-                        "loglik": scores, "loglik_no_eos": plain,
-                        "values": {"accuracy": float(chosen == example.label),
-                                   "acc_norm": float(chosen_norm == example.label)}})  # fmt: skip
+        records.append(
+            {
+                "uid": example.uid,
+                "prediction": example.choices[chosen],
+                "chosen": chosen,
+                "chosen_norm": chosen_norm,
+                "label": example.label,
+                "loglik": scores,
+                "loglik_no_eos": plain,
+                "values": {
+                    "accuracy": float(chosen == example.label),
+                    "acc_norm": float(chosen_norm == example.label),
+                },
+            }
+        )
     return records
 
 
@@ -82,9 +97,15 @@ def generated_records(examples, texts, metric: str, kept=None) -> list[dict]:
     kept = kept or [None] * len(examples)
     for example, text, in_prompt in zip(examples, texts, kept, strict=True):
         refs = list(example.references) or [example.response]
-        records.append({"uid": example.uid, "prediction": text, "references": refs,
-                        "reference_in_prompt": in_prompt,
-                        "values": score_generated(metric, text, refs)})  # fmt: skip
+        records.append(
+            {
+                "uid": example.uid,
+                "prediction": text,
+                "references": refs,
+                "reference_in_prompt": in_prompt,
+                "values": score_generated(metric, text, refs),
+            }
+        )
     return records
 
 
@@ -111,8 +132,9 @@ def predict(cfg: EvalConfig, model, tokenizer, examples, metric: str, progress=N
 
         if progress is not None:
             progress.reset(total=sum(len(e.choices) for e in examples))
-        loglik, plain = option_loglik(model, tokenizer, examples, cfg.max_length,
-                                      cfg.batch_size, progress)  # fmt: skip
+        loglik, plain = option_loglik(
+            model, tokenizer, examples, cfg.max_length, cfg.batch_size, progress
+        )
         return choice_records(examples, loglik, plain)
     from fanlora.evaluate.generate import generate, prompt_ids, references_kept
 
@@ -145,13 +167,23 @@ def evaluate(cfg: EvalConfig, out: str | Path, log=print, model=None, tokenizer=
     out = Path(out)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     atomic_write_text(out / "predictions.jsonl", lines)
-    doc = {"format": "fanlora-eval", "task": cfg.task, "split": cfg.split, "metric": metric,
-           **summarize(records, metric), "examples": len(records), "config": asdict(cfg),
-           "answer_in_prompt": answers_in_prompt(records),
-           "adapter_sha256": adapter_hash(cfg.adapter) if cfg.adapter else None,
-           "predictions": "predictions.jsonl", "wall_time_s": round(time.time() - started, 2),
-           "versions": versions()}  # fmt: skip
+    doc = {
+        "format": "fanlora-eval",
+        "task": cfg.task,
+        "split": cfg.split,
+        "metric": metric,
+        **summarize(records, metric),
+        "examples": len(records),
+        "config": asdict(cfg),
+        "answer_in_prompt": answers_in_prompt(records),
+        "adapter_sha256": adapter_hash(cfg.adapter) if cfg.adapter else None,
+        "predictions": "predictions.jsonl",
+        "wall_time_s": round(time.time() - started, 2),
+        "versions": versions(),
+    }
     atomic_write_json(out / "metrics.json", doc)
-    log(f"{what}: {metric} {doc['value']:.2f} over {len(records)} examples "
-        f"({doc['wall_time_s']:.1f} s); wrote {out}/metrics.json")  # fmt: skip
+    log(
+        f"{what}: {metric} {doc['value']:.2f} over {len(records)} examples "
+        f"({doc['wall_time_s']:.1f} s); wrote {out}/metrics.json"
+    )
     return doc

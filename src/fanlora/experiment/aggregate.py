@@ -29,10 +29,18 @@ def point_rows(point, folder: Path) -> list[dict]:
                 continue
             trained = folder / "4-downstream" / task / method / "run.json"
             trained = read_json_if_present(trained) or {}
-            rows.append({"point": point.name, **point.flat_values(), "task": task, "method": method,
-                         "metric": doc["metric"], "value": doc["value"],
-                         "examples": doc["examples"],
-                         "trainable_params": trained.get("trainable_params", 0)})  # fmt: skip
+            rows.append(
+                {
+                    "point": point.name,
+                    **point.flat_values(),
+                    "task": task,
+                    "method": method,
+                    "metric": doc["metric"],
+                    "value": doc["value"],
+                    "examples": doc["examples"],
+                    "trainable_params": trained.get("trainable_params", 0),
+                }
+            )
     return rows
 
 
@@ -51,11 +59,18 @@ def summarize(rows: list[dict], grid_keys: list[str]) -> list[dict]:
     out = []
     for group in groups.values():
         values = [r["value"] for r in group]
-        out.append({**{k: group[0].get(k) for k in keys}, "metric": group[0]["metric"],
-                    "median": statistics.median(values), "min": min(values),
-                    "max": max(values), "runs": len(values), "values": values,
-                    "trainable_params": round(statistics.median(
-                        r["trainable_params"] for r in group))})  # fmt: skip
+        out.append(
+            {
+                **{k: group[0].get(k) for k in keys},
+                "metric": group[0]["metric"],
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+                "runs": len(values),
+                "values": values,
+                "trainable_params": round(statistics.median(r["trainable_params"] for r in group)),
+            }
+        )
     return out
 
 
@@ -65,9 +80,13 @@ def aggregate(name: str, out: Path, points) -> dict:
         folder = out / point.name
         run = read_json_if_present(folder / "run.json")
         report = read_json_if_present(folder / "report" / "stage.json")
-        status[point.name] = ("failed" if (folder / "failure.txt").is_file() and not report
-                              else "finished" if report and report.get("status") == "finished"
-                              else "not finished")  # fmt: skip
+        status[point.name] = (
+            "failed"
+            if (folder / "failure.txt").is_file() and not report
+            else "finished"
+            if report and report.get("status") == "finished"
+            else "not finished"
+        )
         if run:
             codes[point.name] = run.get("code", run.get("fanlora", "?"))
         if report:  # a stage record without the field was made before RESULTS_VERSION
@@ -82,11 +101,19 @@ def aggregate(name: str, out: Path, points) -> dict:
     agreement = score_agreement(out, points)
     distinct = sorted(set(codes.values()))
     paired = paired_summary(rows, out, group_keys(grid_keys))
-    return {"format": "fanlora-experiment", "experiment": name, "runs": status,
-            "code_versions": codes, "mixed_code_versions": len(distinct) > 1,
-            "results_versions": versions,
-            "rows": rows, "summary": summarize(rows, grid_keys), "paired": paired,
-            "score_agreement": agreement, "decoding": decoding}  # fmt: skip
+    return {
+        "format": "fanlora-experiment",
+        "experiment": name,
+        "runs": status,
+        "code_versions": codes,
+        "mixed_code_versions": len(distinct) > 1,
+        "results_versions": versions,
+        "rows": rows,
+        "summary": summarize(rows, grid_keys),
+        "paired": paired,
+        "score_agreement": agreement,
+        "decoding": decoding,
+    }
 
 
 def score_agreement(out: Path, points) -> dict | None:
@@ -112,13 +139,17 @@ def score_agreement(out: Path, points) -> dict | None:
 
 def render_markdown(results: dict) -> str:
     lines = [f"# Experiment {results['experiment']}", ""]
-    stale = sorted({v for v in results.get("results_versions", {"?": 1}).values()
-                    if v < RESULTS_VERSION})  # fmt: skip
+    stale = sorted(
+        {v for v in results.get("results_versions", {"?": 1}).values() if v < RESULTS_VERSION}
+    )
     if stale:
-        lines += [f"**Stale: made by results version {', '.join(map(str, stale))}, before "
-                  f"the fixes of version {RESULTS_VERSION} (README: rules that keep the "
-                  "numbers honest). Kept as an earlier section; not comparable with newer "
-                  "runs.**", ""]  # fmt: skip
+        lines += [
+            f"**Stale: made by results version {', '.join(map(str, stale))}, before "
+            f"the fixes of version {RESULTS_VERSION} (README: rules that keep the "
+            "numbers honest). Kept as an earlier section; not comparable with newer "
+            "runs.**",
+            "",
+        ]
     if results["mixed_code_versions"]:
         lines += [
             "**Warning: these runs were made by different code versions: "
@@ -135,17 +166,32 @@ def render_markdown(results: dict) -> str:
         header = [*cols, "params (median)", "metric", "median", "min-max", "runs"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for s in summary:
-            lines.append("| " + " | ".join([*(str(s[c]) for c in cols),
-                         f"{s['trainable_params']:,}", s["metric"], f"{s['median']:.1f}",
-                         f"{s['min']:.1f}-{s['max']:.1f}", str(s["runs"])]) + " |")  # fmt: skip
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        *(str(s[c]) for c in cols),
+                        f"{s['trainable_params']:,}",
+                        s["metric"],
+                        f"{s['median']:.1f}",
+                        f"{s['min']:.1f}-{s['max']:.1f}",
+                        str(s["runs"]),
+                    ]
+                )
+                + " |"
+            )
     if results.get("paired"):
         lines += ["", *paired_markdown(results["paired"], varying_keys(summary))]
     agree = results.get("score_agreement")
     if agree:
         from fanlora.score.compare import agreement_tables
 
-        lines += ["", "## Agreement of the step-2 scores between runs (table 4)", "",
-                  *agreement_tables(agree)]  # fmt: skip
+        lines += [
+            "",
+            "## Agreement of the step-2 scores between runs (table 4)",
+            "",
+            *agreement_tables(agree),
+        ]
     from fanlora.report.render import decode_table
 
     for name, doc in results.get("decoding", {}).items():
@@ -156,8 +202,11 @@ def render_markdown(results: dict) -> str:
 
 def varying_keys(summary: list[dict]) -> list[str]:
     """The grid keys whose value differs between summary rows (task and method aside)."""
-    return [k for k in summary[0] if k not in ("task", "method") and k not in STATS
-            and len({str(s[k]) for s in summary}) > 1]  # fmt: skip
+    return [
+        k
+        for k in summary[0]
+        if k not in ("task", "method") and k not in STATS and len({str(s[k]) for s in summary}) > 1
+    ]
 
 
 def sweep_key(summary: list[dict]) -> str | None:
@@ -197,8 +246,13 @@ def _errors(rows: list[dict]) -> list[list[float]]:
 
 def plot_bars(ax, rows: list[dict], _key, varying: list[str]) -> None:
     labels = [s["method"] + "".join(f"\n{k}={s[k]}" for k in varying) for s in rows]
-    ax.bar(range(len(rows)), [s["median"] for s in rows], yerr=_errors(rows), capsize=3,
-           color="#3a7d44")  # fmt: skip
+    ax.bar(
+        range(len(rows)),
+        [s["median"] for s in rows],
+        yerr=_errors(rows),
+        capsize=3,
+        color="#3a7d44",
+    )
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
 
 
@@ -207,14 +261,23 @@ def plot_sweep(ax, rows: list[dict], key: str, varying: list[str]) -> None:
     label the ticks."""
     for method in dict.fromkeys(s["method"] for s in rows):
         line = sorted((s for s in rows if s["method"] == method), key=lambda s: s[key])
-        ax.errorbar([s[key] for s in line], [s["median"] for s in line], yerr=_errors(line),
-                    marker="o", capsize=3, label=method)  # fmt: skip
+        ax.errorbar(
+            [s[key] for s in line],
+            [s["median"] for s in line],
+            yerr=_errors(line),
+            marker="o",
+            capsize=3,
+            label=method,
+        )
     ticks = {s[key]: s for s in rows}
     others = [k for k in varying if k != key]
     # linked values stacked under the tick, their names in the axis label, in the same
     # order: names under every tick are wider than the gap between ticks
-    ax.set_xticks(list(ticks), ["\n".join(str(v) for v in (x, *(s[k] for k in others)))
-                                for x, s in ticks.items()], fontsize=7)  # fmt: skip
+    ax.set_xticks(
+        list(ticks),
+        ["\n".join(str(v) for v in (x, *(s[k] for k in others))) for x, s in ticks.items()],
+        fontsize=7,
+    )
     ax.set_xlabel(" / ".join([key, *others]), fontsize=8)
     ax.legend(fontsize=7)
 

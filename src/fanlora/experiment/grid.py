@@ -73,15 +73,18 @@ def linked_values(key: str, value, source: str = "grid") -> list[tuple[str, obje
     if len(keys) == 1:
         return [(key, value)]
     if not isinstance(value, list) or len(value) != len(keys):
-        raise FanLoRAError(f"{source}: grid key {key!r} links {len(keys)} keys, so each of "
-                           f"its values must be a list of {len(keys)}; got {value!r}")  # fmt: skip
+        raise FanLoRAError(
+            f"{source}: grid key {key!r} links {len(keys)} keys, so each of "
+            f"its values must be a list of {len(keys)}; got {value!r}"
+        )
     return list(zip(keys, value, strict=True))
 
 
 def point_name(values: dict) -> str:
     """``seed=0,downstream.rank=6`` (the grid's varying keys), safe as a folder name."""
-    text = ",".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}"
-                    for k, v in values.items())  # fmt: skip
+    text = ",".join(
+        f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in values.items()
+    )
     return "".join(c if c.isalnum() or c in "=,.+-_" else "_" for c in text) or "default"
 
 
@@ -108,8 +111,7 @@ def load_experiment(path: str | Path) -> tuple[str, Path, list[Point]]:
     doc = load_yaml(path)
     unknown = sorted(set(doc) - {"name", "run", "out", "grid", "reuse"})
     if unknown:
-        raise FanLoRAError(f"{path}: unknown key(s) {unknown}; known: name, run, out, grid, "
-                           "reuse")  # fmt: skip
+        raise FanLoRAError(f"{path}: unknown key(s) {unknown}; known: name, run, out, grid, reuse")
     name = str(doc.get("name") or path.stem)
     out = Path(doc.get("out") or f"results/runs/{name}")
     grid = doc.get("grid") or {}

@@ -51,8 +51,9 @@ def paired_differences(a: dict[str, float], b: dict[str, float]) -> np.ndarray:
     return 100.0 * np.array([a[u] - b[u] for u in shared], dtype=float)
 
 
-def hierarchical_bootstrap(diffs: list[np.ndarray], replicates: int = BOOTSTRAP_REPLICATES,
-                           seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:  # fmt: skip
+def hierarchical_bootstrap(
+    diffs: list[np.ndarray], replicates: int = BOOTSTRAP_REPLICATES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float, float]:
     """(mean over seeds of the mean difference, 2.5th and 97.5th percentiles) resampling
     seeds, then examples within each drawn seed."""
     rng = np.random.default_rng(seed)
@@ -77,8 +78,13 @@ def exact_test(x: np.ndarray) -> dict:
     a_better, b_better = int((x > 0).sum()), int((x < 0).sum())
     n = a_better + b_better
     p = float(binomtest(a_better, n, 0.5).pvalue) if n else 1.0
-    return {"test": "McNemar exact" if binary else "sign test", "a_better": a_better,
-            "b_better": b_better, "examples": len(x), "p": p}  # fmt: skip
+    return {
+        "test": "McNemar exact" if binary else "sign test",
+        "a_better": a_better,
+        "b_better": b_better,
+        "examples": len(x),
+        "p": p,
+    }
 
 
 def compare(folders: list[Path], other: str) -> dict | None:
@@ -97,9 +103,14 @@ def compare(folders: list[Path], other: str) -> dict | None:
     if not diffs:
         return None
     point, low, high = hierarchical_bootstrap(diffs)
-    return {"diff": round(point, 2), "ci_low": round(low, 2), "ci_high": round(high, 2),
-            "seeds": len(diffs), "examples_per_seed": [len(x) for x in diffs],
-            "per_seed": tests}  # fmt: skip
+    return {
+        "diff": round(point, 2),
+        "ci_low": round(low, 2),
+        "ci_high": round(high, 2),
+        "seeds": len(diffs),
+        "examples_per_seed": [len(x) for x in diffs],
+        "per_seed": tests,
+    }
 
 
 def paired_summary(rows: list[dict], out: Path, keys: list[str]) -> list[dict]:
@@ -116,30 +127,57 @@ def paired_summary(rows: list[dict], out: Path, keys: list[str]) -> list[dict]:
         for other in others:
             result = compare(folders, other)
             if result is not None:
-                found.append({**{k: group[0].get(k) for k in keys}, "task": group[0]["task"],
-                              "a": REFERENCE, "b": other, **result})  # fmt: skip
+                found.append(
+                    {
+                        **{k: group[0].get(k) for k in keys},
+                        "task": group[0]["task"],
+                        "a": REFERENCE,
+                        "b": other,
+                        **result,
+                    }
+                )
     return found
 
 
 def paired_markdown(paired: list[dict], keys: list[str]) -> list[str]:
     """A table of :func:`paired_summary`: one line per group, task and compared method."""
-    header = [*keys, "task", "fanlora vs", "seeds", "rows per seed", "difference (points)",
-              "95% interval", "per-seed p (test)"]  # fmt: skip
+    header = [
+        *keys,
+        "task",
+        "fanlora vs",
+        "seeds",
+        "rows per seed",
+        "difference (points)",
+        "95% interval",
+        "per-seed p (test)",
+    ]
     body = []
     for p in paired:
         tests = ", ".join(_p_text(t["p"]) for t in p["per_seed"])
         interval = f"[{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]"
         if p["seeds"] == 1:
             interval += " (one seed: rows only)"
-        body.append([*(str(p[k]) for k in keys), p["task"], p["b"], str(p["seeds"]),
-                     "/".join(map(str, sorted(set(p["examples_per_seed"])))),
-                     f"{p['diff']:+.1f}", interval,
-                     f"{tests} ({p['per_seed'][0]['test']})"])  # fmt: skip
-    return ["## FanLoRA against each method on the same test rows", "",
-            "Difference = FanLoRA minus the method, mean over seeds of the mean over rows; "
-            "95% interval from a bootstrap over seeds, then rows within each seed; exact "
-            "tests per seed (McNemar for right/wrong metrics, sign test for graded ones).",
-            "", md_table(header, body)]  # fmt: skip
+        body.append(
+            [
+                *(str(p[k]) for k in keys),
+                p["task"],
+                p["b"],
+                str(p["seeds"]),
+                "/".join(map(str, sorted(set(p["examples_per_seed"])))),
+                f"{p['diff']:+.1f}",
+                interval,
+                f"{tests} ({p['per_seed'][0]['test']})",
+            ]
+        )
+    return [
+        "## FanLoRA against each method on the same test rows",
+        "",
+        "Difference = FanLoRA minus the method, mean over seeds of the mean over rows; "
+        "95% interval from a bootstrap over seeds, then rows within each seed; exact "
+        "tests per seed (McNemar for right/wrong metrics, sign test for graded ones).",
+        "",
+        md_table(header, body),
+    ]
 
 
 def _p_text(p: float) -> str:

@@ -29,8 +29,11 @@ def check_adapter_modules(folder: str | Path, base, model_name: str) -> None:
     with safe_open(path, "pt") as handle:
         keys = list(handle.keys())
     names = set(dict(base.named_modules()))
-    wrapped = {k.removeprefix("base_model.model.").split(".lora_")[0].split(".ia3_")[0]
-               for k in keys if ".lora_" in k or ".ia3_" in k}  # fmt: skip
+    wrapped = {
+        k.removeprefix("base_model.model.").split(".lora_")[0].split(".ia3_")[0]
+        for k in keys
+        if ".lora_" in k or ".ia3_" in k
+    }
     missing = sorted(n for n in wrapped if n not in names)
     if missing:
         raise FanLoRAError(
@@ -59,8 +62,10 @@ def attach_adapter(base, folder: str | Path, model_name: str, adapter_name: str 
                 warnings.filterwarnings("ignore", "The following rank_pattern keys", RuntimeWarning)
             return PeftModel.from_pretrained(base, str(folder), adapter_name=adapter_name)
     except Exception as exc:
-        raise FanLoRAError(f"the adapter {folder} does not match model {model_name!r}: "
-                           f"{type(exc).__name__}: {str(exc)[:300]}") from None  # fmt: skip
+        raise FanLoRAError(
+            f"the adapter {folder} does not match model {model_name!r}: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from None
 
 
 def load_with_adapter(model_name: str, adapter: str | Path | None, dtype: str = "float32"):

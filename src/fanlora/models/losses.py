@@ -18,8 +18,9 @@ IGNORE = -100
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """[B, T-1] in fp32: CE(logits_t, labels_{t+1}), 0 where the next label is -100."""
     targets = labels[:, 1:]
-    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets,
-                             ignore_index=IGNORE, reduction="none")  # fmt: skip
+    losses = F.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), targets, ignore_index=IGNORE, reduction="none"
+    )
     return losses * (targets != IGNORE)
 
 

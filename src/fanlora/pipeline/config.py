@@ -70,21 +70,28 @@ class RunConfig:
     model: str = field(default="smollm2-135m", metadata={"help": "the backbone"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
     k_max: int = field(default=2, metadata={"help": "K_max: modules kept per layer at most"})
-    tasks: list[str] = field(default_factory=lambda: ["yesno", "choice"],
-                             metadata={"help": "downstream tasks (step 4)"})  # fmt: skip
-    methods: list[str] = field(default_factory=lambda: ["fanlora", "lora"],
-                               metadata={"help": "methods tuned per task"})  # fmt: skip
-    budget: str = field(default="matched", metadata={
-        "help": "matched: LoRA/AdaLoRA ranks set so their trainable parameters match FanLoRA's",
-        "choices": BUDGETS})  # fmt: skip
+    tasks: list[str] = field(
+        default_factory=lambda: ["yesno", "choice"], metadata={"help": "downstream tasks (step 4)"}
+    )
+    methods: list[str] = field(
+        default_factory=lambda: ["fanlora", "lora"], metadata={"help": "methods tuned per task"}
+    )
+    budget: str = field(
+        default="matched",
+        metadata={
+            "help": "matched: LoRA/AdaLoRA ranks set so their trainable parameters match FanLoRA's",
+            "choices": BUDGETS,
+        },
+    )
     eval_base: bool = field(default=True, metadata={"help": "also evaluate the base model"})
     decode: bool = field(default=True, metadata={"help": "measure decoding speed"})
     until: str = field(
         default="report",
         metadata={"help": "stop after this stage (setting: steps 1-3 only)", "choices": STAGES},
     )
-    sections: dict = field(default_factory=dict, metadata={"help": "per-stage overrides",
-                                                           "cli": False})  # fmt: skip
+    sections: dict = field(
+        default_factory=dict, metadata={"help": "per-stage overrides", "cli": False}
+    )
 
     def __post_init__(self) -> None:
         from fanlora.data.registry import TASKS, USER_SUFFIXES
@@ -93,12 +100,16 @@ class RunConfig:
             raise FanLoRAError(f"k_max must be >= 1, got {self.k_max}")
         bad = [m for m in self.methods if m not in DOWNSTREAM_METHODS]
         if bad or not self.methods:
-            raise FanLoRAError(f"unknown downstream method(s) {bad or '(none given)'}; choose "
-                               f"from {', '.join(DOWNSTREAM_METHODS)}")  # fmt: skip
+            raise FanLoRAError(
+                f"unknown downstream method(s) {bad or '(none given)'}; choose "
+                f"from {', '.join(DOWNSTREAM_METHODS)}"
+            )
         bad = [t for t in self.tasks if t not in TASKS and Path(t).suffix not in USER_SUFFIXES]
         if bad or not self.tasks:
-            raise FanLoRAError(f"unknown task(s) {bad or '(none given)'}; known: "
-                               f"{', '.join(TASKS)}, or a .jsonl/.json/.csv file")  # fmt: skip
+            raise FanLoRAError(
+                f"unknown task(s) {bad or '(none given)'}; known: "
+                f"{', '.join(TASKS)}, or a .jsonl/.json/.csv file"
+            )
         if self.until not in STAGES:
             raise FanLoRAError(f"until must be one of {', '.join(STAGES)}, got {self.until!r}")
         if self.budget not in BUDGETS:
@@ -123,8 +134,10 @@ def parse_sections(data: dict, source: str) -> dict[str, dict]:
         taken = sorted(set(section) & set(reserved))
         if taken:
             keys = ", ".join(map(repr, taken))
-            raise FanLoRAError(f"{where}: key(s) {keys} are set by the pipeline itself; "
-                               "set model, seed and k_max at the top level")  # fmt: skip
+            raise FanLoRAError(
+                f"{where}: key(s) {keys} are set by the pipeline itself; "
+                "set model, seed and k_max at the top level"
+            )
         placeholders = {"adapter": "(step 1)"} if name == "scoring" else {}
         from_mapping(cls, {**placeholders, **section}, where)  # validates keys and types
         sections[name] = section

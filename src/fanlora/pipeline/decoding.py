@@ -7,8 +7,9 @@ from pathlib import Path
 from fanlora.pipeline.config import DecodeConfig
 
 
-def decode_variants(model_name: str, adapters: dict[str, Path], params: dict, out: Path,
-                    log=print) -> dict:  # fmt: skip
+def decode_variants(
+    model_name: str, adapters: dict[str, Path], params: dict, out: Path, log=print
+) -> dict:
     """Time generation for the base and for each adapter, unmerged; write ``out`` and
     return it."""
     import torch
@@ -29,15 +30,23 @@ def decode_variants(model_name: str, adapters: dict[str, Path], params: dict, ou
     total = len(dc.beams) * (dc.runs + 1) * len(variants)
     with tqdm(total=total, desc="decode", unit="run") as bar:
         for beams in dc.beams:
-            rows += measure(variants, prompt, dc.new_tokens, beams, dc.runs, dc.batch_size,
-                            progress=bar)  # fmt: skip
+            rows += measure(
+                variants, prompt, dc.new_tokens, beams, dc.runs, dc.batch_size, progress=bar
+            )
     for row in rows:
-        log(f"  {row['variant']:<8} beams {row['beams']}: "
+        log(
+            f"  {row['variant']:<8} beams {row['beams']}: "
             f"{row['tokens_per_s_median']:.1f} tok/s (p90 {row['tokens_per_s_p90']:.1f}), "
-            f"adapter {row['adapter_params']:,} params")  # fmt: skip
-    doc = {"format": "fanlora-decode", "model": model_name, "device": "cpu"
-           if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-           "threads": torch.get_num_threads(), "config": params, "rows": rows,
-           "versions": versions()}  # fmt: skip
+            f"adapter {row['adapter_params']:,} params"
+        )
+    doc = {
+        "format": "fanlora-decode",
+        "model": model_name,
+        "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+        "threads": torch.get_num_threads(),
+        "config": params,
+        "rows": rows,
+        "versions": versions(),
+    }
     atomic_write_json(out, doc)
     return doc

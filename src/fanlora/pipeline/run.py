@@ -25,8 +25,14 @@ TRAIN_OUTPUTS = ("adapter_config.json", "adapter_model.safetensors", "run.json")
 TEST_DRAW_SEED = 0
 
 
-def train_unit(cfg: RunConfig, run_dir: RunDir, name: str, stage: str, section: dict,
-               setting_unit: str | None = None) -> Unit:  # fmt: skip
+def train_unit(
+    cfg: RunConfig,
+    run_dir: RunDir,
+    name: str,
+    stage: str,
+    section: dict,
+    setting_unit: str | None = None,
+) -> Unit:
     """A `fanlora train` run; the method and data live in ``section``; a setting unit, when
     named, is read (fanlora, random) and sets the matched budget (lora, adalora)."""
     params = {"model": cfg.model, "seed": cfg.seed, **section}
@@ -41,9 +47,10 @@ def train_unit(cfg: RunConfig, run_dir: RunDir, name: str, stage: str, section: 
         extra.update(matched_ranks(cfg, section, extra.get("setting")))
         tc = TrainConfig(**{**params, **extra})
         record = train(tc, str(folder), resume=True, log=_log(run_dir))
-        return {k: record.get(k) for k in ("trainable_params", "steps", "best_dev_loss",
-                                           "train_examples", "wall_time_s")} | {
-            "method": tc.method, "rank": tc.rank, "data": tc.data}  # fmt: skip
+        return {
+            k: record.get(k)
+            for k in ("trainable_params", "steps", "best_dev_loss", "train_examples", "wall_time_s")
+        } | {"method": tc.method, "rank": tc.rank, "data": tc.data}
 
     key_params = {**params, "budget": cfg.budget} if setting_unit else params
     deps = (setting_unit,) if setting_unit else ()
@@ -86,10 +93,14 @@ def scores_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
         from fanlora.score.run import ScoreConfig, score
 
         adapter = str(run_dir.path / "1-full-lora")
-        doc = score(ScoreConfig(**params, adapter=adapter), folder / "scores.json",
-                    log=_log(run_dir))  # fmt: skip
-        return {"method": doc["method"], "modules": len(doc["scores"]),
-                "sequences": doc["validation"]["sequences"]}  # fmt: skip
+        doc = score(
+            ScoreConfig(**params, adapter=adapter), folder / "scores.json", log=_log(run_dir)
+        )
+        return {
+            "method": doc["method"],
+            "modules": len(doc["scores"]),
+            "sequences": doc["validation"]["sequences"],
+        }
 
     # Racing stops on the layer's top-K_max boundary, so adaptive scores depend on K_max;
     # exact scores do not (K_max only marks the heatmap), and are shared across K_max.
@@ -108,20 +119,25 @@ def setting_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
         setting = select_setting(parse_scores(doc, layout), layout, cfg.k_max, model=cfg.model)
         setting.extra["scores_file"] = "../2-scores/scores.json"
         setting.save(folder / "setting.json")
-        _log(run_dir)(f"setting: {setting.num_modules} modules; layers per kind "
-                      f"{setting.kind_counts()}")  # fmt: skip
+        _log(run_dir)(
+            f"setting: {setting.num_modules} modules; layers per kind {setting.kind_counts()}"
+        )
         return {"modules": setting.num_modules, "kind_counts": setting.kind_counts()}
 
-    return Unit("3-setting", "setting", {"k_max": cfg.k_max}, run, ("setting.json",),
-                ("2-scores",))  # fmt: skip
+    return Unit("3-setting", "setting", {"k_max": cfg.k_max}, run, ("setting.json",), ("2-scores",))
 
 
 def eval_unit(cfg: RunConfig, run_dir: RunDir, task: str, method: str) -> Unit:
     adapter_unit = None if method == "base" else f"4-downstream/{task}/{method}"
     # the test rows are drawn with a fixed seed, not the run's: every method of every seed is
     # evaluated on the same rows, which the paired statistics need
-    params = {"model": cfg.model, "task": task, "split": "test", "seed": TEST_DRAW_SEED,
-              **cfg.section("evaluation")}  # fmt: skip
+    params = {
+        "model": cfg.model,
+        "task": task,
+        "split": "test",
+        "seed": TEST_DRAW_SEED,
+        **cfg.section("evaluation"),
+    }
 
     def run(folder: Path) -> dict:
         from fanlora.evaluate.run import EvalConfig, evaluate
@@ -131,14 +147,14 @@ def eval_unit(cfg: RunConfig, run_dir: RunDir, task: str, method: str) -> Unit:
         return {"metric": doc["metric"], "value": doc["value"], "examples": doc["examples"]}
 
     deps = (adapter_unit,) if adapter_unit else ()
-    return Unit(f"5-eval/{task}/{method}", "eval", params, run,
-                ("metrics.json", "predictions.jsonl"), deps)  # fmt: skip
+    return Unit(
+        f"5-eval/{task}/{method}", "eval", params, run, ("metrics.json", "predictions.jsonl"), deps
+    )
 
 
 def decode_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
     task = cfg.tasks[0]
-    params = {"model": cfg.model, "task": task, "methods": cfg.methods,
-              **cfg.section("decoding")}  # fmt: skip
+    params = {"model": cfg.model, "task": task, "methods": cfg.methods, **cfg.section("decoding")}
 
     def run(folder: Path) -> dict:
         from fanlora.pipeline.decoding import decode_variants
@@ -158,22 +174,34 @@ def report_unit(run_dir: RunDir, deps: list[str]) -> Unit:
         paths = write_report(run_dir.path, folder)
         return {"files": [str(p.relative_to(folder)) for p in paths]}
 
-    return Unit("report", "report", {"report_version": 1}, run, ("report.md", "report.html"),
-                tuple(deps))  # fmt: skip
+    return Unit(
+        "report", "report", {"report_version": 1}, run, ("report.md", "report.html"), tuple(deps)
+    )
 
 
 def build_units(cfg: RunConfig, run_dir: RunDir) -> list[Unit]:
     """Every unit of the run, in an order that respects their dependencies."""
     step1 = {"data": "instruct", **cfg.section("full_lora"), "method": "full-lora"}
-    units = [train_unit(cfg, run_dir, "1-full-lora", "full-lora", step1),
-             scores_unit(cfg, run_dir), setting_unit(cfg, run_dir)]  # fmt: skip
+    units = [
+        train_unit(cfg, run_dir, "1-full-lora", "full-lora", step1),
+        scores_unit(cfg, run_dir),
+        setting_unit(cfg, run_dir),
+    ]
     for task in cfg.tasks:
         for method in cfg.methods:
             section = {**cfg.section("downstream"), "data": task, "method": method}
             matched = cfg.budget == "matched" and method in ("lora", "adalora")
             uses_setting = method in ("fanlora", "random") or matched
-            units.append(train_unit(cfg, run_dir, f"4-downstream/{task}/{method}", "downstream",
-                                    section, "3-setting" if uses_setting else None))  # fmt: skip
+            units.append(
+                train_unit(
+                    cfg,
+                    run_dir,
+                    f"4-downstream/{task}/{method}",
+                    "downstream",
+                    section,
+                    "3-setting" if uses_setting else None,
+                )
+            )
     for task in cfg.tasks:
         for method in (["base"] if cfg.eval_base else []) + cfg.methods:
             units.append(eval_unit(cfg, run_dir, task, method))
@@ -185,8 +213,9 @@ def build_units(cfg: RunConfig, run_dir: RunDir) -> list[Unit]:
     return units
 
 
-def run_pipeline(cfg: RunConfig, out: str | Path, start_from: str | None = None,
-                 reuse: list[str | Path] = ()) -> dict:  # fmt: skip
+def run_pipeline(
+    cfg: RunConfig, out: str | Path, start_from: str | None = None, reuse: list[str | Path] = ()
+) -> dict:
     """Run (or resume) the whole pipeline into ``out``; return the unit records. Finished
     units with the same key in the ``reuse`` run folders are copied instead of recomputed."""
     run_dir = RunDir(out)

@@ -61,8 +61,13 @@ def code_version() -> str:
 
     root = Path(__file__).resolve().parents[3]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=5, check=True)  # fmt: skip
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "src"],
             capture_output=True,
@@ -83,8 +88,9 @@ def file_hash(path: Path) -> str:
 
 
 def unit_key(unit: Unit, dep_keys: list[str]) -> str:
-    blob = json.dumps([RUN_FORMAT_VERSION, RESULTS_VERSION, unit.params, dep_keys],
-                      sort_keys=True, default=str)  # fmt: skip
+    blob = json.dumps(
+        [RUN_FORMAT_VERSION, RESULTS_VERSION, unit.params, dep_keys], sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -106,12 +112,20 @@ class RunDir:
                     f"format {RUN_FORMAT_VERSION}. Use a new --out folder"
                 )
         elif self.path.is_dir() and any(self.path.iterdir()):
-            raise FanLoRAError(f"{self.path} is not empty and holds no fanlora run (no "
-                               "run.json); choose another --out folder")  # fmt: skip
-        atomic_write_json(self.run_json, {"format": RUN_FORMAT,
-                                          "format_version": RUN_FORMAT_VERSION,
-                                          "fanlora": __version__, "code": code_version(),
-                                          "config": config})  # fmt: skip
+            raise FanLoRAError(
+                f"{self.path} is not empty and holds no fanlora run (no "
+                "run.json); choose another --out folder"
+            )
+        atomic_write_json(
+            self.run_json,
+            {
+                "format": RUN_FORMAT,
+                "format_version": RUN_FORMAT_VERSION,
+                "fanlora": __version__,
+                "code": code_version(),
+                "config": config,
+            },
+        )
 
     def folder(self, unit: Unit) -> Path:
         return self.path / unit.name
@@ -126,8 +140,10 @@ class RunDir:
         if not rec or rec.get("status") != "finished" or rec.get("key") != unit.key:
             return False
         folder = self.folder(unit)
-        return all((folder / p).is_file() and file_hash(folder / p) == h
-                   for p, h in rec.get("outputs", {}).items())  # fmt: skip
+        return all(
+            (folder / p).is_file() and file_hash(folder / p) == h
+            for p, h in rec.get("outputs", {}).items()
+        )
 
     def prepare(self, unit: Unit, force: bool) -> str:
         """Clear a stale or forced unit folder; say whether the unit starts or resumes."""
@@ -146,13 +162,20 @@ class RunDir:
         missing = [p for p in unit.outputs if not (folder / p).is_file()]
         if missing:
             raise FanLoRAError(f"unit {unit.name} finished without writing {missing}")
-        record = {"unit": unit.name, "stage": unit.stage, "key": unit.key,
-                  "status": "finished", "params": unit.params, "deps": list(unit.deps),
-                  "outputs": {p: file_hash(folder / p) for p in unit.outputs},
-                  "wall_time_s": round(wall, 2), "fanlora": __version__,
-                  "results_version": RESULTS_VERSION,
-                  "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "summary": summary}  # fmt: skip
+        record = {
+            "unit": unit.name,
+            "stage": unit.stage,
+            "key": unit.key,
+            "status": "finished",
+            "params": unit.params,
+            "deps": list(unit.deps),
+            "outputs": {p: file_hash(folder / p) for p in unit.outputs},
+            "wall_time_s": round(wall, 2),
+            "fanlora": __version__,
+            "results_version": RESULTS_VERSION,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "summary": summary,
+        }
         atomic_write_json(folder / "stage.json", record)
         return record
 
@@ -180,8 +203,13 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def run_units(run_dir: RunDir, units: list[Unit], start_from: str | None = None,
-              log=print, reuse: list[RunDir] = ()) -> dict[str, dict]:  # fmt: skip
+def run_units(
+    run_dir: RunDir,
+    units: list[Unit],
+    start_from: str | None = None,
+    log=print,
+    reuse: list[RunDir] = (),
+) -> dict[str, dict]:
     """Run ``units`` in order (each after its deps), skipping the done ones; return the
     records. ``start_from``: units of this stage and later ones are redone regardless.
     ``reuse``: other run folders whose finished units with the same key are copied."""

@@ -52,11 +52,16 @@ def downstream_section(run: Path, cfg: dict) -> tuple[str, list[str]]:
             pm = margin(doc["metric"], doc["value"], doc["examples"])
             results[(method, task)] = doc
             norm = f"; acc_norm {doc['acc_norm']:.1f}" if "acc_norm" in doc else ""
-            cells.append(f"{doc['value']:.1f}" + (f" ± {pm:.1f}" if pm else "")
-                         + f" ({doc['metric']}{norm}, n={doc['examples']})")  # fmt: skip
+            cells.append(
+                f"{doc['value']:.1f}"
+                + (f" ± {pm:.1f}" if pm else "")
+                + f" ({doc['metric']}{norm}, n={doc['examples']})"
+            )
         rows.append([method, params, rank, *cells])
-    notes = [task_note(task, {m: results[(m, task)] for m in methods if (m, task) in results})
-             for task in cfg["tasks"]]  # fmt: skip
+    notes = [
+        task_note(task, {m: results[(m, task)] for m in methods if (m, task) in results})
+        for task in cfg["tasks"]
+    ]
     notes += [truncation_note(task, results) for task in cfg["tasks"]]
     return md_table(header, rows), [n for n in notes if n]
 
@@ -64,8 +69,11 @@ def downstream_section(run: Path, cfg: dict) -> tuple[str, list[str]]:
 def truncation_note(task: str, results: dict) -> str:
     """How many test prompts still hold a reference answer after truncation (the same for
     every method: the prompts do not depend on the adapter)."""
-    kept = [d["answer_in_prompt"] for (_, t), d in results.items()
-            if t == task and d.get("answer_in_prompt")]  # fmt: skip
+    kept = [
+        d["answer_in_prompt"]
+        for (_, t), d in results.items()
+        if t == task and d.get("answer_in_prompt")
+    ]
     if not kept:
         return ""
     share, n = kept[0]["share"], kept[0]["examples"]
@@ -102,12 +110,27 @@ def decode_section(run: Path) -> tuple[str, list[str]]:
 
 def decode_table(doc: dict) -> tuple[str, list[str]]:
     """(intro and markdown table, one note per beam width) from a ``decode.json`` doc."""
-    header = ["variant", "beams", "tokens/s (median)", "p10-p90", "adapter params",
-              "adapter MB", "peak extra MB"]  # fmt: skip
-    rows = [[r["variant"], r["beams"], f"{r['tokens_per_s_median']:.1f}",
-             f"{r['tokens_per_s_p10']:.1f}-{r['tokens_per_s_p90']:.1f}",
-             f"{r['adapter_params']:,}", f"{r['adapter_mb']:.2f}",
-             f"{r['peak_extra_mb_median']:.1f}"] for r in doc["rows"]]  # fmt: skip
+    header = [
+        "variant",
+        "beams",
+        "tokens/s (median)",
+        "p10-p90",
+        "adapter params",
+        "adapter MB",
+        "peak extra MB",
+    ]
+    rows = [
+        [
+            r["variant"],
+            r["beams"],
+            f"{r['tokens_per_s_median']:.1f}",
+            f"{r['tokens_per_s_p10']:.1f}-{r['tokens_per_s_p90']:.1f}",
+            f"{r['adapter_params']:,}",
+            f"{r['adapter_mb']:.2f}",
+            f"{r['peak_extra_mb_median']:.1f}",
+        ]
+        for r in doc["rows"]
+    ]
     base = {r["beams"]: r["tokens_per_s_median"] for r in doc["rows"] if r["variant"] == "base"}
     notes = []
     for beams, speed in base.items():
@@ -117,13 +140,17 @@ def decode_table(doc: dict) -> tuple[str, list[str]]:
             if r["beams"] == beams and r["variant"] != "base"
         ]
         if shares:
-            notes.append(f"Decoding speed with beam {beams}, as a share of the base model's "
-                         f"{speed:.1f} tokens/s: " + ", ".join(shares) + ".")  # fmt: skip
+            notes.append(
+                f"Decoding speed with beam {beams}, as a share of the base model's "
+                f"{speed:.1f} tokens/s: " + ", ".join(shares) + "."
+            )
     cfg = doc["config"]
-    intro = (f"Unmerged adapters on {doc['device']} ({doc['threads']} threads): "
-             f"{cfg.get('prompt_tokens')}-token prompt, {cfg.get('new_tokens')} new tokens, "
-             f"{cfg.get('runs')} timed runs per variant after a warm-up, interleaved. "
-             "Source: `6-decode/decode.json`.\n\n")  # fmt: skip
+    intro = (
+        f"Unmerged adapters on {doc['device']} ({doc['threads']} threads): "
+        f"{cfg.get('prompt_tokens')}-token prompt, {cfg.get('new_tokens')} new tokens, "
+        f"{cfg.get('runs')} timed runs per variant after a warm-up, interleaved. "
+        "Source: `6-decode/decode.json`.\n\n"
+    )
     return intro + md_table(header, rows), notes
 
 
@@ -142,8 +169,13 @@ def setting_section(run: Path, figures: Path) -> tuple[str, list[str]]:
     scores = read_json_if_present(run / "2-scores" / "scores.json")
     if scores:
         records = parse_scores(scores, setting.layout)
-        draw_heatmap(records, setting.layout, setting.k_max, figures / "scores.png",
-                     title=f"{scores['method']} scores (dots: kept)")  # fmt: skip
+        draw_heatmap(
+            records,
+            setting.layout,
+            setting.k_max,
+            figures / "scores.png",
+            title=f"{scores['method']} scores (dots: kept)",
+        )
         spent = [r.get("sequences_spent") for r in scores["scores"] if "sequences_spent" in r]
         how = f"{scores['method']}, {scores['validation']['sequences']} validation sequences" + (
             f", median {sorted(spent)[len(spent) // 2]} spent per module" if spent else ""
@@ -156,12 +188,17 @@ def setting_section(run: Path, figures: Path) -> tuple[str, list[str]]:
     rows = [[i, ", ".join(kinds) or "(none)"] for i, kinds in enumerate(setting.layers)]
     counts = setting.kind_counts()
     top = sorted(counts, key=counts.get, reverse=True)[:2]
-    note = (f"The setting keeps **{setting.num_modules} of {total} modules** "
-            f"({100 * setting.num_modules / total:.0f}%); the kinds chosen most are "
-            + " and ".join(f"{k} ({counts[k]} layers)" for k in top) + ".")  # fmt: skip
-    parts += ["### Setting (figure 6)\n\nSource: `3-setting/setting.json`.\n\n"
-              "![setting](figures/setting.png)\n\n" + md_table(["layer", "modules"], rows),
-              "### Kinds per layer (figure 1)\n\n![kinds](figures/kinds.png)"]  # fmt: skip
+    note = (
+        f"The setting keeps **{setting.num_modules} of {total} modules** "
+        f"({100 * setting.num_modules / total:.0f}%); the kinds chosen most are "
+        + " and ".join(f"{k} ({counts[k]} layers)" for k in top)
+        + "."
+    )
+    parts += [
+        "### Setting (figure 6)\n\nSource: `3-setting/setting.json`.\n\n"
+        "![setting](figures/setting.png)\n\n" + md_table(["layer", "modules"], rows),
+        "### Kinds per layer (figure 1)\n\n![kinds](figures/kinds.png)",
+    ]
     return "\n\n".join(parts), [note]
 
 
@@ -171,10 +208,15 @@ def render_markdown(run: Path, figures: Path) -> str:
     setting_md, setting_notes = setting_section(run, figures)
     down_md, down_notes = downstream_section(run, cfg)
     dec_md, dec_notes = decode_section(run)
-    head = [f"# FanLoRA run: {cfg['model']}", "",
-            f"Tasks {', '.join(cfg['tasks'])}; methods {', '.join(cfg['methods'])}; "
-            f"K_max {cfg['k_max']}; budget {cfg['budget']}; seed {cfg['seed']}.", "",
-            "## What this run found", ""]  # fmt: skip
+    head = [
+        f"# FanLoRA run: {cfg['model']}",
+        "",
+        f"Tasks {', '.join(cfg['tasks'])}; methods {', '.join(cfg['methods'])}; "
+        f"K_max {cfg['k_max']}; budget {cfg['budget']}; seed {cfg['seed']}.",
+        "",
+        "## What this run found",
+        "",
+    ]
     head += [f"- {n}" for n in setting_notes + down_notes + dec_notes] or ["- (nothing yet)"]
     if step1:
         head += [
@@ -183,12 +225,16 @@ def render_markdown(run: Path, figures: Path) -> str:
             f"{step1['config']['rank']} on every module) for {step1['steps']} steps on "
             f"{step1['config']['data']}; best dev loss {step1['best_dev_loss']:.3f}.",
         ]
-    body = ["## Steps 2-3: scores and setting", setting_md,
-            "## Step 4: downstream (table 1)",
-            "Each cell: the test metric in percent ± two standard errors where it is a "
-            "proportion, from `5-eval/TASK/METHOD/metrics.json` (per-example answers in "
-            "`predictions.jsonl` beside it). Trainable parameters from "
-            "`4-downstream/TASK/METHOD/run.json`.", down_md]  # fmt: skip
+    body = [
+        "## Steps 2-3: scores and setting",
+        setting_md,
+        "## Step 4: downstream (table 1)",
+        "Each cell: the test metric in percent ± two standard errors where it is a "
+        "proportion, from `5-eval/TASK/METHOD/metrics.json` (per-example answers in "
+        "`predictions.jsonl` beside it). Trainable parameters from "
+        "`4-downstream/TASK/METHOD/run.json`.",
+        down_md,
+    ]
     if dec_md:
         body += ["## Decoding (table 3)", dec_md]
     body += ["## Wall time per unit", md_table(["unit", "stage", "wall time"], stage_times(run))]
@@ -213,8 +259,10 @@ def to_html(markdown_text: str, base: Path) -> str:
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="([^"]+\.png)"', inline, body)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>FanLoRA report</title>"
-            f"<style>{CSS}</style></head><body>{body}</body></html>\n")  # fmt: skip
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>FanLoRA report</title>"
+        f"<style>{CSS}</style></head><body>{body}</body></html>\n"
+    )
 
 
 def write_report(run: str | Path, out: str | Path) -> list[Path]:

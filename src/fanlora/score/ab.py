@@ -47,8 +47,15 @@ def journalled(journal: Journal, key: str, compute: Callable[[], torch.Tensor]) 
     return torch.tensor(journal.get(key)["stats"])
 
 
-def ab_scores(evaluate: Evaluate, gates: Gates, valset: ValSet, metric: str,
-              journal: Journal, keys: list[Key], progress=None) -> None:  # fmt: skip
+def ab_scores(
+    evaluate: Evaluate,
+    gates: Gates,
+    valset: ValSet,
+    metric: str,
+    journal: Journal,
+    keys: list[Key],
+    progress=None,
+) -> None:
     """Journal S(all), S(none) and, for each of ``keys``, S(without) and S(only)."""
     every = set(gates.keys)
     last = max(layer for layer, _ in gates.keys)
@@ -66,15 +73,25 @@ def ab_scores(evaluate: Evaluate, gates: Gates, valset: ValSet, metric: str,
 
 def ab_records(journal: Journal, gates: Gates, valset: ValSet, metric: str) -> list[dict]:
     """Score records (eq. 3) from a complete journal, with every term kept."""
-    s = {name: score_of(torch.tensor(journal.get(name)["stats"]), valset, metric)
-         for name in ("all", "none")}  # fmt: skip
+    s = {
+        name: score_of(torch.tensor(journal.get(name)["stats"]), valset, metric)
+        for name in ("all", "none")
+    }
     records = []
     for layer, kind in gates.keys:
-        without = score_of(torch.tensor(journal.get(f"without:{layer}:{kind}")["stats"]),
-                           valset, metric)  # fmt: skip
+        without = score_of(
+            torch.tensor(journal.get(f"without:{layer}:{kind}")["stats"]), valset, metric
+        )
         only = score_of(torch.tensor(journal.get(f"only:{layer}:{kind}")["stats"]), valset, metric)
-        records.append({"layer": layer, "module": kind,
-                        "score": s["all"] - without + only - s["none"],
-                        "s_all": s["all"], "s_none": s["none"],
-                        "s_without": without, "s_only": only})  # fmt: skip
+        records.append(
+            {
+                "layer": layer,
+                "module": kind,
+                "score": s["all"] - without + only - s["none"],
+                "s_all": s["all"],
+                "s_none": s["none"],
+                "s_without": without,
+                "s_only": only,
+            }
+        )
     return records

@@ -59,8 +59,13 @@ def interval(d: torch.Tensor, n: torch.Tensor, crit: Critical) -> tuple[float, f
     return v - half, v + half
 
 
-def settled(data: dict[Key, torch.Tensor], n: torch.Tensor, k_max: int, crit: Critical,
-            min_sequences: int = 2) -> set[Key]:  # fmt: skip
+def settled(
+    data: dict[Key, torch.Tensor],
+    n: torch.Tensor,
+    k_max: int,
+    crit: Critical,
+    min_sequences: int = 2,
+) -> set[Key]:
     """Modules of one layer whose membership in the setting is decided (see module doc).
 
     ``data[key]``: the per-sequence d_i seen so far (a prefix of the batches); ``n``: n_i of
@@ -101,16 +106,20 @@ def racing_pays(valset: ValSet, min_sequences: int) -> str | None:
         seen += size
         if seen >= min_sequences:
             return None
-    return (f"racing cannot stop a module before the last of the {len(sizes)} validation "
-            f"batches ({valset.num_sequences} sequences, at least {min_sequences} before a "
-            "module may stop), so it would cost more than exact scoring")  # fmt: skip
+    return (
+        f"racing cannot stop a module before the last of the {len(sizes)} validation "
+        f"batches ({valset.num_sequences} sequences, at least {min_sequences} before a "
+        "module may stop), so it would cost more than exact scoring"
+    )
 
 
 def check_k_max(gates: Gates, k_max: int) -> None:
     per_layer = len({kind for _, kind in gates.keys})
     if k_max > per_layer:
-        raise FanLoRAError(f"--adaptive with K_max {k_max} exceeds the {per_layer} modules "
-                           "per layer: nothing to decide")  # fmt: skip
+        raise FanLoRAError(
+            f"--adaptive with K_max {k_max} exceeds the {per_layer} modules "
+            "per layer: nothing to decide"
+        )
 
 
 class Racer:
@@ -121,8 +130,9 @@ class Racer:
         self.last = gates.layers[-1]
 
     def stats(self, name: str, open_keys: set, layer: int, base: str, batch: int):
-        return journalled(self.journal, f"{name}:b{batch}",
-                          lambda: self.evaluate(open_keys, layer, base, [batch]))  # fmt: skip
+        return journalled(
+            self.journal, f"{name}:b{batch}", lambda: self.evaluate(open_keys, layer, base, [batch])
+        )
 
     def diffs(self, key: Key, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sequence d_i and n_i of ``key`` on one batch."""
@@ -136,9 +146,17 @@ class Racer:
         return d, all_[:, 1]
 
 
-def adaptive_scores(evaluate: Evaluate, gates: Gates, valset: ValSet, journal: Journal,
-                    k_max: int, alpha: float = 0.05, min_sequences: int = 8, progress=None,
-                    layers: list[int] | None = None) -> list[dict]:  # fmt: skip
+def adaptive_scores(
+    evaluate: Evaluate,
+    gates: Gates,
+    valset: ValSet,
+    journal: Journal,
+    k_max: int,
+    alpha: float = 0.05,
+    min_sequences: int = 8,
+    progress=None,
+    layers: list[int] | None = None,
+) -> list[dict]:
     """Race each of ``layers`` (default all); return records with V, its standard error
     and the sequences spent (journalled, so a second call recomputes nothing)."""
     check_k_max(gates, k_max)
@@ -160,8 +178,15 @@ def adaptive_scores(evaluate: Evaluate, gates: Gates, valset: ValSet, journal: J
                 break
         for key in keys:
             v, se = estimate(data[key], n[: len(data[key])])
-            records.append({"layer": key[0], "module": key[1], "score": v, "stderr": se,
-                            "sequences_spent": len(data[key])})  # fmt: skip
+            records.append(
+                {
+                    "layer": key[0],
+                    "module": key[1],
+                    "score": v,
+                    "stderr": se,
+                    "sequences_spent": len(data[key]),
+                }
+            )
         if progress is not None:
             progress.update(len(keys))
     return records

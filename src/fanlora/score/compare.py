@@ -86,11 +86,13 @@ def agreement_tables(result: dict) -> list[str]:
     from fanlora.utils.io import md_table
 
     names = result["files"]
-    labels = {"spearman": "Spearman rho over the modules both files score",
-              "kendall": "Kendall tau over the modules both files score",
-              "within_layer_spearman": "Spearman rho within each shared layer, averaged",
-              "topk_agreement": f"share of shared layers with the same kept set "
-                                f"(top {result['k']}, never negative)"}  # fmt: skip
+    labels = {
+        "spearman": "Spearman rho over the modules both files score",
+        "kendall": "Kendall tau over the modules both files score",
+        "within_layer_spearman": "Spearman rho within each shared layer, averaged",
+        "topk_agreement": f"share of shared layers with the same kept set "
+        f"(top {result['k']}, never negative)",
+    }
     parts = []
     for key in STATISTICS:
         rows = [[x, *(f"{result[key][x][y]:.3f}" for y in names)] for x in names]
@@ -112,8 +114,15 @@ def plot_agreement(result: dict, path, keys=("spearman", "topk_agreement")):
         ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
         for i, row in enumerate(matrix):
             for j, value in enumerate(row):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="black" if value > 0.6 else "white")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black" if value > 0.6 else "white",
+                )
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
         title = {"topk_agreement": f"same kept set (top {result['k']})"}.get(key, key)

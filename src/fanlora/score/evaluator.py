@@ -42,8 +42,9 @@ class ValSet:
         return len(self.owner)
 
 
-def build_valset(tokenizer, examples: list[Example], max_length: int, batch_size: int,
-                 metric: str) -> ValSet:  # fmt: skip
+def build_valset(
+    tokenizer, examples: list[Example], max_length: int, batch_size: int, metric: str
+) -> ValSet:
     """Encode ``examples`` (every option of each, for accuracy) into fixed batches."""
     frame = PromptFrame.of(tokenizer)
     rows, owner, option, labels = [], [], [], []
@@ -83,8 +84,9 @@ def full_eval(model, valset: ValSet) -> torch.Tensor:
     """The straightforward evaluation: a full forward pass with logits everywhere."""
     out = []
     for batch in valset.batches:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits  # fmt: skip
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).logits
         out.append(sequence_losses(logits, batch["labels"]))
     return torch.cat(out)
 
@@ -106,8 +108,10 @@ def layer_arguments(layer, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dic
     for name, value in bound.items():
         kind = signature.parameters[name].kind
         if kind is inspect.Parameter.VAR_POSITIONAL and value:
-            raise FanLoRAError(f"fast scoring cannot replay {type(layer).__name__}'s extra "
-                               "positional arguments; use --mode straightforward")  # fmt: skip
+            raise FanLoRAError(
+                f"fast scoring cannot replay {type(layer).__name__}'s extra "
+                "positional arguments; use --mode straightforward"
+            )
         if kind is inspect.Parameter.VAR_KEYWORD:
             named.update(value)
         elif kind is not inspect.Parameter.VAR_POSITIONAL:
@@ -128,8 +132,10 @@ class PrefixCache:
         causal_lm = model.get_base_model()
         model_type = causal_lm.config.model_type
         if model_type not in FINAL_NORMS:
-            raise FanLoRAError(f"fast scoring does not know {model_type!r}'s final norm; "
-                               "use --mode straightforward")  # fmt: skip
+            raise FanLoRAError(
+                f"fast scoring does not know {model_type!r}'s final norm; "
+                "use --mode straightforward"
+            )
         _, self.layers = find_layer_list(causal_lm)
         self.norm = causal_lm.get_submodule(FINAL_NORMS[model_type])
         self.head = causal_lm.get_output_embeddings()
@@ -144,13 +150,15 @@ class PrefixCache:
         def hook(module, args, kwargs):
             captured[-1].append(layer_arguments(module, args, kwargs))
 
-        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True)
-                   for layer in self.layers]  # fmt: skip
+        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in self.layers]
         try:
             for batch in self.valset.batches:
                 captured.append([])
-                self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False)  # fmt: skip
+                self.model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    use_cache=False,
+                )
         finally:
             for handle in handles:
                 handle.remove()

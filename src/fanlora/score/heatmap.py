@@ -10,8 +10,9 @@ from fanlora.select.setting import top_modules
 from fanlora.utils.plotting import pyplot, save_figure
 
 
-def draw_heatmap(records: list[ScoreRecord], layout: ModuleLayout, k_max: int,
-                 path: str | Path, title: str = "") -> Path:  # fmt: skip
+def draw_heatmap(
+    records: list[ScoreRecord], layout: ModuleLayout, k_max: int, path: str | Path, title: str = ""
+) -> Path:
     """Write a PNG: colour = score (blue < 0 < red), a dot = kept for ``k_max``."""
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm
@@ -24,8 +25,9 @@ def draw_heatmap(records: list[ScoreRecord], layout: ModuleLayout, k_max: int,
     bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
     bound = bound or 1.0
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(kinds), 1.0 + 0.22 * layout.num_layers))
-    image = ax.imshow(grid, cmap="RdBu_r", aspect="auto",
-                      norm=TwoSlopeNorm(vmin=-bound, vcenter=0.0, vmax=bound))  # fmt: skip
+    image = ax.imshow(
+        grid, cmap="RdBu_r", aspect="auto", norm=TwoSlopeNorm(vmin=-bound, vcenter=0.0, vmax=bound)
+    )
     for layer, kept in enumerate(top_modules(records, layout, k_max)):
         for kind in kept:
             ax.plot(kinds.index(kind), layer, "o", color="black", markersize=4)

@@ -27,8 +27,10 @@ class ScoreConfig:
     max_length: int = field(default=256, metadata={"help": "tokens per sequence"})
     batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
     method: str = field(default="ab", metadata={"help": "scoring method", "choices": METHODS})
-    metric: str = field(default="loss", metadata={"help": "S_val: loss or accuracy",
-                                                   "choices": ("loss", "accuracy")})  # fmt: skip
+    metric: str = field(
+        default="loss",
+        metadata={"help": "S_val: loss or accuracy", "choices": ("loss", "accuracy")},
+    )
     mode: str = field(
         default="fast",
         metadata={
@@ -55,9 +57,13 @@ class ScoreConfig:
             "help": "AB-score by racing: stop each module once its place in the setting is settled"
         },
     )
-    alpha: float = field(default=0.05, metadata={
-        "help": "adaptive: chance that any module is settled on the wrong side (Bonferroni "
-                "over every module and look, Student's t)"})  # fmt: skip
+    alpha: float = field(
+        default=0.05,
+        metadata={
+            "help": "adaptive: chance that any module is settled on the wrong side (Bonferroni "
+            "over every module and look, Student's t)"
+        },
+    )
     min_sequences: int = field(
         default=8, metadata={"help": "adaptive: sequences seen before a module may stop"}
     )
@@ -73,8 +79,10 @@ class ScoreConfig:
         if self.adaptive and (self.method != "ab" or self.metric != "loss"):
             raise FanLoRAError("--adaptive races the AB-score with the loss metric only")
         if self.layers and not (self.method == "shapley" and self.scope == "layer"):
-            raise FanLoRAError("--layers restricts the exact per-layer Shapley values only "
-                               "(--method shapley --scope layer)")  # fmt: skip
+            raise FanLoRAError(
+                "--layers restricts the exact per-layer Shapley values only "
+                "(--method shapley --scope layer)"
+            )
         if any(layer < 0 for layer in self.layers) or len(set(self.layers)) < len(self.layers):
             raise FanLoRAError(f"--layers must be distinct layer indices >= 0, got {self.layers}")
         if not 0 < self.alpha < 1:
@@ -107,9 +115,24 @@ def draw_examples(cfg: ScoreConfig):
 
 def identity(cfg: ScoreConfig) -> dict:
     """What a journal must share with this run to be resumed by it."""
-    keys = ("model", "data", "split", "val_examples", "max_length", "batch_size", "method",
-            "metric", "mode", "scope", "budget", "seed", "adaptive", "alpha", "min_sequences",
-            "k_max")  # fmt: skip
+    keys = (
+        "model",
+        "data",
+        "split",
+        "val_examples",
+        "max_length",
+        "batch_size",
+        "method",
+        "metric",
+        "mode",
+        "scope",
+        "budget",
+        "seed",
+        "adaptive",
+        "alpha",
+        "min_sequences",
+        "k_max",
+    )
     # not ``layers``: journal entries are per layer, so runs on other layers share them
     return {**{k: getattr(cfg, k) for k in keys}, "adapter_sha256": adapter_hash(cfg.adapter)}
 
@@ -121,8 +144,7 @@ def build_and_gate(cfg: ScoreConfig):
 
     model, tokenizer, layout = load_adapter(cfg)
     gates = Gates(model, layout)
-    valset = build_valset(tokenizer, draw_examples(cfg), cfg.max_length, cfg.batch_size,
-                          cfg.metric)  # fmt: skip
+    valset = build_valset(tokenizer, draw_examples(cfg), cfg.max_length, cfg.batch_size, cfg.metric)
     return model, gates, valset
 
 
@@ -162,13 +184,26 @@ def _score_into(cfg, out, journal, state, model, gates, valset, started, log) ->
         fast = cfg.mode == "fast" or cfg.adaptive
         evaluate = (ab.fast if fast else ab.straightforward)(model, gates, valset)
     mine = gates.keys[state.process_index :: state.num_processes]
-    bar = tqdm(total=len(mine), unit="module", desc=f"score {cfg.method} ({cfg.mode})",
-               disable=not state.is_main_process)  # fmt: skip
+    bar = tqdm(
+        total=len(mine),
+        unit="module",
+        desc=f"score {cfg.method} ({cfg.mode})",
+        disable=not state.is_main_process,
+    )
     extra: dict = {}
     if racing:
         shard = gates.layers[state.process_index :: state.num_processes]
-        adaptive_scores(evaluate, gates, valset, journal, cfg.k_max, cfg.alpha,
-                        cfg.min_sequences, progress=bar, layers=shard)  # fmt: skip
+        adaptive_scores(
+            evaluate,
+            gates,
+            valset,
+            journal,
+            cfg.k_max,
+            cfg.alpha,
+            cfg.min_sequences,
+            progress=bar,
+            layers=shard,
+        )
     elif cfg.method == "ab":
         ab.ab_scores(evaluate, gates, valset, cfg.metric, journal, mine, bar)
     elif cfg.method == "shapley" and cfg.scope == "layer":
@@ -182,8 +217,9 @@ def _score_into(cfg, out, journal, state, model, gates, valset, started, log) ->
     elif cfg.method == "shapley":
         bar.reset(total=cfg.budget)
         if state.is_main_process:  # permutations are sequential; one process draws them
-            extra = shapley.monte_carlo(evaluate, gates, valset, cfg.metric, journal,
-                                        cfg.budget, cfg.seed, bar)  # fmt: skip
+            extra = shapley.monte_carlo(
+                evaluate, gates, valset, cfg.metric, journal, cfg.budget, cfg.seed, bar
+            )
     bar.close()
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -200,8 +236,9 @@ def scored_layers(cfg: ScoreConfig, gates) -> list[int]:
         return list(gates.layers)
     missing = sorted(set(cfg.layers) - set(gates.layers))
     if missing:
-        raise FanLoRAError(f"--layers {missing}: {cfg.model} has layers "
-                           f"{gates.layers[0]}-{gates.layers[-1]}")  # fmt: skip
+        raise FanLoRAError(
+            f"--layers {missing}: {cfg.model} has layers {gates.layers[0]}-{gates.layers[-1]}"
+        )
     return sorted(cfg.layers)
 
 
@@ -210,18 +247,23 @@ def collect(cfg, journal, gates, valset, model, evaluate, extra, racing) -> list
     from fanlora.score.sensitivity import sensitivity
 
     if racing:  # every race is journalled: this only reads the journal back
-        return adaptive_scores(evaluate, gates, valset, journal, cfg.k_max, cfg.alpha,
-                               cfg.min_sequences)  # fmt: skip
+        return adaptive_scores(
+            evaluate, gates, valset, journal, cfg.k_max, cfg.alpha, cfg.min_sequences
+        )
     if cfg.method == "ab":
         return ab.ab_records(journal, gates, valset, cfg.metric)
     if cfg.method == "sensitivity":
         values = sensitivity(model, gates, valset)
         return [{"layer": l_, "module": k, "score": v} for (l_, k), v in values.items()]
     if cfg.scope == "layer":
-        return [{"layer": l_, "module": k, "score": v} for l_ in scored_layers(cfg, gates)
-                for k, v in journal.get(f"phi:{l_}")["phi"].items()]  # fmt: skip
-    return [{"layer": l_, "module": k, "score": m, "stderr": se}
-            for (l_, k), (m, se) in extra.items()]  # fmt: skip
+        return [
+            {"layer": l_, "module": k, "score": v}
+            for l_ in scored_layers(cfg, gates)
+            for k, v in journal.get(f"phi:{l_}")["phi"].items()
+        ]
+    return [
+        {"layer": l_, "module": k, "score": m, "stderr": se} for (l_, k), (m, se) in extra.items()
+    ]
 
 
 def write_scores(cfg, out: Path, records, layout, valset, wall, log, fallback=None) -> dict:
@@ -229,17 +271,35 @@ def write_scores(cfg, out: Path, records, layout, valset, wall, log, fallback=No
     from fanlora.select.scores import ScoreRecord
     from fanlora.utils.io import atomic_write_json
 
-    doc = {"format": "fanlora-scores", "model": cfg.model, "adapter": cfg.adapter,
-           "method": cfg.method + ("-adaptive" if cfg.adaptive and not fallback else ""),
-           "metric": cfg.metric, "racing_fallback": fallback,
-           "mode": cfg.mode, "scope": cfg.scope,
-           "validation": {"data": cfg.data, "split": cfg.split, "examples": cfg.val_examples,
-                          "sequences": valset.num_sequences},
-           "seed": cfg.seed, "wall_time_s": round(wall, 2), "config": asdict(cfg),
-           "layout": layout.to_dict(), "scores": records}  # fmt: skip
+    doc = {
+        "format": "fanlora-scores",
+        "model": cfg.model,
+        "adapter": cfg.adapter,
+        "method": cfg.method + ("-adaptive" if cfg.adaptive and not fallback else ""),
+        "metric": cfg.metric,
+        "racing_fallback": fallback,
+        "mode": cfg.mode,
+        "scope": cfg.scope,
+        "validation": {
+            "data": cfg.data,
+            "split": cfg.split,
+            "examples": cfg.val_examples,
+            "sequences": valset.num_sequences,
+        },
+        "seed": cfg.seed,
+        "wall_time_s": round(wall, 2),
+        "config": asdict(cfg),
+        "layout": layout.to_dict(),
+        "scores": records,
+    }
     atomic_write_json(out, doc)
     plain = [ScoreRecord(r["layer"], r["module"], r["score"]) for r in records]
-    png = draw_heatmap(plain, layout, cfg.k_max, out.with_suffix(".png"),
-                       title=f"{cfg.method} scores of {cfg.model}")  # fmt: skip
+    png = draw_heatmap(
+        plain,
+        layout,
+        cfg.k_max,
+        out.with_suffix(".png"),
+        title=f"{cfg.method} scores of {cfg.model}",
+    )
     log(f"scored {len(records)} modules in {wall:.1f} s; wrote {out} and {png}")
     return doc

@@ -21,8 +21,11 @@ def sensitivity(model, gates: Gates, valset: ValSet) -> dict[Key, float]:
         # fresh gate tensors per batch: the gate x scaling products are graph nodes, and a
         # backward pass frees them, so they cannot serve a second batch
         with gates.differentiable() as g:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False).logits  # fmt: skip
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                use_cache=False,
+            ).logits
             loss = sequence_losses(logits, batch["labels"])[:, 0].sum() / total_tokens
             grads = torch.autograd.grad(loss, [g[k] for k in gates.keys])
         for key, grad in zip(gates.keys, grads, strict=True):

@@ -22,8 +22,9 @@ from fanlora.score.gates import Gates
 from fanlora.score.journal import Journal
 
 
-def exact_layer(evaluate: Evaluate, gates: Gates, valset: ValSet, metric: str,
-                journal: Journal, layer: int) -> dict[str, float]:  # fmt: skip
+def exact_layer(
+    evaluate: Evaluate, gates: Gates, valset: ValSet, metric: str, journal: Journal, layer: int
+) -> dict[str, float]:
     """Exact Shapley values of ``layer``'s modules; the other layers' gates stay open."""
     players = [kind for l_, kind in gates.keys if l_ == layer]
     others = {key for key in gates.keys if key[0] != layer}
@@ -31,8 +32,9 @@ def exact_layer(evaluate: Evaluate, gates: Gates, valset: ValSet, metric: str,
     value = {}
     for mask in range(2**n):
         members = {(layer, players[i]) for i in range(n) if mask >> i & 1}
-        stats = journalled(journal, f"layer:{layer}:{mask}",
-                           lambda m=members: evaluate(others | m, layer, "on"))  # fmt: skip
+        stats = journalled(
+            journal, f"layer:{layer}:{mask}", lambda m=members: evaluate(others | m, layer, "on")
+        )
         value[mask] = score_of(stats, valset, metric)
     phi = {}
     for i, kind in enumerate(players):
@@ -47,14 +49,21 @@ def exact_layer(evaluate: Evaluate, gates: Gates, valset: ValSet, metric: str,
     return phi
 
 
-def monte_carlo(evaluate: Evaluate, gates: Gates, valset: ValSet, metric: str,
-                journal: Journal, budget: int, seed: int, progress=None):  # fmt: skip
+def monte_carlo(
+    evaluate: Evaluate,
+    gates: Gates,
+    valset: ValSet,
+    metric: str,
+    journal: Journal,
+    budget: int,
+    seed: int,
+    progress=None,
+):
     """(mean marginal gain, standard error) per module over ``budget`` permutations."""
     if budget < 1:
         raise FanLoRAError(f"the Shapley sample budget must be >= 1 permutation, got {budget}")
     keys = gates.keys
-    v_null = score_of(journalled(journal, "none", lambda: evaluate(set(), 0, "on")),
-                      valset, metric)  # fmt: skip
+    v_null = score_of(journalled(journal, "none", lambda: evaluate(set(), 0, "on")), valset, metric)
     draws: dict = {key: [] for key in keys}
     for p in range(budget):
         order = keys[:]

@@ -44,12 +44,19 @@ class Match:
 
     def describe(self, what: str) -> str:
         side = "within" if self.within else "OUTSIDE"
-        return (f"{what}: {self.got:,} trainable parameters against FanLoRA's {self.target:,} "
-                f"({100 * (self.ratio - 1):+.1f}%, {side} +-{100 * TOLERANCE:.0f}%)")  # fmt: skip
+        return (
+            f"{what}: {self.got:,} trainable parameters against FanLoRA's {self.target:,} "
+            f"({100 * (self.ratio - 1):+.1f}%, {side} +-{100 * TOLERANCE:.0f}%)"
+        )
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "got": self.got, "ratio": round(self.ratio, 4),
-                "within_tolerance": self.within, "tolerance": TOLERANCE}  # fmt: skip
+        return {
+            "target": self.target,
+            "got": self.got,
+            "ratio": round(self.ratio, 4),
+            "within_tolerance": self.within,
+            "tolerance": TOLERANCE,
+        }
 
 
 def per_rank(layout: ModuleLayout, kind: str) -> int:
@@ -78,8 +85,9 @@ def match_kind_ranks(layout: ModuleLayout, target: int) -> tuple[dict[str, int],
     return best[1], Match(target, best[0])
 
 
-def draw_random_kinds(layout: ModuleLayout, kept: list[list[str]], seed: int,
-                      tries: int = 2000) -> tuple[list[list[str]], Match]:  # fmt: skip
+def draw_random_kinds(
+    layout: ModuleLayout, kept: list[list[str]], seed: int, tries: int = 2000
+) -> tuple[list[list[str]], Match]:
     """Per layer ``len(kept[l])`` kinds drawn uniformly (``random.Random(seed)``), redrawn
     until the parameter count is within tolerance of ``kept``'s (at any common rank)."""
     rng = random.Random(seed)

@@ -124,10 +124,23 @@ class FanLoRASetting:
         try:
             layout = ModuleLayout.from_dict(data["layout"])
             layers = [list(entry["modules"]) for entry in data["layers"]]
-            known = {"format", "version", "model", "k_max", "num_modules", "layers",
-                     "target_modules", "layout"}  # fmt: skip
-            setting = cls(data["model"], int(data["k_max"]), layout, layers,
-                          extra={k: v for k, v in data.items() if k not in known})  # fmt: skip
+            known = {
+                "format",
+                "version",
+                "model",
+                "k_max",
+                "num_modules",
+                "layers",
+                "target_modules",
+                "layout",
+            }
+            setting = cls(
+                data["model"],
+                int(data["k_max"]),
+                layout,
+                layers,
+                extra={k: v for k, v in data.items() if k not in known},
+            )
         except (KeyError, TypeError) as exc:
             raise FanLoRAError(f"{source} is malformed: missing or bad field {exc}") from None
         if data.get("target_modules") != setting.target_modules:

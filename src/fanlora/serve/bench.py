@@ -62,14 +62,25 @@ def decode_variants(model_name: str, setting, methods: list[str], rank: int, fol
 
     base, tok = load_model(model_name)
     layout = discover_layout(base)
-    paths = {m: write_tenants(base, method_config(m, layout, setting, rank), folder / m, 1)[0]
-             for m in methods}  # fmt: skip
+    paths = {
+        m: write_tenants(base, method_config(m, layout, setting, rank), folder / m, 1)[0]
+        for m in methods
+    }
     variants = unmerged_variants(base, model_name, paths)
     return variants, tok, base
 
 
-def bench_decode(model_name: str, setting, methods: list[str], rank: int, beams: list[int],
-                 runs: int, new_tokens: int, prompt_tokens: int, log=print) -> dict:  # fmt: skip
+def bench_decode(
+    model_name: str,
+    setting,
+    methods: list[str],
+    rank: int,
+    beams: list[int],
+    runs: int,
+    new_tokens: int,
+    prompt_tokens: int,
+    log=print,
+) -> dict:
     """Table 3 on this machine; returns the JSON document."""
     from tqdm.auto import tqdm
 
@@ -87,15 +98,22 @@ def bench_decode(model_name: str, setting, methods: list[str], rank: int, beams:
     for r in rows:
         ref = next(x for x in rows if x["variant"] == "base" and x["beams"] == r["beams"])
         r["speed_vs_base"] = r["tokens_per_s_median"] / ref["tokens_per_s_median"]
-        log(f"{r['variant']:<8} beams {r['beams']}: {r['tokens_per_s_median']:6.1f} tok/s "
+        log(
+            f"{r['variant']:<8} beams {r['beams']}: {r['tokens_per_s_median']:6.1f} tok/s "
             f"(p90 {r['tokens_per_s_p90']:.1f}) {100 * r['speed_vs_base']:5.1f}% of base, "
-            f"adapter {r['adapter_params']:,} params")  # fmt: skip
-    physical = {"memory_bandwidth_gb_s": bandwidth / 1e9, "weight_bytes": wbytes,
-                "limit_tokens_per_s_batch1": limit,
-                "base_share_of_limit": base_row["tokens_per_s_median"] / limit}  # fmt: skip
-    log(f"base model: {base_row['tokens_per_s_median']:.1f} tok/s at beam 1 vs a limit of "
+            f"adapter {r['adapter_params']:,} params"
+        )
+    physical = {
+        "memory_bandwidth_gb_s": bandwidth / 1e9,
+        "weight_bytes": wbytes,
+        "limit_tokens_per_s_batch1": limit,
+        "base_share_of_limit": base_row["tokens_per_s_median"] / limit,
+    }
+    log(
+        f"base model: {base_row['tokens_per_s_median']:.1f} tok/s at beam 1 vs a limit of "
         f"{limit:.1f} ({bandwidth / 1e9:.1f} GB/s / {wbytes / 1e6:.0f} MB of weights): "
-        f"{100 * physical['base_share_of_limit']:.0f}%")  # fmt: skip
+        f"{100 * physical['base_share_of_limit']:.0f}%"
+    )
     return {"rows": rows, "physical": physical}
 
 
@@ -120,8 +138,7 @@ def tenant_paths(model_name: str, tenants: list[Path]):
     from fanlora.serve.multitenant import TenantServer
 
     base, _ = load_model(model_name)
-    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(tenants[0]),
-                                           adapter_name="t0")  # fmt: skip
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(tenants[0]), adapter_name="t0")
     for i, path in enumerate(tenants[1:], 1):
         peft_model.load_adapter(str(path), adapter_name=f"t{i}")
     server = TenantServer(base)
@@ -139,8 +156,10 @@ def bound_variants(peft_model, server, names: list[str], label: str) -> list[Var
     def ours_generate(input_ids, attention_mask, **kw):
         return server.generate(input_ids, attention_mask, names, **kw)
 
-    return [Variant(f"peft/{label}", BoundPath(peft_model, peft_generate)),
-            Variant(f"batched/{label}", BoundPath(server.model, ours_generate))]  # fmt: skip
+    return [
+        Variant(f"peft/{label}", BoundPath(peft_model, peft_generate)),
+        Variant(f"batched/{label}", BoundPath(server.model, ours_generate)),
+    ]
 
 
 def write_kind(model_name: str, kind: str, setting, count: int, rank: int, folder: Path):
@@ -153,8 +172,16 @@ def write_kind(model_name: str, kind: str, setting, count: int, rank: int, folde
     return write_tenants(base, config, folder / kind, count), tok
 
 
-def bench_goals(model_name: str, setting, rank: int, runs: int, new_tokens: int,
-                prompt_tokens: int, sizes=(16, 64), log=print) -> dict:  # fmt: skip
+def bench_goals(
+    model_name: str,
+    setting,
+    rank: int,
+    runs: int,
+    new_tokens: int,
+    prompt_tokens: int,
+    sizes=(16, 64),
+    log=print,
+) -> dict:
     """Batch of B requests from B distinct FanLoRA tenants: PEFT vs batched, against the
     same batch served by one adapter, and the base model."""
     from tqdm.auto import tqdm
@@ -166,20 +193,21 @@ def bench_goals(model_name: str, setting, rank: int, runs: int, new_tokens: int,
         prompt = fixed_prompt(tok, prompt_texts(), prompt_tokens)
         for size in sizes:
             distinct = [f"t{i}" for i in range(size)]
-            variants = [*bound_variants(peft_model, server, distinct, f"{size}-tenants"),
-                        *bound_variants(peft_model, server, ["t0"] * size, "1-tenant")]  # fmt: skip
+            variants = [
+                *bound_variants(peft_model, server, distinct, f"{size}-tenants"),
+                *bound_variants(peft_model, server, ["t0"] * size, "1-tenant"),
+            ]
             variants.append(Variant("base", server.model))  # no batch set: plain base
             with tqdm(total=(runs + 1) * len(variants), desc=f"tenants x{size}") as bar:
-                rows = measure(variants, prompt, new_tokens, 1, runs, batch_size=size,
-                               progress=bar)  # fmt: skip
+                rows = measure(variants, prompt, new_tokens, 1, runs, batch_size=size, progress=bar)
             speed = {r["variant"]: r["tokens_per_s_median"] for r in rows}
             ratios = {
                 "batched_vs_peft": speed[f"batched/{size}-tenants"] / speed[f"peft/{size}-tenants"],
-                "batched_distinct_vs_one_adapter":
-                    speed[f"batched/{size}-tenants"] / speed["batched/1-tenant"],
-                "peft_distinct_vs_one_adapter":
-                    speed[f"peft/{size}-tenants"] / speed["peft/1-tenant"],
-            }  # fmt: skip
+                "batched_distinct_vs_one_adapter": speed[f"batched/{size}-tenants"]
+                / speed["batched/1-tenant"],
+                "peft_distinct_vs_one_adapter": speed[f"peft/{size}-tenants"]
+                / speed["peft/1-tenant"],
+            }
             for r in rows:
                 log(
                     f"batch {size:>2} {r['variant']:<22} {r['tokens_per_s_median']:7.1f} tok/s "
@@ -215,8 +243,9 @@ def bench_sweep(
                 names = [f"t{i % count}" for i in range(batch)]
                 variants = bound_variants(peft_model, server, names, str(count))
                 with tqdm(total=(runs + 1) * 2, desc=f"{kind} {count} tenants") as bar:
-                    got = measure(variants, prompt, new_tokens, 1, runs, batch_size=batch,
-                                  progress=bar)  # fmt: skip
+                    got = measure(
+                        variants, prompt, new_tokens, 1, runs, batch_size=batch, progress=bar
+                    )
                 for r in got:
                     path = r["variant"].split("/")[0]
                     r.update(
@@ -225,9 +254,11 @@ def bench_sweep(
                         path=path,
                         latency_s_median=batch * new_tokens / r["tokens_per_s_median"],
                     )
-                    log(f"{kind:<8} {count:>2} tenants {path:<8} "
+                    log(
+                        f"{kind:<8} {count:>2} tenants {path:<8} "
                         f"{r['tokens_per_s_median']:7.1f} tok/s, "
-                        f"{r['latency_s_median']:.2f} s per batch")  # fmt: skip
+                        f"{r['latency_s_median']:.2f} s per batch"
+                    )
                 rows += got
             del peft_model, server
     return rows
@@ -240,8 +271,11 @@ def plot_sweep(rows: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for kind in sorted({r["kind"] for r in rows}):
         for p, style in (("peft", "--o"), ("batched", "-s")):
-            pts = sorted((r["tenants"], r["tokens_per_s_median"]) for r in rows
-                         if r["kind"] == kind and r["path"] == p)  # fmt: skip
+            pts = sorted(
+                (r["tenants"], r["tokens_per_s_median"])
+                for r in rows
+                if r["kind"] == kind and r["path"] == p
+            )
             ax.plot(*zip(*pts, strict=True), style, label=f"{kind}, {p}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("distinct tenants in the batch")

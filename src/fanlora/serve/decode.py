@@ -34,8 +34,12 @@ class Variant:
     def of(cls, name: str, model) -> Variant:
         """Count the adapter's weights: every parameter whose name is a PEFT one."""
         extra = [p for n, p in model.named_parameters() if "lora_" in n or "ia3_" in n]
-        return cls(name, model, sum(p.numel() for p in extra),
-                   sum(p.numel() * p.element_size() for p in extra))  # fmt: skip
+        return cls(
+            name,
+            model,
+            sum(p.numel() for p in extra),
+            sum(p.numel() * p.element_size() for p in extra),
+        )
 
 
 def unmerged_variants(base, model_name: str, adapters: dict) -> list[Variant]:
@@ -99,16 +103,26 @@ def time_generate(model, input_ids: torch.Tensor, new_tokens: int, beams: int) -
         torch.cuda.reset_peak_memory_stats()
     with PeakRSS() as rss:
         start = time.perf_counter()
-        out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
-                             num_beams=beams, max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, pad_token_id=0)  # fmt: skip
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            do_sample=False,
+            num_beams=beams,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=0,
+        )
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     made = out.shape[1] - input_ids.shape[1]
     peak = torch.cuda.max_memory_allocated() if cuda else rss.extra
-    return {"seconds": seconds, "tokens": made * input_ids.shape[0],
-            "tokens_per_s": made * input_ids.shape[0] / seconds, "peak_bytes": peak}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "tokens": made * input_ids.shape[0],
+        "tokens_per_s": made * input_ids.shape[0] / seconds,
+        "peak_bytes": peak,
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -134,8 +148,9 @@ def measure(
     for round_ in range(warmup + runs):
         order = variants if round_ % 2 == 0 else variants[::-1]
         for v in order:
-            result = time_generate(v.model, ids.to(next(v.model.parameters()).device),
-                                   new_tokens, beams)  # fmt: skip
+            result = time_generate(
+                v.model, ids.to(next(v.model.parameters()).device), new_tokens, beams
+            )
             if round_ >= warmup:
                 samples[v.name].append(result)
             if progress is not None:
@@ -144,12 +159,21 @@ def measure(
     for v in variants:
         tps = [s["tokens_per_s"] for s in samples[v.name]]
         peaks = [s["peak_bytes"] for s in samples[v.name]]
-        rows.append({"variant": v.name, "beams": beams, "batch_size": batch_size,
-                     "prompt_tokens": len(prompt), "new_tokens": new_tokens, "runs": runs,
-                     "tokens_per_s_median": statistics.median(tps),
-                     "tokens_per_s_p90": percentile(tps, 0.9),
-                     "tokens_per_s_p10": percentile(tps, 0.1),
-                     "peak_extra_mb_median": statistics.median(peaks) / 2**20,
-                     "adapter_params": v.adapter_params,
-                     "adapter_mb": v.adapter_bytes / 2**20, "samples": tps})  # fmt: skip
+        rows.append(
+            {
+                "variant": v.name,
+                "beams": beams,
+                "batch_size": batch_size,
+                "prompt_tokens": len(prompt),
+                "new_tokens": new_tokens,
+                "runs": runs,
+                "tokens_per_s_median": statistics.median(tps),
+                "tokens_per_s_p90": percentile(tps, 0.9),
+                "tokens_per_s_p10": percentile(tps, 0.1),
+                "peak_extra_mb_median": statistics.median(peaks) / 2**20,
+                "adapter_params": v.adapter_params,
+                "adapter_mb": v.adapter_bytes / 2**20,
+                "samples": tps,
+            }
+        )
     return rows

@@ -53,12 +53,16 @@ class TenantAdapter:
 def _check_config(config: dict, folder: Path) -> None:
     kind = config.get("peft_type")
     if kind != "LORA":
-        raise FanLoRAError(f"{folder}: the batched path serves plain LoRA adapters; this one "
-                           f"is {kind} (serve it through PEFT instead)")  # fmt: skip
+        raise FanLoRAError(
+            f"{folder}: the batched path serves plain LoRA adapters; this one "
+            f"is {kind} (serve it through PEFT instead)"
+        )
     for flag in UNSUPPORTED_FLAGS:
         if config.get(flag):
-            raise FanLoRAError(f"{folder}: {flag} adapters are not supported by the batched "
-                               "path (serve them through PEFT instead)")  # fmt: skip
+            raise FanLoRAError(
+                f"{folder}: {flag} adapters are not supported by the batched "
+                "path (serve them through PEFT instead)"
+            )
     if config.get("bias", "none") != "none" or config.get("modules_to_save"):
         raise FanLoRAError(
             f"{folder}: adapters that train biases or whole modules "
@@ -235,26 +239,26 @@ class TenantServer:
     def forward(self, input_ids, attention_mask, names: Sequence[str | None]):
         """Logits of a batch whose row i uses adapter ``names[i]``."""
         with self.batch(names):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              use_cache=False).logits  # fmt: skip
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).logits
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, names: Sequence[str | None], **kwargs):
         """``model.generate`` with row i under adapter ``names[i]`` (beams included)."""
         with self.batch(names, repeat=kwargs.get("num_beams", 1)):
-            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                       **kwargs)  # fmt: skip
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     @torch.no_grad()
-    def serve(self, prompts: list[list[int]], names: Sequence[str | None], pad_id: int,
-              **kwargs) -> list[dict]:  # fmt: skip
+    def serve(
+        self, prompts: list[list[int]], names: Sequence[str | None], pad_id: int, **kwargs
+    ) -> list[dict]:
         """Generate for each request (prompt token ids, adapter name); a request that cannot
         be served gets ``{"error": why}`` and the others are served together as usual:
         ``{"tokens": new token ids}``."""
         from fanlora.evaluate.generate import left_pad
 
-        results: list[dict] = [{"error": why} if (why := self.problem(n)) else {}
-                               for n in names]  # fmt: skip
+        results: list[dict] = [{"error": why} if (why := self.problem(n)) else {} for n in names]
         good = [i for i, r in enumerate(results) if not r]
         if good:
             batch = left_pad([prompts[i] for i in good], pad_id)

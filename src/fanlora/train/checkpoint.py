@@ -39,8 +39,9 @@ class TrainState:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
-            if p.requires_grad}  # fmt: skip
+    return {
+        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def adalora_state(peft_model) -> dict:
@@ -48,8 +49,12 @@ def adalora_state(peft_model) -> dict:
     rank allocator's importance averages and the rank pattern of the last allocation."""
     allocator = peft_model.base_model.rankallocator
     config = peft_model.peft_config[peft_model.active_adapter]
-    return {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt,
-            "exp_avg_unc": allocator.exp_avg_unc, "rank_pattern": config.rank_pattern}  # fmt: skip
+    return {
+        "ipt": allocator.ipt,
+        "exp_avg_ipt": allocator.exp_avg_ipt,
+        "exp_avg_unc": allocator.exp_avg_unc,
+        "rank_pattern": config.rank_pattern,
+    }
 
 
 def restore_adalora_state(peft_model, state: dict | None) -> None:
@@ -62,14 +67,21 @@ def restore_adalora_state(peft_model, state: dict | None) -> None:
     peft_model.peft_config[peft_model.active_adapter].rank_pattern = state["rank_pattern"]
 
 
-def save_checkpoint(root: Path, model, optimizer, scheduler, state: TrainState,
-                    method_state: dict | None = None) -> Path:  # fmt: skip
+def save_checkpoint(
+    root: Path, model, optimizer, scheduler, state: TrainState, method_state: dict | None = None
+) -> Path:
     """Write ``root/step-N`` atomically, point ``root/latest`` at it, prune old ones."""
     final = root / f"step-{state.step}"
     with atomic_dir(final) as tmp:
         save_file(trainable_state(model), tmp / "trainable.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "method": method_state}, tmp / "optim.pt")  # fmt: skip
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "method": method_state,
+            },
+            tmp / "optim.pt",
+        )
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
     atomic_write_text(root / "latest", final.name + "\n")
     for old in sorted(root.glob("step-*"), key=lambda p: int(p.name[5:]))[:-KEEP]:

@@ -24,15 +24,20 @@ class TrainConfig:
     alpha: int | None = field(default=None, **_help("LoRA alpha (default 2 x rank)"))
     rank_pattern: dict | None = field(
         default=None,
-        **_help("lora: rank per module kind, e.g. {q: 3, v: 2} (matched budgets); alpha is "
-                "2 x each kind's rank", cli=False),
-    )  # fmt: skip
+        **_help(
+            "lora: rank per module kind, e.g. {q: 3, v: 2} (matched budgets); alpha is "
+            "2 x each kind's rank",
+            cli=False,
+        ),
+    )
     dropout: float = field(default=0.05, **_help("LoRA dropout"))
     setting: str | None = field(default=None, **_help("setting JSON (fanlora, random)"))
     adalora_init_rank: int = field(default=12, **_help("AdaLoRA initial rank per module"))
     adalora_target_rank: int = field(default=8, **_help("AdaLoRA average target rank"))
-    ia3_kinds: list[str] = field(default_factory=lambda: ["q", "k", "up"],
-                                 **_help("(IA)3 module kinds (paper: query, key, up)"))  # fmt: skip
+    ia3_kinds: list[str] = field(
+        default_factory=lambda: ["q", "k", "up"],
+        **_help("(IA)3 module kinds (paper: query, key, up)"),
+    )
     lr: float = field(default=1e-4, **_help("AdamW learning rate"))
     weight_decay: float = field(default=0.0, **_help("AdamW weight decay"))
     warmup_ratio: float = field(default=0.06, **_help("linear warm-up share of the steps"))
@@ -49,22 +54,33 @@ class TrainConfig:
     patience: int = field(default=10, **_help("stop after N evaluations without improvement"))
     seed: int = field(default=0, **_help("seed of initialisation, data order and dropout"))
     dtype: str = field(default="float32", **_help("weights dtype", choices=("float32", "bfloat16")))
-    mixed_precision: str = field(default="no", **_help("accelerate mixed precision",
-                                                       choices=("no", "bf16", "fp16")))  # fmt: skip
+    mixed_precision: str = field(
+        default="no", **_help("accelerate mixed precision", choices=("no", "bf16", "fp16"))
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise FanLoRAError(f"unknown method {self.method!r}; choose one of {METHODS}")
-        for name in ("rank", "adalora_init_rank", "adalora_target_rank", "micro_batch_size",
-                     "max_length", "eval_every", "eval_examples", "patience"):  # fmt: skip
+        for name in (
+            "rank",
+            "adalora_init_rank",
+            "adalora_target_rank",
+            "micro_batch_size",
+            "max_length",
+            "eval_every",
+            "eval_examples",
+            "patience",
+        ):
             if getattr(self, name) < 1:
                 raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise FanLoRAError(f"batch_size must be >= 1, got {self.batch_size}")
         bad_rank = any(not isinstance(r, int) or r < 1 for r in (self.rank_pattern or {}).values())
         if self.rank_pattern is not None and (self.method != "lora" or bad_rank):
-            raise FanLoRAError(f"rank_pattern is for method lora, as kind: rank >= 1; got "
-                               f"{self.rank_pattern} for {self.method}")  # fmt: skip
+            raise FanLoRAError(
+                f"rank_pattern is for method lora, as kind: rank >= 1; got "
+                f"{self.rank_pattern} for {self.method}"
+            )
         if self.method in ("fanlora", "random") and not self.setting:
             raise FanLoRAError(f"method {self.method!r} needs --setting SETTING.json")
         if not 0 <= self.warmup_ratio < 1:

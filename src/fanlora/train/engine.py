@@ -94,8 +94,9 @@ class Trainer:
         self.cfg, self.folder, self.log = cfg, folder, log
         # accelerate 1.15 picks gloo for torchrun ranks only when told cpu=True; a plain
         # Accelerator() on a machine without a GPU silently runs each rank alone.
-        self.acc = Accelerator(mixed_precision=cfg.mixed_precision,
-                               cpu=not torch.cuda.is_available())  # fmt: skip
+        self.acc = Accelerator(
+            mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available()
+        )
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
 
     def setup(self, model, tokenizer, peft_config, data: Batches) -> None:
@@ -198,8 +199,13 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg, data, state = self.cfg, self.data, self.state
-        bar = tqdm(total=data.total_steps, initial=state.step, unit="step",
-                   disable=not self.acc.is_main_process, desc=f"train {cfg.method}")  # fmt: skip
+        bar = tqdm(
+            total=data.total_steps,
+            initial=state.step,
+            unit="step",
+            disable=not self.acc.is_main_process,
+            desc=f"train {cfg.method}",
+        )
         epochs = math.ceil(data.total_steps / data.steps_per_epoch)
         while state.step < data.total_steps and not state.stopped_early:
             batches = length_grouped_batches(
@@ -210,10 +216,13 @@ class Trainer:
                 loss, tokens, penalty = self.train_step(batches[state.batch_in_epoch])
                 state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
                 state.tokens += tokens
-                record = {"step": state.step, "epoch": state.epoch, "loss": round(loss, 6),
-                          "lr": self.scheduler.get_last_lr()[0],
-                          "tokens_per_s": round(tokens * self.world
-                                                / (time.perf_counter() - started), 1)}  # fmt: skip
+                record = {
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "loss": round(loss, 6),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "tokens_per_s": round(tokens * self.world / (time.perf_counter() - started), 1),
+                }
                 if penalty is not None:
                     record["orth_penalty"] = round(penalty, 6)
                 if state.step % cfg.eval_every == 0 or state.step == data.total_steps:
@@ -224,8 +233,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=record["tokens_per_s"])
                 bar.update(1)
                 if state.stopped_early:
-                    self.log(f"early stop at step {state.step}: no better dev loss in "
-                             f"{cfg.patience} evaluations")  # fmt: skip
+                    self.log(
+                        f"early stop at step {state.step}: no better dev loss in "
+                        f"{cfg.patience} evaluations"
+                    )
                     break
             if state.batch_in_epoch >= len(batches):
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
@@ -236,14 +247,21 @@ class Trainer:
 
     def rank_checksums(self) -> list[float]:
         """Sum of the trainable weights on every process (equal when DDP kept them in sync)."""
-        total = sum(p.detach().double().sum() for p in self.peft_model.parameters()
-                    if p.requires_grad)  # fmt: skip
+        total = sum(
+            p.detach().double().sum() for p in self.peft_model.parameters() if p.requires_grad
+        )
         gathered = self.acc.gather(torch.as_tensor(total).reshape(1).to(self.acc.device))
         return [float(x) for x in gathered.cpu()]
 
     def checkpoint(self) -> None:
         if self.acc.is_main_process:
             method_state = adalora_state(self.peft_model) if self.is_adalora else None
-            save_checkpoint(self.folder.checkpoints, self.peft_model, self.optimizer,
-                            self.scheduler, self.state, method_state)  # fmt: skip
+            save_checkpoint(
+                self.folder.checkpoints,
+                self.peft_model,
+                self.optimizer,
+                self.scheduler,
+                self.state,
+                method_state,
+            )
         self.acc.wait_for_everyone()

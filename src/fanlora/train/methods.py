@@ -61,17 +61,20 @@ def kind_patterns(cfg: TrainConfig, layout: ModuleLayout) -> dict:
         return {}
     unknown = sorted(set(cfg.rank_pattern) - set(layout.kinds))
     if unknown:
-        raise FanLoRAError(f"rank_pattern names kinds {unknown} this model lacks "
-                           f"({', '.join(layout.kinds)})")  # fmt: skip
+        raise FanLoRAError(
+            f"rank_pattern names kinds {unknown} this model lacks ({', '.join(layout.kinds)})"
+        )
     keys = {k: re.escape(layout.kinds[k]) for k in cfg.rank_pattern}
     ranks = {keys[k]: r for k, r in cfg.rank_pattern.items()}
-    alphas = {keys[k]: cfg.alpha if cfg.alpha is not None else 2 * r
-              for k, r in cfg.rank_pattern.items()}  # fmt: skip
+    alphas = {
+        keys[k]: cfg.alpha if cfg.alpha is not None else 2 * r for k, r in cfg.rank_pattern.items()
+    }
     return {"rank_pattern": ranks, "alpha_pattern": alphas}
 
 
-def build_peft_config(cfg: TrainConfig, layout: ModuleLayout, total_steps: int,
-                      setting: FanLoRASetting | None = None):  # fmt: skip
+def build_peft_config(
+    cfg: TrainConfig, layout: ModuleLayout, total_steps: int, setting: FanLoRASetting | None = None
+):
     """The PEFT config of ``cfg.method``; target modules are always fully qualified names."""
     from peft import AdaLoraConfig, IA3Config, LoraConfig, TaskType
 
@@ -95,19 +98,28 @@ def build_peft_config(cfg: TrainConfig, layout: ModuleLayout, total_steps: int,
         # PEFT's budget schedule: warm up tinit steps at init_r, prune to target_r by
         # total_step - tfinal, reallocating every deltaT steps (update_and_allocate).
         tinit, tfinal = int(0.1 * total_steps), int(0.2 * total_steps)
-        return AdaLoraConfig(task_type=TaskType.CAUSAL_LM, init_r=cfg.adalora_init_rank,
-                             target_r=cfg.adalora_target_rank, lora_alpha=alpha,
-                             lora_dropout=cfg.dropout, target_modules=layout.all_names(),
-                             total_step=max(total_steps, tinit + tfinal + 1), tinit=tinit,
-                             tfinal=tfinal, deltaT=max(1, total_steps // 50))  # fmt: skip
+        return AdaLoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            init_r=cfg.adalora_init_rank,
+            target_r=cfg.adalora_target_rank,
+            lora_alpha=alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=layout.all_names(),
+            total_step=max(total_steps, tinit + tfinal + 1),
+            tinit=tinit,
+            tfinal=tfinal,
+            deltaT=max(1, total_steps // 50),
+        )
     if cfg.method == "ia3":
         unknown = [k for k in cfg.ia3_kinds if k not in layout.kinds]
         if unknown:
-            raise FanLoRAError(f"ia3_kinds {unknown} are not kinds of this model "
-                               f"({', '.join(layout.kinds)})")  # fmt: skip
+            raise FanLoRAError(
+                f"ia3_kinds {unknown} are not kinds of this model ({', '.join(layout.kinds)})"
+            )
         # The paper scales the *outputs* (activations) of q, k and up, so no module is a
         # PEFT "feedforward" module (those scale their input instead).
         targets = [layout.name(i, k) for i in range(layout.num_layers) for k in cfg.ia3_kinds]
-        return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=targets,
-                         feedforward_modules=[])  # fmt: skip
+        return IA3Config(
+            task_type=TaskType.CAUSAL_LM, target_modules=targets, feedforward_modules=[]
+        )
     raise FanLoRAError(f"unknown method {cfg.method!r}")

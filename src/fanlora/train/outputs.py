@@ -55,12 +55,16 @@ class RunFolder:
         if overwrite:
             return
         if resume and existing and existing.get("config_hash") != cfg_hash:
-            raise FanLoRAError(f"{self.path} holds a run with another config "
-                               f"({existing.get('config_hash')}); cannot resume it with this "
-                               "one")  # fmt: skip
+            raise FanLoRAError(
+                f"{self.path} holds a run with another config "
+                f"({existing.get('config_hash')}); cannot resume it with this "
+                "one"
+            )
         if occupied and not resume:
-            raise FanLoRAError(f"{self.path} already holds a run: pass --resume to continue it "
-                               "or --overwrite to replace it")  # fmt: skip
+            raise FanLoRAError(
+                f"{self.path} already holds a run: pass --resume to continue it "
+                "or --overwrite to replace it"
+            )
 
     def claim(self, cfg_hash: str, resume: bool, overwrite: bool) -> None:
         """:meth:`check_claim`, then create the folder (emptied first with ``overwrite``)."""

@@ -20,13 +20,19 @@ def versions() -> dict[str, str]:
 
     import fanlora
 
-    return {"fanlora": fanlora.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "accelerate": accelerate.__version__, "python": platform.python_version()}  # fmt: skip
+    return {
+        "fanlora": fanlora.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }
 
 
-def train(cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = False,
-          log=print) -> dict:  # fmt: skip
+def train(
+    cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = False, log=print
+) -> dict:
     """Fine-tune per ``cfg`` into folder ``out``; return the run record (also run.json)."""
     from fanlora.models import load_model
     from fanlora.modules import discover_layout
@@ -53,14 +59,25 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = Fa
         folder.claim(cfg_hash, resume, overwrite)
     trainer.acc.wait_for_everyone()
     trainer.setup(model, tokenizer, peft_config, data)
-    record = {"status": "running", "config": cfg.to_dict(), "config_hash": cfg_hash,
-              "versions": versions(), "seed": cfg.seed, "trainable_params": trainer.trainable,
-              "train_examples": len(data.train), "dropped_examples": data.dropped,
-              "batch_size": data.batch_size, "total_steps": data.total_steps,
-              "world_size": trainer.world, "peft_type": type(peft_config).__name__}  # fmt: skip
-    log(f"{cfg.method}: {trainer.trainable:,} trainable parameters; {len(data.train)} train "
+    record = {
+        "status": "running",
+        "config": cfg.to_dict(),
+        "config_hash": cfg_hash,
+        "versions": versions(),
+        "seed": cfg.seed,
+        "trainable_params": trainer.trainable,
+        "train_examples": len(data.train),
+        "dropped_examples": data.dropped,
+        "batch_size": data.batch_size,
+        "total_steps": data.total_steps,
+        "world_size": trainer.world,
+        "peft_type": type(peft_config).__name__,
+    }
+    log(
+        f"{cfg.method}: {trainer.trainable:,} trainable parameters; {len(data.train)} train "
         f"rows ({data.dropped} dropped: response too long), batch {data.batch_size}, "
-        f"{data.total_steps} steps on {trainer.world} process(es)")  # fmt: skip
+        f"{data.total_steps} steps on {trainer.world} process(es)"
+    )
     if trainer.acc.is_main_process:
         folder.write_run(record)
     if resume:
@@ -71,10 +88,16 @@ def train(cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = Fa
         if state.best_step < 0:
             raise FanLoRAError("training ended without an evaluation; nothing to publish")
         folder.publish_best()
-        record.update(status="finished", steps=state.step, best_step=state.best_step,
-                      best_dev_loss=state.best_loss, stopped_early=state.stopped_early,
-                      tokens=state.tokens, wall_time_s=round(time.time() - started, 2),
-                      rank_weight_checksums=checksums)  # fmt: skip
+        record.update(
+            status="finished",
+            steps=state.step,
+            best_step=state.best_step,
+            best_dev_loss=state.best_loss,
+            stopped_early=state.stopped_early,
+            tokens=state.tokens,
+            wall_time_s=round(time.time() - started, 2),
+            rank_weight_checksums=checksums,
+        )
         folder.write_run(record)
     trainer.acc.wait_for_everyone()
     return record
