@@ -102,7 +102,8 @@ def main() -> None:
     results = [run_pair("full-lora (210 modules)", cfg, None, rows, args.steps, "/tmp/bench-a")]
     layout = discover_layout(load_model(args.model)[0])
     setting = FanLoRASetting(args.model, 2, layout, [["v", "down"]] * layout.num_layers)
-    cfg2 = TrainConfig(**{**cfg.to_dict(), "method": "fanlora", "setting": "inline"})
+    setting_path = str(setting.save("/tmp/bench-b-setting.json"))
+    cfg2 = TrainConfig(**{**cfg.to_dict(), "method": "fanlora", "setting": setting_path})
     results.append(
         run_pair(
             "2 per layer (v, down; 60 modules)", cfg2, setting, rows, args.steps, "/tmp/bench-b"

@@ -28,10 +28,14 @@ from fanlora.errors import FanLoRAError
 from fanlora.evaluate.run import EvalConfig
 from fanlora.pipeline.stages import STAGES
 from fanlora.score.run import ScoreConfig
-from fanlora.train.config import METHODS as TRAIN_METHODS
 from fanlora.train.config import TrainConfig
+from fanlora.train.methods import METHODS as TRAIN_METHODS
 
-DOWNSTREAM_METHODS = tuple(m for m in TRAIN_METHODS if m != "full-lora")
+
+def downstream_methods() -> list[str]:
+    """The registered methods a pipeline can tune in step 4 (read when a config is checked,
+    so a method registered by the user's code counts)."""
+    return [name for name, method in TRAIN_METHODS.items() if method.downstream]
 BUDGETS = ("matched", "as-configured")
 
 
@@ -98,11 +102,11 @@ class RunConfig:
 
         if self.k_max < 1:
             raise FanLoRAError(f"k_max must be >= 1, got {self.k_max}")
-        bad = [m for m in self.methods if m not in DOWNSTREAM_METHODS]
+        bad = [m for m in self.methods if m not in downstream_methods()]
         if bad or not self.methods:
             raise FanLoRAError(
                 f"unknown downstream method(s) {bad or '(none given)'}; choose "
-                f"from {', '.join(DOWNSTREAM_METHODS)}"
+                f"from {', '.join(downstream_methods())}"
             )
         bad = [t for t in self.tasks if t not in TASKS and Path(t).suffix not in USER_SUFFIXES]
         if bad or not self.tasks:

@@ -18,8 +18,8 @@ from pathlib import Path
 from fanlora.pipeline.config import RunConfig
 from fanlora.pipeline.stages import STAGES, RunDir, Unit, run_units
 from fanlora.select import FanLoRASetting
-from fanlora.select.budget import adalora_ranks, match_kind_ranks
 from fanlora.train.config import TrainConfig
+from fanlora.train.methods import get_method
 
 TRAIN_OUTPUTS = ("adapter_config.json", "adapter_model.safetensors", "run.json")
 TEST_DRAW_SEED = 0
@@ -38,7 +38,6 @@ def train_unit(
     params = {"model": cfg.model, "seed": cfg.seed, **section}
 
     def run(folder: Path) -> dict:
-        from fanlora.train.config import TrainConfig
         from fanlora.train.run import train
 
         extra = {}
@@ -58,22 +57,27 @@ def train_unit(
 
 
 def matched_ranks(cfg: RunConfig, section: dict, setting_path: str | None) -> dict:
-    """With budget "matched", the options that give LoRA and AdaLoRA on every module
-    FanLoRA's trainable parameters at rank r1 (the section's ``rank``): LoRA ranks per
-    module kind, AdaLoRA's average target rank (init 1.5x); see :mod:`fanlora.select.budget`."""
-    method = section.get("method")
-    if cfg.budget != "matched" or method not in ("lora", "adalora") or not setting_path:
+    """With budget "matched", the options that give the method FanLoRA's trainable parameters
+    at rank r1 (the section's ``rank``), by the method's own rule (:meth:`Method.match_budget`:
+    LoRA ranks per module kind, AdaLoRA's average target rank)."""
+    method = get_method(section.get("method", ""))
+    if cfg.budget != "matched" or not method.matched or not setting_path:
         return {}
     setting = FanLoRASetting.load(setting_path)
     target = section.get("rank", TrainConfig.rank) * setting.params_per_rank()
-    if method == "lora":
-        ranks, match = match_kind_ranks(setting.layout, target)
-        options = {"rank": min(ranks.values()), "rank_pattern": ranks}
-    else:
-        init, rank, match = adalora_ranks(setting.layout, target)
-        options = {"adalora_target_rank": rank, "adalora_init_rank": init}
-    print(match.describe(f"matched budget, {method}"), flush=True)
+    matched = method.match_budget(setting.layout, target)
+    if matched is None:
+        return {}
+    options, match = matched
+    print(match.describe(f"matched budget, {method.name}"), flush=True)
     return options
+
+
+def uses_setting(cfg: RunConfig, method_name: str) -> bool:
+    """Whether a step-4 unit of ``method_name`` reads step 3's setting: to train on it, or
+    (budget "matched") to match its parameter count."""
+    method = get_method(method_name)
+    return method.needs_setting or (cfg.budget == "matched" and method.matched)
 
 
 def _log(run_dir):
@@ -190,8 +194,6 @@ def build_units(cfg: RunConfig, run_dir: RunDir) -> list[Unit]:
     for task in cfg.tasks:
         for method in cfg.methods:
             section = {**cfg.section("downstream"), "data": task, "method": method}
-            matched = cfg.budget == "matched" and method in ("lora", "adalora")
-            uses_setting = method in ("fanlora", "random") or matched
             units.append(
                 train_unit(
                     cfg,
@@ -199,7 +201,7 @@ def build_units(cfg: RunConfig, run_dir: RunDir) -> list[Unit]:
                     f"4-downstream/{task}/{method}",
                     "downstream",
                     section,
-                    "3-setting" if uses_setting else None,
+                    "3-setting" if uses_setting(cfg, method) else None,
                 )
             )
     for task in cfg.tasks:

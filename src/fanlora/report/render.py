@@ -11,6 +11,7 @@ import math
 import re
 from pathlib import Path
 
+from fanlora.train.methods import METHODS
 from fanlora.utils.io import atomic_write_text, md_table, read_json, read_json_if_present
 
 
@@ -32,6 +33,12 @@ def margin(metric: str, value: float, n: int) -> float | None:
     return 200 * math.sqrt(max(p * (1 - p), 0.25 / n) / n)
 
 
+def is_ranked(method: str) -> bool:
+    """Whether ``method`` has a LoRA rank to show (a method unknown here is assumed to)."""
+    known = METHODS.get(method)
+    return known is None or known.ranked
+
+
 def downstream_section(run: Path, cfg: dict) -> tuple[str, list[str]]:
     """The table-1-like table (method x task) and headline sentences."""
     methods = (["base"] if cfg.get("eval_base") else []) + cfg["methods"]
@@ -44,7 +51,7 @@ def downstream_section(run: Path, cfg: dict) -> tuple[str, list[str]]:
             trained = read_json_if_present(run / "4-downstream" / task / method / "run.json")
             if trained:
                 params = f"{trained['trainable_params']:,}"
-                rank = trained["config"]["rank"] if method != "ia3" else "-"
+                rank = trained["config"]["rank"] if is_ranked(method) else "-"
             doc = read_json_if_present(run / "5-eval" / task / method / "metrics.json")
             if doc is None:
                 cells.append("not run")

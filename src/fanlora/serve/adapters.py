@@ -8,26 +8,29 @@ initialises B to zero, which would make every tenant equal to the base model).
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
 
 from fanlora.select.setting import FanLoRASetting
+from fanlora.train.config import TrainConfig
+from fanlora.train.methods import build_peft_config
 
 
 def method_config(method: str, layout, setting: FanLoRASetting | None, rank: int):
-    """The PEFT config `fanlora train --method METHOD --rank RANK` would use."""
-    from fanlora.train.config import TrainConfig
-    from fanlora.train.methods import build_peft_config
-
-    cfg = TrainConfig(
-        method=method,
-        rank=rank,
-        setting="(given)" if setting else None,
-        adalora_init_rank=rank,
-        adalora_target_rank=max(1, rank * 2 // 3),
-    )
-    return build_peft_config(cfg, layout, total_steps=100, setting=setting)
+    """The PEFT config `fanlora train --method METHOD --rank RANK [--setting S]` would use
+    (the setting is written to a temporary file, as `fanlora train` reads one)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(setting.save(Path(tmp) / "setting.json")) if setting else None
+        cfg = TrainConfig(
+            method=method,
+            rank=rank,
+            setting=path,
+            adalora_init_rank=rank,
+            adalora_target_rank=max(1, rank * 2 // 3),
+        )
+        return build_peft_config(cfg, layout, total_steps=100, setting=setting)
 
 
 def write_tenants(base, config, folder: Path, count: int, seed: int = 0) -> list[Path]:

@@ -1,11 +1,12 @@
 """Training checkpoints that survive a kill at any moment.
 
 A checkpoint is a folder ``checkpoints/step-N`` with the trainable weights (safetensors),
-optimizer and scheduler state, the method's own state (AdaLoRA: the rank allocator's running
-importance and the rank pattern) and ``state.json`` (no RNG state: the engine reseeds torch
-from (seed, step, rank) at every step, so a resumed run draws the same dropout masks). It is written
-under a temporary name and renamed when complete; ``latest`` names the newest complete one
-and is replaced atomically, so a run killed mid-save resumes from the previous checkpoint.
+optimizer and scheduler state, the method's own state (:meth:`Method.state`; AdaLoRA: the
+rank allocator's running importance and the rank pattern) and ``state.json``. There is no
+RNG state: the engine reseeds torch from (seed, step, rank) at every step, so a resumed run
+draws the same dropout masks. It is written under a temporary name and renamed when
+complete; ``latest`` names the newest complete one and is replaced atomically, so a run
+killed mid-save resumes from the previous checkpoint.
 """
 
 from __future__ import annotations
@@ -42,29 +43,6 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {
         n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
     }
-
-
-def adalora_state(peft_model) -> dict:
-    """What PEFT's AdaLoRA keeps outside its weights and needs to continue exactly: the
-    rank allocator's importance averages and the rank pattern of the last allocation."""
-    allocator = peft_model.base_model.rankallocator
-    config = peft_model.peft_config[peft_model.active_adapter]
-    return {
-        "ipt": allocator.ipt,
-        "exp_avg_ipt": allocator.exp_avg_ipt,
-        "exp_avg_unc": allocator.exp_avg_unc,
-        "rank_pattern": config.rank_pattern,
-    }
-
-
-def restore_adalora_state(peft_model, state: dict | None) -> None:
-    """Put :func:`adalora_state` back (a checkpoint without it leaves PEFT's fresh state)."""
-    if not state:
-        return
-    allocator = peft_model.base_model.rankallocator
-    for name in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
-        setattr(allocator, name, state[name])
-    peft_model.peft_config[peft_model.active_adapter].rank_pattern = state["rank_pattern"]
 
 
 def save_checkpoint(

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from fanlora.errors import FanLoRAError
-
-METHODS = ("full-lora", "fanlora", "lora", "adalora", "ia3", "random")
+from fanlora.train.methods import METHODS, get_method
 
 
 def _help(text: str, **extra) -> dict:
@@ -19,7 +18,9 @@ class TrainConfig:
 
     model: str = field(default="tiny-random-llama", **_help("preset, local folder or cached HF id"))
     data: str = field(default="instruct", **_help("dataset name or a .jsonl/.json/.csv file"))
-    method: str = field(default="full-lora", **_help("what to train", choices=METHODS))
+    method: str = field(
+        default="full-lora", **_help("what to train (registered methods)", choices=METHODS)
+    )
     rank: int = field(default=12, **_help("LoRA rank (r0 for full-lora, r1 for fanlora)"))
     alpha: int | None = field(default=None, **_help("LoRA alpha (default 2 x rank)"))
     rank_pattern: dict | None = field(
@@ -59,8 +60,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise FanLoRAError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        get_method(self.method)  # an unknown name is an error listing the registered ones
         for name in (
             "rank",
             "adalora_init_rank",
@@ -75,13 +75,15 @@ class TrainConfig:
                 raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise FanLoRAError(f"batch_size must be >= 1, got {self.batch_size}")
+        method = get_method(self.method)
         bad_rank = any(not isinstance(r, int) or r < 1 for r in (self.rank_pattern or {}).values())
-        if self.rank_pattern is not None and (self.method != "lora" or bad_rank):
+        if self.rank_pattern is not None and (not method.kind_ranks or bad_rank):
+            takes = ", ".join(n for n, m in METHODS.items() if m.kind_ranks)
             raise FanLoRAError(
-                f"rank_pattern is for method lora, as kind: rank >= 1; got "
+                f"rank_pattern is for method(s) {takes}, as kind: rank >= 1; got "
                 f"{self.rank_pattern} for {self.method}"
             )
-        if self.method in ("fanlora", "random") and not self.setting:
+        if method.needs_setting and not self.setting:
             raise FanLoRAError(f"method {self.method!r} needs --setting SETTING.json")
         if not 0 <= self.warmup_ratio < 1:
             raise FanLoRAError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")

@@ -8,8 +8,9 @@ the step's response tokens on every process and divided by their *global* count 
 
 so neither the micro-batch size nor the number of processes changes it (each rank's share is
 multiplied by the world size before backward, since DDP averages gradients over ranks).
-AdaLoRA adds ``orth_reg_weight * R`` (:func:`~fanlora.models.losses.orthogonal_penalty`) once
-per step, logged as ``orth_penalty`` apart from the loss. AdamW, linear decay after a linear
+A method may add a term once per step (AdaLoRA: ``orth_reg_weight * R``,
+:func:`~fanlora.models.losses.orthogonal_penalty`), logged under its own name apart from the
+loss. AdamW, linear decay after a linear
 warm-up, gradient clipping at 1.0 (the transformers default). The dev loss (cross-entropy
 only, for every method) is measured every ``eval_every`` steps and at the end; the best
 adapter is kept and training stops after ``patience`` evaluations without improvement.
@@ -30,16 +31,15 @@ import torch
 from fanlora.data.formatting import collate, encode_all, length_grouped_batches
 from fanlora.data.registry import load_sample
 from fanlora.errors import FanLoRAError
-from fanlora.models.losses import orthogonal_penalty, sequence_losses
+from fanlora.models.losses import sequence_losses
 from fanlora.train.checkpoint import (
     TrainState,
-    adalora_state,
     latest_checkpoint,
     load_checkpoint,
-    restore_adalora_state,
     save_checkpoint,
 )
 from fanlora.train.config import TrainConfig
+from fanlora.train.methods import get_method
 from fanlora.train.outputs import RunFolder
 
 MAX_GRAD_NORM = 1.0
@@ -112,8 +112,7 @@ class Trainer:
         self.scheduler = get_linear_schedule_with_warmup(optimizer, warmup, data.total_steps)
         self.model, self.optimizer = self.acc.prepare(self.peft_model, optimizer)
         self.data, self.pad_id = data, tokenizer.pad_token_id
-        self.is_adalora = type(peft_config).__name__ == "AdaLoraConfig"
-        self.orth_weight = getattr(peft_config, "orth_reg_weight", 0.0)
+        self.method = get_method(self.cfg.method)
         self.state = TrainState()
 
     def resume(self) -> None:
@@ -124,14 +123,13 @@ class Trainer:
         self.state, method_state = load_checkpoint(
             checkpoint, self.peft_model, self.optimizer, self.scheduler
         )
-        if self.is_adalora:
-            restore_adalora_state(self.peft_model, method_state)
+        self.method.restore(self.peft_model, method_state)
         self.folder.truncate_metrics(self.state.step)
         self.log(f"resumed from {checkpoint.name} (step {self.state.step})")
 
     def train_step(self, indices: list[int]) -> tuple[float, int, float | None]:
         """One optimizer step on this process's share of ``indices``; (loss over the whole
-        step, this process's tokens, AdaLoRA's penalty or None)."""
+        step, this process's tokens, the method's own step term or None)."""
         cfg, data = self.cfg, self.data
         torch.manual_seed(cfg.seed * 1_000_003 + self.state.step * 1009 + self.rank)
         mine = indices[self.rank :: self.world]
@@ -148,9 +146,9 @@ class Trainer:
                 ).logits
                 ce = sequence_losses(logits, batch["labels"])[:, 0].sum()
                 loss = ce / n_items
-                if last and self.is_adalora:  # once per step, whatever the micro-batch split
-                    penalty = orthogonal_penalty(self.peft_model)
-                    loss = loss + self.orth_weight * penalty
+                if last:  # once per step, whatever the micro-batch split
+                    penalty = self.method.step_loss(self.peft_model)
+                    loss = loss if penalty is None else loss + penalty
                 self.acc.backward(loss * self.world)  # DDP averages over ranks
             ce_sum += ce.detach().cpu()
             tokens += int(batch["attention_mask"].sum())
@@ -163,15 +161,14 @@ class Trainer:
         self.acc.clip_grad_norm_(self.model.parameters(), MAX_GRAD_NORM)
         self.optimizer.step()
         self.scheduler.step()
-        if self.is_adalora:  # PEFT's budget schedule; needs the gradients, before zero_grad
-            self.peft_model.base_model.update_and_allocate(self.state.step + 1)
+        self.method.after_step(self.peft_model, self.state.step + 1)  # before zero_grad
         self.optimizer.zero_grad(set_to_none=True)
         return total, tokens, None if penalty is None else float(penalty.detach())
 
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean cross-entropy over the dev rows' response tokens, summed across processes
-        (from the logits, so AdaLoRA's penalty never enters it)."""
+        (from the logits, so a method's own loss term, AdaLoRA's penalty, never enters it)."""
         self.model.eval()
         rows = self.data.dev
         mine = list(range(self.rank, len(rows), self.world))
@@ -224,7 +221,7 @@ class Trainer:
                     "tokens_per_s": round(tokens * self.world / (time.perf_counter() - started), 1),
                 }
                 if penalty is not None:
-                    record["orth_penalty"] = round(penalty, 6)
+                    record[self.method.step_loss_name] = round(penalty, 6)
                 if state.step % cfg.eval_every == 0 or state.step == data.total_steps:
                     record["dev_loss"] = round(self.evaluate(), 6)
                     self.after_eval(record["dev_loss"])
@@ -255,7 +252,7 @@ class Trainer:
 
     def checkpoint(self) -> None:
         if self.acc.is_main_process:
-            method_state = adalora_state(self.peft_model) if self.is_adalora else None
+            method_state = self.method.state(self.peft_model)
             save_checkpoint(
                 self.folder.checkpoints,
                 self.peft_model,
