@@ -36,6 +36,8 @@ def downstream_methods() -> list[str]:
     """The registered methods a pipeline can tune in step 4 (read when a config is checked,
     so a method registered by the user's code counts)."""
     return [name for name, method in TRAIN_METHODS.items() if method.downstream]
+
+
 BUDGETS = ("matched", "as-configured")
 
 

@@ -1,6 +1,7 @@
 """What a training method is, and the registry of methods.
 
-A method says how it builds its PEFT config from a :class:`~fanlora.train.config.TrainConfig`
+A method says how it builds its PEFT config from a ``TrainConfig`` (``cfg`` below; not
+imported here, since the config validates method names against this registry)
 and what else the engine, the pipeline, the report and the serving paths must know of it.
 Adding one is one file with a :class:`Method` subclass and a :func:`register` call, imported
 by this package's ``__init__`` (or by the user's code before the CLI parses its flags: the
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from fanlora.modules.discovery import ModuleLayout
     from fanlora.select.budget import Match
     from fanlora.select.setting import FanLoRASetting
-    from fanlora.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,12 @@ class Method:
     batched_serving: bool = True  # fanlora's batched multi-tenant path serves it
     vllm_serving: bool = True  # vLLM serves it (LoRA weights on linear modules)
 
-    def peft_config(self, cfg: TrainConfig, layout: ModuleLayout, total_steps: int,
+    def peft_config(self, cfg, layout: ModuleLayout, total_steps: int,
                     setting: FanLoRASetting | None):  # fmt: skip
         """The PEFT config to train with; target modules are fully qualified names."""
         raise NotImplementedError
 
-    def alpha(self, cfg: TrainConfig) -> int:
+    def alpha(self, cfg) -> int:
         """One rule for every method: the LoRA path's scale alpha / r is 2 (an explicit
         ``cfg.alpha`` wins)."""
         return cfg.alpha if cfg.alpha is not None else 2 * cfg.rank

@@ -54,7 +54,5 @@ register(
     )
 )
 register(
-    AllModulesLoRA(
-        "lora", "LoRA on every module (matched per kind)", kind_ranks=True, matched=True
-    )
+    AllModulesLoRA("lora", "LoRA on every module (matched per kind)", kind_ranks=True, matched=True)
 )
