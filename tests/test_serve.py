@@ -164,11 +164,62 @@ def test_a_bad_request_gets_its_own_error_and_the_others_are_served(peft_and_ser
     assert [results[0], results[3]] == alone and len(alone[0]["tokens"]) == 5
 
 
-def test_saved_adapters_carry_what_vllm_reads(adapters):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Adapters written by `fanlora train`: FanLoRA on a setting, and LoRA on every module
+    with a rank per kind (a matched budget), a few steps on a small file."""
+    from fanlora.cli.main import main
+    from fanlora.select import ScoreRecord, select_setting
+
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "words.jsonl"
+    words = ["apple", "pear", "plum", "fig"] * 8
+    data.write_text("\n".join(json.dumps({"instruction": f"Say {w}", "output": w}) for w in words))
+    layout = discover_layout(load_model("tiny-random-llama")[0])
+    records = [
+        ScoreRecord(i, k, 1.0 if k in ("q", "up") else -1.0)
+        for i in range(layout.num_layers)
+        for k in layout.kinds
+    ]
+    setting = select_setting(records, layout, 2).save(root / "setting.json")
+    common = ["--data", str(data), "--max-steps", "2", "--eval-every", "2", "--lr", "0.05"]
+    common += ["--batch-size", "8", "--max-length", "48"]
+    (root / "lora.yaml").write_text("rank_pattern: {q: 3, down: 2}\n")  # as a matched budget
+    runs = {
+        "fan": ["--method", "fanlora", "--setting", str(setting), "--rank", "4"],
+        "lora": ["--method", "lora", "--rank", "2", "--config", str(root / "lora.yaml")],
+    }
+    for name, args in runs.items():
+        assert main(["train", *args, *common, "--out", str(root / name)]) == 0
+    config = json.loads((root / "lora" / "adapter_config.json").read_text())
+    assert config["rank_pattern"] == {"self_attn\\.q_proj": 3, "mlp\\.down_proj": 2}
+    return {name: str(root / name) for name in runs}
+
+
+def test_adapters_from_fanlora_train_serve_as_through_peft(trained):
+    peft_model = PeftModel.from_pretrained(
+        load_model("tiny-random-llama")[0], trained["fan"], adapter_name="fan"
+    )
+    peft_model.load_adapter(trained["lora"], adapter_name="lora")
+    peft_model.eval()
+    base, tok = load_model("tiny-random-llama")
+    server = TenantServer(base)
+    for name, folder in trained.items():
+        server.register(name, folder)
+    names = ["fan", "lora", None, "fan", "lora"]
+    batch = batch_of(tok, TEXTS)
+    with torch.no_grad():
+        want = peft_model(**batch, adapter_names=peft_names(names)).logits
+    got = server.forward(batch["input_ids"], batch["attention_mask"], names)
+    mask = batch["attention_mask"].bool()
+    assert (got[mask] - want[mask]).abs().max() < 1e-4
+
+
+def test_saved_adapters_carry_what_vllm_reads(adapters, trained):
     """vLLM's PEFTHelper needs r, lora_alpha and target_modules; it refuses DoRA and
     modules_to_save; its loader wants base_model.model.<module>.lora_{A,B}.weight tensors
     in adapter_model.safetensors whose module suffix it knows (q_proj ... down_proj)."""
-    for folder in adapters.values():
+    for folder in [*adapters.values(), *trained.values()]:
         config = json.loads((Path(folder) / "adapter_config.json").read_text())
         assert isinstance(config["r"], int) and config["r"] > 0
         assert isinstance(config["lora_alpha"], int | float)
