@@ -81,6 +81,14 @@ def _check_value(cls, key: str, value: Any, source: str) -> Any:
     return float(value) if base is float else value
 
 
+def require_positive(obj, *names: str, prefix: str = "") -> None:
+    """Refuse any of ``obj``'s fields ``names`` below 1 (None, for an optional field, passes)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < 1:
+            raise FanLoRAError(f"{prefix}{name} must be >= 1, got {value}")
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:

@@ -181,10 +181,7 @@ def run_tenants(args) -> int:
         if args.counts
         else []
     )
-    verdict = judge(goals)
-    doc = envelope(
-        args, "tenants", started, source, {"goals": goals, "goal_check": verdict, "sweep": sweep}
-    )
+    doc = envelope(args, "tenants", started, source, {"goals": goals, "sweep": sweep})
     if sweep:
         plot_sweep(sweep, Path(args.out).with_suffix(".png"))
     rows = [
@@ -198,29 +195,5 @@ def run_tenants(args) -> int:
         for r in sweep
     ]
     table = md_table(["adapters", "tenants", "path", "tok/s", "s per batch"], rows) + "\n"
-    table += "".join(f"\n- {k}: {v}" for k, v in verdict.items()) + "\n"
     write(args.out, doc, table)
     return 0
-
-
-def judge(goals: dict) -> dict:
-    """The issue's goals (16 and 64 tenants by default), each with the measured ratio and
-    whether it is met."""
-    out = {}
-    sizes = sorted(goals, key=int)
-    if sizes:
-        n, r = sizes[0], goals[sizes[0]]["ratios"]
-        out[f"{n} tenants: batched >= 1.3x PEFT"] = f"{r['batched_vs_peft']:.2f}x: " + (
-            "met" if r["batched_vs_peft"] >= 1.3 else "not met"
-        )
-        out[f"{n} tenants: batched within 5% of one adapter"] = (
-            f"{r['batched_distinct_vs_one_adapter']:.3f}: "
-            + ("met" if r["batched_distinct_vs_one_adapter"] >= 0.95 else "not met")
-        )
-    if len(sizes) > 1:
-        a = goals[sizes[0]]["ratios"]["batched_vs_peft"]
-        b = goals[sizes[-1]]["ratios"]["batched_vs_peft"]
-        out[f"{sizes[-1]} tenants: the gap to PEFT widens"] = (
-            f"{b:.2f}x vs {a:.2f}x at {sizes[0]}: " + ("yes" if b > a else "no")
-        )
-    return out

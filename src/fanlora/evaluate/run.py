@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from fanlora.errors import FanLoRAError
+from fanlora.config import require_positive
 
 METRICS = ("accuracy", "f1_em", "sql_em", "number_acc")
 DEFAULT_NEW_TOKENS = {"f1_em": 32, "sql_em": 128, "number_acc": 24}
@@ -53,12 +53,7 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "seed of the example draw"})
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "num_beams"):
-            if getattr(self, name) < 1:
-                raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("limit", "max_new_tokens", "max_length"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, "batch_size", "num_beams", "limit", "max_new_tokens", "max_length")
 
 
 def choice_records(examples, loglik, loglik_no_eos) -> list[dict]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from fanlora.config import from_mapping, load_yaml
+from fanlora.config import from_mapping, load_yaml, require_positive
 from fanlora.errors import FanLoRAError
 from fanlora.evaluate.run import EvalConfig
 from fanlora.pipeline.stages import STAGES
@@ -52,9 +52,9 @@ class DecodeConfig:
     batch_size: int = field(default=1, metadata={"help": "prompts per generate call"})
 
     def __post_init__(self) -> None:
-        for name in ("runs", "new_tokens", "prompt_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise FanLoRAError(f"decoding.{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(
+            self, "runs", "new_tokens", "prompt_tokens", "batch_size", prefix="decoding."
+        )
         if not self.beams or min(self.beams) < 1:
             raise FanLoRAError(f"decoding.beams must be beam sizes >= 1, got {self.beams}")
 
@@ -102,8 +102,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         from fanlora.data.registry import TASKS, USER_SUFFIXES
 
-        if self.k_max < 1:
-            raise FanLoRAError(f"k_max must be >= 1, got {self.k_max}")
+        require_positive(self, "k_max")
         bad = [m for m in self.methods if m not in downstream_methods()]
         if bad or not self.methods:
             raise FanLoRAError(
@@ -130,7 +129,7 @@ class RunConfig:
 
 def parse_sections(data: dict, source: str) -> dict[str, dict]:
     """Pop and check every section of ``data``: a mapping of known, not pipeline-set keys
-    that builds its dataclass (with harmless placeholders for the pipeline's keys)."""
+    that builds its dataclass (the pipeline's own keys left at their defaults)."""
     sections = {}
     for name, (cls, reserved) in SECTIONS.items():
         section = data.pop(name, None) or {}
@@ -144,8 +143,7 @@ def parse_sections(data: dict, source: str) -> dict[str, dict]:
                 f"{where}: key(s) {keys} are set by the pipeline itself; "
                 "set model, seed and k_max at the top level"
             )
-        placeholders = {"adapter": "(step 1)"} if name == "scoring" else {}
-        from_mapping(cls, {**placeholders, **section}, where)  # validates keys and types
+        from_mapping(cls, section, where)  # validates keys and types
         sections[name] = section
     return sections
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from fanlora.config import require_positive
 from fanlora.errors import FanLoRAError
 from fanlora.models.adapters import adapter_hash
 from fanlora.score.adaptive import adaptive_scores, check_k_max, racing_pays
@@ -70,8 +71,6 @@ class ScoreConfig:
     seed: int = field(default=0, metadata={"help": "seed of the example draw and permutations"})
 
     def __post_init__(self) -> None:
-        if not self.adapter:
-            raise FanLoRAError("--adapter is required: the full-LoRA folder from step 1")
         if self.method not in METHODS:
             raise FanLoRAError(f"unknown method {self.method!r}; choose one of {METHODS}")
         if self.method == "shapley" and self.scope == "model" and self.budget < 1:
@@ -87,13 +86,14 @@ class ScoreConfig:
             raise FanLoRAError(f"--layers must be distinct layer indices >= 0, got {self.layers}")
         if not 0 < self.alpha < 1:
             raise FanLoRAError(f"alpha must be in (0, 1), got {self.alpha}")
-        for name in ("val_examples", "max_length", "batch_size", "k_max", "min_sequences"):
-            if getattr(self, name) < 1:
-                raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, "val_examples", "max_length", "batch_size", "k_max", "min_sequences")
 
 
 def load_adapter(cfg: ScoreConfig):
-    """(peft model, tokenizer, layout); a clear error when the adapter does not fit."""
+    """(peft model, tokenizer, layout); a clear error when the adapter is missing or does
+    not fit. (Checked here, not in the config: a pipeline config leaves it to step 1.)"""
+    if not cfg.adapter:
+        raise FanLoRAError("--adapter is required: the full-LoRA folder from step 1")
     from fanlora.models import load_model
     from fanlora.models.adapters import attach_adapter, check_adapter_folder
     from fanlora.modules import discover_layout

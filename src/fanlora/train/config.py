@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from fanlora.config import require_positive
 from fanlora.errors import FanLoRAError
 from fanlora.train.methods import METHODS, get_method
 
@@ -61,7 +62,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         get_method(self.method)  # an unknown name is an error listing the registered ones
-        for name in (
+        require_positive(
+            self,
             "rank",
             "adalora_init_rank",
             "adalora_target_rank",
@@ -70,11 +72,8 @@ class TrainConfig:
             "eval_every",
             "eval_examples",
             "patience",
-        ):
-            if getattr(self, name) < 1:
-                raise FanLoRAError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise FanLoRAError(f"batch_size must be >= 1, got {self.batch_size}")
+            "batch_size",
+        )
         method = get_method(self.method)
         bad_rank = any(not isinstance(r, int) or r < 1 for r in (self.rank_pattern or {}).values())
         if self.rank_pattern is not None and (not method.kind_ranks or bad_rank):
