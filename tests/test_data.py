@@ -169,6 +169,11 @@ def test_user_files_jsonl_csv_and_chat(tmp_path):
         ({"instruction": "x"}, "row 1: missing output"),
         ({"messages": [{"role": "user", "content": "q"}]}, "assistant turn"),
         ({"instruction": "x", "output": "y", "split": "val"}, "split 'val'"),
+        ({"instruction": "x", "references": []}, "'references' must be a non-empty list"),
+        ({"instruction": "x", "choices": ["a"], "label": 0}, "at least two options"),
+        ({"instruction": "x", "choices": ["a", "b"], "label": 2}, "'label' must be the index"),
+        ({"instruction": "x", "choices": ["a", "b"], "label": "c"}, "'label' must be the index"),
+        ({"output": "y"}, "row 1: missing instruction"),
     ],
 )
 def test_user_file_bad_rows(tmp_path, row, message):
@@ -181,3 +186,51 @@ def test_user_file_bad_rows(tmp_path, row, message):
 def test_example_round_trip():
     e = Example("u", "p", "r", choices=("a", "b"), label=1, references=("r",), group="g")
     assert Example.from_dict(json.loads(json.dumps(e.to_dict()))) == e
+
+
+def test_user_files_carry_references_and_labelled_choices(tmp_path):
+    """Several acceptable answers (scored by the best match) and options with a label
+    (scored by accuracy), as registered tasks have."""
+    from fanlora.data.registry import task_metric
+
+    rows = [
+        {
+            "instruction": "Capital of France?",
+            "references": ["Paris", "paris, France"],
+            "split": "test",
+        },
+        {"instruction": "Capital?", "output": "Rome", "references": ["Roma"], "split": "test"},
+        {"instruction": "2+2?", "choices": ["3", "4"], "label": 1, "split": "dev"},
+        {"instruction": "Sky?", "choices": ["blue", "green"], "label": "blue", "split": "dev"},
+    ]
+    path = tmp_path / "rich.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    paris, rome = load_user_file(path, "test")
+    assert paris.references == ("Paris", "paris, France") and paris.response == "Paris"
+    assert rome.references == ("Rome", "Roma") and rome.response == "Rome"
+    two, sky = load_user_file(path, "dev")
+    assert (two.choices, two.label, two.response) == (("3", "4"), 1, "4")
+    assert (sky.label, sky.response) == (0, "blue")
+    assert task_metric(str(path), [two, sky]) == "accuracy"
+
+
+def test_a_dataset_from_another_source_is_one_registration(tmp_path, tasks_home_dir, monkeypatch):
+    """A task whose builder is not BIG-bench: registered, built and loaded by name."""
+    import shutil
+
+    from fanlora.data.registry import TASKS, TaskSpec, register_task
+
+    home = tmp_path / "home"
+    shutil.copytree(tasks_home_dir, home)
+    monkeypatch.setenv("FANLORA_HOME", str(home))
+    rows = [Example(f"toy/{i}", f"Echo {i}", str(i), group=str(i)) for i in range(60)]
+    register_task(TaskSpec("toy", lambda: rows, (0.5, 0.25, 0.25), "f1_em", "-", "in memory"))
+    try:
+        counts = build_tasks(log=lambda _: None)["counts"]
+        assert sum(counts["toy"].values()) == 60 and counts["squad"]
+        loaded = load_split("toy", "train") + load_split("toy", "dev") + load_split("toy", "test")
+        assert sorted(e.uid for e in loaded) == sorted(e.uid for e in rows)
+        with pytest.raises(FanLoRAError, match="already registered"):
+            register_task(TASKS["toy"])
+    finally:
+        TASKS.pop("toy")

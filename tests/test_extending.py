@@ -55,8 +55,16 @@ def only_q():
 
 def test_a_registered_method_trains(tmp_path, only_q, data_file_words):
     out = tmp_path / "q"
-    cfg = TrainConfig(method="only-q", data=data_file_words, rank=2, lr=1e-2, max_steps=6,
-                      eval_every=3, batch_size=8, max_length=64)  # fmt: skip
+    cfg = TrainConfig(
+        method="only-q",
+        data=data_file_words,
+        rank=2,
+        lr=1e-2,
+        max_steps=6,
+        eval_every=3,
+        batch_size=8,
+        max_length=64,
+    )
     record = train(cfg, out, log=lambda _: None)
     config = json.loads((out / "adapter_config.json").read_text())
     assert all(name.endswith("q_proj") for name in config["target_modules"])

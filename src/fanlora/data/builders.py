@@ -1,15 +1,21 @@
-"""Turn BIG-bench task files into :class:`Example` lists, one builder per dataset.
+"""The BIG-bench source: task files turned into :class:`Example` lists, one builder per
+dataset, and their registration (the end of this file).
 
 Each builder reads the extracted folder ``root`` (``.../benchmark_tasks``) and returns every
-example of its dataset; :mod:`fanlora.data.registry` assigns the splits.
+example of its dataset; :mod:`fanlora.data.registry` assigns the splits. Another source
+(a local corpus, a hub dataset) is one more file like this one: builders that return
+examples, and a :func:`~fanlora.data.registry.register_task` call per dataset.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+from fanlora.data.bigbench import extracted_dir
 from fanlora.data.example import Example
+from fanlora.data.registry import TaskSpec, register_task
 from fanlora.errors import FanLoRAError
 
 LETTERS = "ABCD"
@@ -262,3 +268,92 @@ def build_mc(root: Path) -> list[Example]:
                 )
             )
     return out
+
+
+def from_bigbench(build: Callable[[Path], list[Example]]) -> Callable[[], list[Example]]:
+    """A task builder reading the extracted BIG-bench folder, or saying how to get it."""
+
+    def builder() -> list[Example]:
+        root = extracted_dir()
+        if not (root / "COMPLETE").is_file():
+            raise FanLoRAError("BIG-bench is not extracted yet: run `fanlora data prepare`")
+        return build(root)
+
+    return builder
+
+
+# The paper's datasets as BIG-bench stand-ins, in the order they are built and listed.
+# name, builder, (train, dev, test) fractions, metric, the paper's role, source[, max_length]
+BIGBENCH_TASKS = [
+    (
+        "instruct",
+        build_instruct,
+        (0.98, 0.01, 0.01),
+        "loss",
+        "UltraChat",
+        "BIG-bench natural_instructions (Natural Instructions v1, 61 subtasks)",
+        512,
+    ),
+    # The paper tests on SQuAD's dev set; only that file ships here, so its 48 articles are
+    # split into train/dev/test by article (no passage is shared across splits).
+    (
+        "squad",
+        build_squad,
+        (0.6, 0.1, 0.3),
+        "f1_em",
+        "SQuAD v1.1",
+        "BIG-bench squad_shifts/squaddev_v1.1.json (SQuAD v1.1 dev)",
+        256,
+    ),
+    (
+        "sql",
+        build_sql,
+        (0.7, 0.1, 0.2),
+        "sql_em",
+        "Q2SQL",
+        "BIG-bench semantic_parsing_spider (Spider)",
+        512,
+    ),
+    (
+        "math",
+        build_math,
+        (0.8, 0.1, 0.1),
+        "number_acc",
+        "HSM10K",
+        "BIG-bench elementary_math_qa/question_only (MathQA)",
+        192,
+    ),
+    # BoolQ and COPA lack public test labels, so the paper halves their dev sets; these
+    # sets ship without an official split, so all three splits are drawn by hash.
+    (
+        "yesno",
+        build_yesno,
+        (0.8, 0.1, 0.1),
+        "accuracy",
+        "BoolQ",
+        "BIG-bench strategyqa + yes/no turns of coqa_conversational_question_answering",
+        192,
+    ),
+    (
+        "choice",
+        build_choice,
+        (0.6, 0.2, 0.2),
+        "accuracy",
+        "COPA",
+        "BIG-bench cause_and_effect (one_sentence, two_sentences) + social_iqa",
+        192,
+    ),
+    (
+        "mc",
+        build_mc,
+        (0.6, 0.1, 0.3),
+        "accuracy",
+        "MMLU",
+        "BIG-bench physics, hindu_knowledge, general_knowledge, misconceptions, "
+        "truthful_qa (task_mc)",
+        192,
+    ),
+]
+
+for name, build, fractions, metric, role, source, max_length in BIGBENCH_TASKS:
+    register_task(TaskSpec(name, from_bigbench(build), fractions, metric, role, source, max_length))

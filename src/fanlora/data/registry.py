@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fanlora.data import builders
-from fanlora.data.bigbench import BIGBENCH_VERSION, data_root, extracted_dir
+from fanlora.data.bigbench import BIGBENCH_VERSION, data_root
 from fanlora.data.example import SPLITS, Example, split_of
 from fanlora.errors import FanLoRAError
 from fanlora.utils.io import atomic_dir, atomic_write_json
@@ -27,10 +26,16 @@ TASKS_FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A dataset: how to build it, how to split it, how to score it."""
+    """A dataset: how to build it, how to split it, how to score it.
+
+    ``builder()`` returns every example of the dataset from wherever it comes from (the
+    BIG-bench sources in :mod:`fanlora.data.builders`, a local file, a hub dataset); it may
+    raise :class:`FanLoRAError` saying how to get its data. A new dataset is one
+    :func:`register_task` call in the file of its source.
+    """
 
     name: str
-    builder: Callable[[Path], list[Example]]
+    builder: Callable[[], list[Example]]
     fractions: tuple[float, float, float]  # train, dev, test
     metric: str  # loss | f1_em | sql_em | number_acc | accuracy
     role: str  # the paper's dataset this one stands in for
@@ -41,75 +46,15 @@ class TaskSpec:
     max_length: int = 192
 
 
-TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in [
-        TaskSpec(
-            "instruct",
-            builders.build_instruct,
-            (0.98, 0.01, 0.01),
-            "loss",
-            "UltraChat",
-            "BIG-bench natural_instructions (Natural Instructions v1, 61 subtasks)",
-            512,
-        ),
-        # The paper tests on SQuAD's dev set; only that file ships here, so its 48 articles are
-        # split into train/dev/test by article (no passage is shared across splits).
-        TaskSpec(
-            "squad",
-            builders.build_squad,
-            (0.6, 0.1, 0.3),
-            "f1_em",
-            "SQuAD v1.1",
-            "BIG-bench squad_shifts/squaddev_v1.1.json (SQuAD v1.1 dev)",
-            256,
-        ),
-        TaskSpec(
-            "sql",
-            builders.build_sql,
-            (0.7, 0.1, 0.2),
-            "sql_em",
-            "Q2SQL",
-            "BIG-bench semantic_parsing_spider (Spider)",
-            512,
-        ),
-        TaskSpec(
-            "math",
-            builders.build_math,
-            (0.8, 0.1, 0.1),
-            "number_acc",
-            "HSM10K",
-            "BIG-bench elementary_math_qa/question_only (MathQA)",
-        ),
-        # BoolQ and COPA lack public test labels, so the paper halves their dev sets; these
-        # sets ship without an official split, so all three splits are drawn by hash.
-        TaskSpec(
-            "yesno",
-            builders.build_yesno,
-            (0.8, 0.1, 0.1),
-            "accuracy",
-            "BoolQ",
-            "BIG-bench strategyqa + yes/no turns of coqa_conversational_question_answering",
-        ),
-        TaskSpec(
-            "choice",
-            builders.build_choice,
-            (0.6, 0.2, 0.2),
-            "accuracy",
-            "COPA",
-            "BIG-bench cause_and_effect (one_sentence, two_sentences) + social_iqa",
-        ),
-        TaskSpec(
-            "mc",
-            builders.build_mc,
-            (0.6, 0.1, 0.3),
-            "accuracy",
-            "MMLU",
-            "BIG-bench physics, hindu_knowledge, general_knowledge, misconceptions, "
-            "truthful_qa (task_mc)",
-        ),
-    ]
-}
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Make ``spec`` a dataset name every command accepts (built by `fanlora data prepare`)."""
+    if spec.name in TASKS:
+        raise FanLoRAError(f"a dataset named {spec.name!r} is already registered")
+    TASKS[spec.name] = spec
+    return spec
 
 
 def tasks_dir() -> Path:
@@ -121,14 +66,11 @@ def manifest_path() -> Path:
 
 
 def build_tasks(log: Callable[[str], None] = print) -> dict:
-    """Build every task's splits from the extracted folders; return the manifest."""
-    root = extracted_dir()
-    if not (root / "COMPLETE").is_file():
-        raise FanLoRAError("BIG-bench is not extracted yet: run `fanlora data prepare`")
+    """Build every registered task's splits; return the manifest."""
     with atomic_dir(tasks_dir()) as work:
         counts = {}
         for spec in TASKS.values():
-            examples = spec.builder(root)
+            examples = spec.builder()
             counts[spec.name] = write_splits(work / spec.name, examples, spec.fractions)
             log(f"  {spec.name:<9} {counts[spec.name]}")
         manifest = {
@@ -247,28 +189,65 @@ def _user_example(path: Path, i: int, row: dict) -> Example:
         if not messages or messages[-1].get("role") != "assistant":
             raise FanLoRAError(f"{where}: 'messages' must end with an assistant turn")
         prompt = "\n\n".join(m["content"] for m in messages[:-1] if m.get("role") != "system")
-        output = messages[-1]["content"]
+        row = {**row, "output": messages[-1]["content"]}
+    elif not row.get("instruction"):
+        raise FanLoRAError(
+            f"{where}: missing instruction (need instruction, optional input, and output, "
+            "references or choices + label; or chat 'messages')"
+        )
     else:
-        missing = [k for k in ("instruction", "output") if not row.get(k)]
-        if missing:
-            raise FanLoRAError(
-                f"{where}: missing {', '.join(missing)} (need instruction, "
-                "optional input, output; or chat 'messages')"
-            )
         prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-        output = str(row["output"])
+    if "choices" in row:
+        choices, label = _user_choices(where, row)
+        return Example(
+            f"{path.name}/{i}",
+            prompt,
+            choices[label],
+            choices=choices,
+            label=label,
+            meta={"split": split},
+        )
+    references = _user_references(where, row)
     return Example(
-        uid=f"{path.name}/{i}",
-        prompt=prompt,
-        response=output,
-        references=(output,),
-        meta={"split": split},
+        f"{path.name}/{i}", prompt, references[0], references=references, meta={"split": split}
     )
 
 
+def _user_references(where: str, row: dict) -> tuple[str, ...]:
+    """``references`` (every acceptable answer; the first is trained on unless ``output``
+    is given, which then comes first) or ``output`` alone."""
+    refs = row.get("references")
+    if refs is not None and (
+        not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r for r in refs)
+    ):
+        raise FanLoRAError(f"{where}: 'references' must be a non-empty list of answers")
+    output = str(row["output"]) if row.get("output") not in (None, "") else None
+    if output is None and not refs:
+        raise FanLoRAError(f"{where}: missing output (or references, or choices + label)")
+    return tuple(dict.fromkeys([*([output] if output else []), *(refs or [])]))
+
+
+def _user_choices(where: str, row: dict) -> tuple[tuple[str, ...], int]:
+    """``choices`` (the options) and ``label`` (the right one's index, or its text)."""
+    choices, label = row.get("choices"), row.get("label")
+    if not isinstance(choices, list) or len(choices) < 2:
+        raise FanLoRAError(f"{where}: 'choices' must be a list of at least two options")
+    choices = tuple(str(c) for c in choices)
+    if isinstance(label, str) and label in choices:
+        label = choices.index(label)
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+        raise FanLoRAError(
+            f"{where}: 'label' must be the index of the right choice "
+            f"(0-{len(choices) - 1}) or its text; got {label!r}"
+        )
+    return choices, label
+
+
 def load_user_file(path: Path, split: str) -> list[Example]:
-    """A user's JSONL/JSON/CSV rows (``instruction``/``input``/``output`` or ``messages``);
-    a ``split`` column is honoured, otherwise rows are split 90/5/5 by hash."""
+    """A user's JSONL/JSON/CSV rows: ``instruction`` (+ optional ``input``) with ``output``,
+    ``references`` (a list of acceptable answers) or ``choices`` + ``label`` (scored by
+    accuracy); or chat ``messages``. A ``split`` column is honoured, otherwise rows are
+    split 90/5/5 by hash."""
     examples = [_user_example(path, i, row) for i, row in enumerate(_user_rows(path))]
     return [e for e in examples if _user_split(e) == split]
 

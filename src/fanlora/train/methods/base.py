@@ -38,8 +38,9 @@ class Method:
     batched_serving: bool = True  # fanlora's batched multi-tenant path serves it
     vllm_serving: bool = True  # vLLM serves it (LoRA weights on linear modules)
 
-    def peft_config(self, cfg, layout: ModuleLayout, total_steps: int,
-                    setting: FanLoRASetting | None):  # fmt: skip
+    def peft_config(
+        self, cfg, layout: ModuleLayout, total_steps: int, setting: FanLoRASetting | None
+    ):
         """The PEFT config to train with; target modules are fully qualified names."""
         raise NotImplementedError
 
