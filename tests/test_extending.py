@@ -1,6 +1,7 @@
 """Extending fanlora by adding one file: a toy training method, defined here and registered,
-trains, is offered by `fanlora train --help`, runs in a pipeline and shows in its report;
-nothing else in fanlora knows its name."""
+trains, is offered by `fanlora train --help`, runs in a pipeline and shows in its report; a
+toy scorer scores, journals and resumes through `fanlora score`. Nothing else in fanlora
+knows their names."""
 
 import json
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from peft import LoraConfig, TaskType
 from fanlora.cli.main import main
 from fanlora.pipeline.config import run_config_from
 from fanlora.pipeline.run import run_pipeline
+from fanlora.score.scorer import SCORERS, Scorer, module_key, parse_module_key, register_scorer
 from fanlora.train import TrainConfig
 from fanlora.train.methods import METHODS, Method, register
 from fanlora.train.run import train
@@ -86,3 +88,70 @@ def test_a_registered_method_runs_in_a_pipeline_and_the_report(tasks_home, tmp_p
     doc = json.loads((tmp_path / "run/5-eval/yesno/only-q/metrics.json").read_text())
     report = (tmp_path / "run/report/report.md").read_text()
     assert f"| only-q | 2,048 | 4 | {doc['value']:.1f}" in report
+
+
+# --- a toy scorer -------------------------------------------------------------------
+
+
+class LoRANorm(Scorer):
+    """||B A||_F of every module: no evaluation at all, a unit per module."""
+
+    def prepare(self, ctx, log):
+        ctx.notes["toy"] = True
+
+    def units(self, ctx):
+        return [module_key(k) for k in ctx.gates.keys]
+
+    def compute(self, ctx, key):
+        module = ctx.gates.modules[parse_module_key(key)]
+        a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+        return {"norm": float((b @ a).norm())}
+
+    def records(self, ctx):
+        return [
+            {"layer": k[0], "module": k[1], "score": ctx.journal.get(module_key(k))["norm"]}
+            for k in ctx.gates.keys
+        ]
+
+
+@pytest.fixture
+def lora_norm():
+    scorer = register_scorer(LoRANorm("lora-norm", "||BA|| per module (a toy)"))
+    yield scorer
+    SCORERS.pop(scorer.name)
+
+
+def test_a_registered_scorer_scores_journals_and_resumes(tmp_path, lora_norm, monkeypatch, capsys):
+    from test_score import make_adapter
+
+    adapter = make_adapter(tmp_path / "a", zero=[(1, "v")])
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "\n".join(json.dumps({"instruction": f"Say {i}", "output": "ok"}) for i in range(8))
+    )
+    args = [
+        "score",
+        "--method",
+        "lora-norm",
+        "--adapter",
+        adapter,
+        "--data",
+        str(data),
+        "--split",
+        "train",
+        "--val-examples",
+        "4",
+        "--out",
+        str(tmp_path / "s.json"),
+    ]
+    assert main(args) == 0
+    doc = json.loads((tmp_path / "s.json").read_text())
+    by = {(r["layer"], r["module"]): r["score"] for r in doc["scores"]}
+    assert len(by) == 28 and by[(1, "v")] == 0.0 and by[(0, "q")] > 0
+    assert doc["method"] == "lora-norm" and doc["toy"] is True
+    calls = []
+    monkeypatch.setattr(LoRANorm, "compute", lambda self, ctx, key: calls.append(key))
+    assert main(args) == 0 and calls == []  # every unit came from the journal
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    assert "lora-norm" in capsys.readouterr().out

@@ -206,10 +206,12 @@ def test_resume_recomputes_nothing_finished(tmp_path, adapter, data_file, monkey
     calls["kill"] = True
     with pytest.raises(KeyboardInterrupt):
         run_score(tmp_path, adapter, data_file, "killed.json")
-    done = calls["n"] - 1
+    lines = (tmp_path / "killed.json.journal" / "rank-0.jsonl").read_text().splitlines()
+    keys = [json.loads(line)["key"] for line in lines[1:]]
+    assert keys[:2] == ["all", "none"] and len(keys) == 2 + 8  # module 9 was cut short
     calls.update(n=0, kill=False)
     resumed = run_score(tmp_path, adapter, data_file, "killed.json")
-    assert calls["n"] == 2 + 2 * 28 - done  # only what the journal lacked
+    assert calls["n"] == 2 * (28 - 8)  # only the modules the journal lacked, two models each
     assert [r["score"] for r in resumed["scores"]] == [r["score"] for r in straight["scores"]]
 
 
@@ -596,3 +598,62 @@ def test_fast_equals_straightforward_on_every_architecture(model_type):
     for open_keys, layer, base_ in checks:
         a, b = fast(open_keys, layer, base_), plain(open_keys, layer, base_)
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), (model_type, layer, base_)
+
+
+def test_sensitivity_is_journalled_per_batch_and_resumes(tmp_path, adapter, data_file, monkeypatch):
+    from fanlora.score import sensitivity as sens
+
+    doc = run_score(tmp_path, adapter, data_file, "g.json", method="sensitivity", batch_size=4)
+    lines = (tmp_path / "g.json.journal" / "rank-0.jsonl").read_text().splitlines()
+    keys = [json.loads(line)["key"] for line in lines[1:]]
+    assert keys == [f"grad:b{i}" for i in range(4)] and len(doc["scores"]) == 28
+    calls = []
+    monkeypatch.setattr(sens, "batch_sensitivity", lambda *a: calls.append(a))
+    again = run_score(tmp_path, adapter, data_file, "g.json", method="sensitivity", batch_size=4)
+    assert calls == [] and again["scores"] == doc["scores"]
+
+
+@pytest.mark.slow
+def test_two_processes_share_sensitivity_batches_with_the_same_scores(tmp_path, adapter, data_file):
+    import os
+
+    one = run_score(tmp_path, adapter, data_file, "one.json", method="sensitivity", batch_size=4)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29547",
+            "-m",
+            "fanlora.cli.main",
+            "score",
+            "--adapter",
+            adapter,
+            "--data",
+            data_file,
+            "--val-examples",
+            "16",
+            "--batch-size",
+            "4",
+            "--method",
+            "sensitivity",
+            "--out",
+            str(tmp_path / "two.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank1 = (tmp_path / "two.json.journal" / "rank-1.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in rank1[1:]] == ["grad:b1", "grad:b3"]
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert [r["score"] for r in two["scores"]] == pytest.approx(
+        [r["score"] for r in one["scores"]], rel=1e-5
+    )

@@ -2,96 +2,120 @@
 
 Two ways to the same numbers: ``straightforward`` runs the full model for each of the
 2 N_mod L + 2 gate settings; ``fast`` (default) reuses cached layer inputs and computes
-logits only at response positions (see :mod:`fanlora.score.evaluator`).
+logits only at response positions (see :mod:`fanlora.score.evaluator`). With ``--adaptive``
+the modules of each layer are raced (:mod:`fanlora.score.adaptive`) when the validation set
+is large enough for racing to stop a module early, and scored exactly otherwise.
+
+Units of work: ``all`` and ``none`` (the two reference models), then one per module
+(``module:<layer>:<kind>``: its S(without) and S(only) per-sequence statistics); racing
+works per layer (``race:<layer>``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from fanlora.score.evaluator import PrefixCache, ValSet, full_eval, score_of
-from fanlora.score.gates import Gates, Key
-from fanlora.score.journal import Journal
-
-# (open gates, layer, "on"/"off"[, batch indices]) -> per-sequence stats
-Evaluate = Callable[..., torch.Tensor]
-
-
-def straightforward(model, gates: Gates, valset: ValSet) -> Evaluate:
-    def evaluate(open_keys: set, layer: int, base: str) -> torch.Tensor:
-        gates.set_open(open_keys)
-        return full_eval(model, valset)
-
-    return evaluate
-
-
-def fast(model, gates: Gates, valset: ValSet) -> Evaluate:
-    cache = PrefixCache(model, valset)
-    gates.all_open()
-    prefixes = {"on": cache.capture()}
-    gates.set_open(())
-    prefixes["off"] = cache.capture()
-
-    def evaluate(open_keys: set, layer: int, base: str, batches=None) -> torch.Tensor:
-        gates.set_open(open_keys)
-        return cache.tail(prefixes[base], layer, batches)
-
-    return evaluate
+from fanlora.score.adaptive import adaptive_scores, check_k_max, racing_pays
+from fanlora.score.evaluator import (  # noqa: F401  (re-exported: AB's two ways)
+    Evaluate,
+    ValSet,
+    fast,
+    journalled,
+    score_of,
+    straightforward,
+)
+from fanlora.score.scorer import (
+    Context,
+    Scorer,
+    module_key,
+    parse_module_key,
+    register_scorer,
+)
 
 
-def journalled(journal: Journal, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-    if key not in journal:
-        journal.write(key, stats=compute().tolist())
-    return torch.tensor(journal.get(key)["stats"])
+def stats_of(entry: dict) -> torch.Tensor:
+    return torch.tensor(entry["stats"])
 
 
-def ab_scores(
-    evaluate: Evaluate,
-    gates: Gates,
-    valset: ValSet,
-    metric: str,
-    journal: Journal,
-    keys: list[Key],
-    progress=None,
-) -> None:
-    """Journal S(all), S(none) and, for each of ``keys``, S(without) and S(only)."""
-    every = set(gates.keys)
-    last = max(layer for layer, _ in gates.keys)
-    journalled(journal, "all", lambda: evaluate(every, last, "on"))
-    journalled(journal, "none", lambda: evaluate(set(), last, "off"))
-    for layer, kind in keys:
-        name = f"{layer}:{kind}"
-        if f"without:{name}" not in journal or f"only:{name}" not in journal:
-            key = (layer, kind)
-            journalled(journal, f"without:{name}", lambda k=key: evaluate(every - {k}, k[0], "on"))
-            journalled(journal, f"only:{name}", lambda k=key: evaluate({k}, k[0], "off"))
-        if progress is not None:
-            progress.update(1)
-
-
-def ab_records(journal: Journal, gates: Gates, valset: ValSet, metric: str) -> list[dict]:
-    """Score records (eq. 3) from a complete journal, with every term kept."""
-    s = {
-        name: score_of(torch.tensor(journal.get(name)["stats"]), valset, metric)
-        for name in ("all", "none")
+def ab_record(key, s_all: float, s_none: float, without: float, only: float) -> dict:
+    """One module's record with every term of eq. 3 kept, so a reader can recompute V."""
+    score = s_all - without + only - s_none
+    return {
+        "layer": key[0],
+        "module": key[1],
+        "score": score,
+        "s_all": s_all,
+        "s_none": s_none,
+        "s_without": without,
+        "s_only": only,
     }
-    records = []
-    for layer, kind in gates.keys:
-        without = score_of(
-            torch.tensor(journal.get(f"without:{layer}:{kind}")["stats"]), valset, metric
-        )
-        only = score_of(torch.tensor(journal.get(f"only:{layer}:{kind}")["stats"]), valset, metric)
-        records.append(
-            {
-                "layer": layer,
-                "module": kind,
-                "score": s["all"] - without + only - s["none"],
-                "s_all": s["all"],
-                "s_none": s["none"],
-                "s_without": without,
-                "s_only": only,
-            }
-        )
-    return records
+
+
+class AB(Scorer):
+    """Exact AB-scores (fast or straightforward), or raced ones with ``--adaptive``."""
+
+    def check(self, cfg, gates) -> None:
+        if cfg.adaptive:
+            check_k_max(gates, cfg.k_max)
+
+    def prepare(self, ctx: Context, log) -> None:
+        cfg = ctx.cfg
+        ctx.notes["racing_fallback"] = None
+        if cfg.adaptive:
+            reason = racing_pays(ctx.valset, cfg.min_sequences)
+            if reason:
+                log(f"--adaptive: {reason}; scoring every module exactly (fast mode) instead")
+            ctx.notes["racing_fallback"] = reason
+        ctx.notes["racing"] = cfg.adaptive and not ctx.notes["racing_fallback"]
+        build = fast if cfg.mode == "fast" or ctx.notes["racing"] else straightforward
+        ctx.evaluate = build(ctx.model, ctx.gates, ctx.valset)
+
+    def units(self, ctx: Context) -> list[str]:
+        if ctx.notes["racing"]:
+            return [f"race:{layer}" for layer in ctx.gates.layers]
+        return ["all", "none", *(module_key(k) for k in ctx.gates.keys)]
+
+    def compute(self, ctx: Context, key: str) -> dict:
+        every, last, evaluate = set(ctx.gates.keys), ctx.gates.layers[-1], ctx.evaluate
+        if key == "all":
+            return {"stats": evaluate(every, last, "on").tolist()}
+        if key == "none":
+            return {"stats": evaluate(set(), last, "off").tolist()}
+        if key.startswith("race:"):
+            cfg = ctx.cfg
+            records = adaptive_scores(
+                evaluate,
+                ctx.gates,
+                ctx.valset,
+                ctx.journal,
+                cfg.k_max,
+                cfg.alpha,
+                cfg.min_sequences,
+                layers=[int(key.split(":")[1])],
+            )
+            return {"records": records}
+        module = parse_module_key(key)
+        without = evaluate(every - {module}, module[0], "on")
+        only = evaluate({module}, module[0], "off")
+        return {"without": without.tolist(), "only": only.tolist()}
+
+    def records(self, ctx: Context) -> list[dict]:
+        journal, valset, metric = ctx.journal, ctx.valset, ctx.cfg.metric
+        if ctx.notes["racing"]:
+            return [r for key in self.units(ctx) for r in journal.get(key)["records"]]
+        s = {
+            name: score_of(stats_of(journal.get(name)), valset, metric) for name in ("all", "none")
+        }
+        out = []
+        for key in ctx.gates.keys:
+            entry = journal.get(module_key(key))
+            without = score_of(torch.tensor(entry["without"]), valset, metric)
+            only = score_of(torch.tensor(entry["only"]), valset, metric)
+            out.append(ab_record(key, s["all"], s["none"], without, only))
+        return out
+
+    def label(self, ctx: Context) -> str:
+        return "ab-adaptive" if ctx.notes["racing"] else "ab"
+
+
+register_scorer(AB("ab", "AB-score, eq. 3 (fast exact by default; --adaptive races)", "unit"))

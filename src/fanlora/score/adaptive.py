@@ -29,8 +29,7 @@ import torch
 from scipy.stats import t as student_t
 
 from fanlora.errors import FanLoRAError
-from fanlora.score.ab import Evaluate, journalled
-from fanlora.score.evaluator import ValSet
+from fanlora.score.evaluator import Evaluate, ValSet, journalled
 from fanlora.score.gates import Gates, Key
 from fanlora.score.journal import Journal
 

@@ -14,6 +14,7 @@ and logits are computed only at response positions.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,8 @@ from fanlora.errors import FanLoRAError
 from fanlora.models.losses import sequence_losses
 from fanlora.modules.architectures import FINAL_NORMS
 from fanlora.modules.discovery import find_layer_list
+from fanlora.score.gates import Gates
+from fanlora.score.journal import Journal
 
 
 @dataclass
@@ -190,3 +193,35 @@ class PrefixCache:
         stats[:, 0].index_add_(0, rows, losses)
         stats[:, 1].index_add_(0, rows, torch.ones_like(losses))
         return stats
+
+
+# (open gates, layer, "on"/"off"[, batch indices]) -> per-sequence stats
+Evaluate = Callable[..., torch.Tensor]
+
+
+def straightforward(model, gates: Gates, valset: ValSet) -> Evaluate:
+    def evaluate(open_keys: set, layer: int, base: str) -> torch.Tensor:
+        gates.set_open(open_keys)
+        return full_eval(model, valset)
+
+    return evaluate
+
+
+def fast(model, gates: Gates, valset: ValSet) -> Evaluate:
+    cache = PrefixCache(model, valset)
+    gates.all_open()
+    prefixes = {"on": cache.capture()}
+    gates.set_open(())
+    prefixes["off"] = cache.capture()
+
+    def evaluate(open_keys: set, layer: int, base: str, batches=None) -> torch.Tensor:
+        gates.set_open(open_keys)
+        return cache.tail(prefixes[base], layer, batches)
+
+    return evaluate
+
+
+def journalled(journal: Journal, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    if key not in journal:
+        journal.write(key, stats=compute().tolist())
+    return torch.tensor(journal.get(key)["stats"])

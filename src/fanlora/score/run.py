@@ -7,13 +7,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from tqdm.auto import tqdm
 
 from fanlora.config import require_positive
 from fanlora.errors import FanLoRAError
 from fanlora.models.adapters import adapter_hash
-from fanlora.score.adaptive import adaptive_scores, check_k_max, racing_pays
+from fanlora.score import ab, sensitivity, shapley  # noqa: F401  (register the scorers)
+from fanlora.score.journal import Journal
+from fanlora.score.scorer import SCORERS, Context, Scorer, get_scorer
 
-METHODS = ("ab", "shapley", "sensitivity")
+# The layout of the journal's entries; a journal of another layout is another run.
+JOURNAL_FORMAT = 2
 
 
 @dataclass
@@ -27,7 +32,9 @@ class ScoreConfig:
     val_examples: int = field(default=64, metadata={"help": "examples drawn from the split"})
     max_length: int = field(default=256, metadata={"help": "tokens per sequence"})
     batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
-    method: str = field(default="ab", metadata={"help": "scoring method", "choices": METHODS})
+    method: str = field(
+        default="ab", metadata={"help": "scoring method (registered)", "choices": SCORERS}
+    )
     metric: str = field(
         default="loss",
         metadata={"help": "S_val: loss or accuracy", "choices": ("loss", "accuracy")},
@@ -71,8 +78,7 @@ class ScoreConfig:
     seed: int = field(default=0, metadata={"help": "seed of the example draw and permutations"})
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise FanLoRAError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        get_scorer(self.method)  # an unknown name is an error listing the registered ones
         if self.method == "shapley" and self.scope == "model" and self.budget < 1:
             raise FanLoRAError(f"--budget must be >= 1 permutation, got {self.budget}")
         if self.adaptive and (self.method != "ab" or self.metric != "loss"):
@@ -134,7 +140,11 @@ def identity(cfg: ScoreConfig) -> dict:
         "k_max",
     )
     # not ``layers``: journal entries are per layer, so runs on other layers share them
-    return {**{k: getattr(cfg, k) for k in keys}, "adapter_sha256": adapter_hash(cfg.adapter)}
+    return {
+        **{k: getattr(cfg, k) for k in keys},
+        "adapter_sha256": adapter_hash(cfg.adapter),
+        "journal_format": JOURNAL_FORMAT,
+    }
 
 
 def build_and_gate(cfg: ScoreConfig):
@@ -149,137 +159,62 @@ def build_and_gate(cfg: ScoreConfig):
 
 
 def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
-    """Score every LoRA module; write ``out`` (JSON) and its heatmap (PNG) on the main process."""
-    from accelerate import PartialState
-
-    from fanlora.score.journal import Journal
-
+    """Score every LoRA module with ``cfg.method``'s scorer; write ``out`` (JSON) and its
+    heatmap (PNG) on the main process. Units of work are shared out across processes and
+    journalled next to ``out``, so a killed run resumes where it stopped."""
     started = time.time()
     state = PartialState(cpu=not torch.cuda.is_available())
+    scorer = get_scorer(cfg.method)
     model, gates, valset = build_and_gate(cfg)
+    scorer.check(cfg, gates)  # refuse before the journal is opened
     out = Path(out)
-    if cfg.method == "shapley" and cfg.scope == "layer":
-        scored_layers(cfg, gates)  # refuse unknown --layers before the journal is opened
     journal = Journal(out.with_name(out.name + ".journal"), identity(cfg), state.process_index)
     try:
-        return _score_into(cfg, out, journal, state, model, gates, valset, started, log)
+        ctx = Context(cfg, model, gates, valset, journal)
+        scorer.prepare(ctx, log)
+        run_units(scorer, ctx, state)
+        if not state.is_main_process:
+            return None
+        journal.reload()
+        records = scorer.records(ctx)
+        return write_scores(ctx, scorer.label(ctx), out, records, time.time() - started, log)
     finally:
         journal.close()
 
 
-def _score_into(cfg, out, journal, state, model, gates, valset, started, log) -> dict | None:
-    from tqdm.auto import tqdm
-
-    from fanlora.score import ab, shapley
-
-    layout = gates.layout
-    if cfg.adaptive:
-        check_k_max(gates, cfg.k_max)
-    fallback = racing_pays(valset, cfg.min_sequences) if cfg.adaptive else None
-    if fallback:
-        log(f"--adaptive: {fallback}; scoring every module exactly (fast mode) instead")
-    racing = cfg.adaptive and not fallback
-    evaluate = None  # sensitivity needs no gated evaluator; adaptive races on the fast one
-    if cfg.method != "sensitivity":
-        fast = cfg.mode == "fast" or cfg.adaptive
-        evaluate = (ab.fast if fast else ab.straightforward)(model, gates, valset)
-    mine = gates.keys[state.process_index :: state.num_processes]
+def run_units(scorer: Scorer, ctx: Context, state) -> None:
+    """This process's share of the scorer's units; each finished one is journalled."""
+    units = scorer.units(ctx)
+    mine = units[state.process_index :: state.num_processes]
     bar = tqdm(
         total=len(mine),
-        unit="module",
-        desc=f"score {cfg.method} ({cfg.mode})",
+        unit=scorer.unit,
+        desc=f"score {scorer.name} ({ctx.cfg.mode})",
         disable=not state.is_main_process,
     )
-    extra: dict = {}
-    if racing:
-        shard = gates.layers[state.process_index :: state.num_processes]
-        adaptive_scores(
-            evaluate,
-            gates,
-            valset,
-            journal,
-            cfg.k_max,
-            cfg.alpha,
-            cfg.min_sequences,
-            progress=bar,
-            layers=shard,
-        )
-    elif cfg.method == "ab":
-        ab.ab_scores(evaluate, gates, valset, cfg.metric, journal, mine, bar)
-    elif cfg.method == "shapley" and cfg.scope == "layer":
-        layers = scored_layers(cfg, gates)[state.process_index :: state.num_processes]
-        bar.reset(total=len(layers))
-        for layer in layers:
-            if f"phi:{layer}" not in journal:
-                phi = shapley.exact_layer(evaluate, gates, valset, cfg.metric, journal, layer)
-                journal.write(f"phi:{layer}", phi=phi)
-            bar.update(1)
-    elif cfg.method == "shapley":
-        bar.reset(total=cfg.budget)
-        if state.is_main_process:  # permutations are sequential; one process draws them
-            extra = shapley.monte_carlo(
-                evaluate, gates, valset, cfg.metric, journal, cfg.budget, cfg.seed, bar
-            )
+    for key in mine:
+        if key not in ctx.journal:
+            ctx.journal.write(key, **scorer.compute(ctx, key))
+        bar.update(1)
     bar.close()
     state.wait_for_everyone()
-    if not state.is_main_process:
-        return None
-    journal.reload()
-    records = collect(cfg, journal, gates, valset, model, evaluate, extra, racing)
-    doc = write_scores(cfg, out, records, layout, valset, time.time() - started, log, fallback)
-    return doc
 
 
-def scored_layers(cfg: ScoreConfig, gates) -> list[int]:
-    """``cfg.layers`` (checked against the model), or every layer."""
-    if not cfg.layers:
-        return list(gates.layers)
-    missing = sorted(set(cfg.layers) - set(gates.layers))
-    if missing:
-        raise FanLoRAError(
-            f"--layers {missing}: {cfg.model} has layers {gates.layers[0]}-{gates.layers[-1]}"
-        )
-    return sorted(cfg.layers)
-
-
-def collect(cfg, journal, gates, valset, model, evaluate, extra, racing) -> list[dict]:
-    from fanlora.score import ab
-    from fanlora.score.sensitivity import sensitivity
-
-    if racing:  # every race is journalled: this only reads the journal back
-        return adaptive_scores(
-            evaluate, gates, valset, journal, cfg.k_max, cfg.alpha, cfg.min_sequences
-        )
-    if cfg.method == "ab":
-        return ab.ab_records(journal, gates, valset, cfg.metric)
-    if cfg.method == "sensitivity":
-        values = sensitivity(model, gates, valset)
-        return [{"layer": l_, "module": k, "score": v} for (l_, k), v in values.items()]
-    if cfg.scope == "layer":
-        return [
-            {"layer": l_, "module": k, "score": v}
-            for l_ in scored_layers(cfg, gates)
-            for k, v in journal.get(f"phi:{l_}")["phi"].items()
-        ]
-    return [
-        {"layer": l_, "module": k, "score": m, "stderr": se} for (l_, k), (m, se) in extra.items()
-    ]
-
-
-def write_scores(cfg, out: Path, records, layout, valset, wall, log, fallback=None) -> dict:
+def write_scores(ctx: Context, method: str, out: Path, records, wall, log) -> dict:
     from fanlora.score.heatmap import draw_heatmap
     from fanlora.select.scores import ScoreRecord
     from fanlora.utils.io import atomic_write_json
 
+    cfg, layout, valset = ctx.cfg, ctx.gates.layout, ctx.valset
     doc = {
         "format": "fanlora-scores",
         "model": cfg.model,
         "adapter": cfg.adapter,
-        "method": cfg.method + ("-adaptive" if cfg.adaptive and not fallback else ""),
+        "method": method,
         "metric": cfg.metric,
-        "racing_fallback": fallback,
         "mode": cfg.mode,
         "scope": cfg.scope,
+        **ctx.notes,
         "validation": {
             "data": cfg.data,
             "split": cfg.split,

@@ -1,0 +1,92 @@
+"""What a scoring method is, and the registry of scoring methods.
+
+A scorer splits its work into units, each a key of the run's journal: the units are shared
+out across processes (``torchrun``), each finished unit is journalled (so a killed run
+recomputes nothing), the progress bar counts units, and the records are read back from the
+complete journal. Adding a scorer is one file with a :class:`Scorer` subclass and a
+:func:`register_scorer` call, imported by :mod:`fanlora.score.run`'s registrations (or by
+the user's code before the CLI parses its flags).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fanlora.errors import FanLoRAError
+from fanlora.score.evaluator import Evaluate, fast, straightforward
+
+
+@dataclass
+class Context:
+    """What a scorer works on: the config, the gated model, the validation set, the
+    journal, and the gated evaluator once :meth:`Scorer.prepare` has built it."""
+
+    cfg: Any  # ScoreConfig
+    model: Any  # the PEFT model, gradients off
+    gates: Any  # fanlora.score.gates.Gates
+    valset: Any  # fanlora.score.evaluator.ValSet
+    journal: Any  # fanlora.score.journal.Journal
+    evaluate: Evaluate | None = None
+    notes: dict = field(default_factory=dict)  # written into the scores file
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A scoring method. Subclasses define the units of work and how to compute them."""
+
+    name: str
+    help: str = ""
+    unit: str = "module"  # what the progress bar counts
+
+    def check(self, cfg, gates) -> None:
+        """Refuse a config that does not fit the model, before the journal is opened."""
+
+    def prepare(self, ctx: Context, log) -> None:
+        """Check the config against the model and build what the units need (default: the
+        gated evaluator of ``cfg.mode``, fast exact or straightforward)."""
+        build = fast if ctx.cfg.mode == "fast" else straightforward
+        ctx.evaluate = build(ctx.model, ctx.gates, ctx.valset)
+
+    def units(self, ctx: Context) -> list[str]:
+        """The journal keys of the units of work, in order."""
+        raise NotImplementedError
+
+    def compute(self, ctx: Context, key: str) -> dict:
+        """The journal entry (JSON values) of one unit."""
+        raise NotImplementedError
+
+    def records(self, ctx: Context) -> list[dict]:
+        """``{"layer", "module", "score", ...}`` per module, from the complete journal."""
+        raise NotImplementedError
+
+    def label(self, ctx: Context) -> str:
+        """The scores file's ``method``."""
+        return self.name
+
+
+SCORERS: dict[str, Scorer] = {}
+
+
+def register_scorer(scorer: Scorer) -> Scorer:
+    """Make ``scorer`` known to ``fanlora score --method NAME`` and the pipeline."""
+    if scorer.name in SCORERS:
+        raise FanLoRAError(f"a scoring method named {scorer.name!r} is already registered")
+    SCORERS[scorer.name] = scorer
+    return scorer
+
+
+def get_scorer(name: str) -> Scorer:
+    if name not in SCORERS:
+        raise FanLoRAError(f"unknown scoring method {name!r}; choose one of {', '.join(SCORERS)}")
+    return SCORERS[name]
+
+
+def module_key(key: tuple[int, str]) -> str:
+    """``"module:<layer>:<kind>"``: the journal key of a per-module unit."""
+    return f"module:{key[0]}:{key[1]}"
+
+
+def parse_module_key(text: str) -> tuple[int, str]:
+    _, layer, kind = text.split(":", 2)
+    return int(layer), kind
