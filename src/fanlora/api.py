@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fanlora.run_layout import RunLayout
 from fanlora.select.setting import FanLoRASetting
 
 
@@ -53,7 +54,7 @@ def find_setting(
     run_dir.open(cfg.to_dict())
     units = [u for u in build_units(cfg, run_dir) if u.stage in ("full-lora", "scores", "setting")]
     run_units(run_dir, units)
-    return FanLoRASetting.load(run_dir.path / "3-setting" / "setting.json")
+    return FanLoRASetting.load(RunLayout(run_dir.path).setting)
 
 
 def _config(top: dict, sections: dict):

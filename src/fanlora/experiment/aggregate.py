@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fanlora.experiment.paired import paired_markdown, paired_summary
 from fanlora.pipeline.stages import RESULTS_VERSION
+from fanlora.run_layout import REPORT, SCORES, RunLayout
 from fanlora.utils.io import atomic_write_json, atomic_write_text, read_json_if_present
 
 STATS = ("median", "min", "max", "runs", "values", "metric", "trainable_params")
@@ -24,10 +25,10 @@ def point_rows(point, folder: Path) -> list[dict]:
     cfg = point.config
     for task in cfg.tasks:
         for method in (["base"] if cfg.eval_base else []) + cfg.methods:
-            doc = read_json_if_present(folder / "5-eval" / task / method / "metrics.json")
+            doc = read_json_if_present(RunLayout(folder).metrics(task, method))
             if doc is None:
                 continue
-            trained = folder / "4-downstream" / task / method / "run.json"
+            trained = RunLayout(folder).trained_run(task, method)
             trained = read_json_if_present(trained) or {}
             rows.append(
                 {
@@ -79,7 +80,7 @@ def aggregate(name: str, out: Path, points) -> dict:
     for point in points:
         folder = out / point.name
         run = read_json_if_present(folder / "run.json")
-        report = read_json_if_present(folder / "report" / "stage.json")
+        report = read_json_if_present(RunLayout(folder).stage_record(REPORT))
         status[point.name] = (
             "failed"
             if (folder / "failure.txt").is_file() and not report
@@ -94,9 +95,7 @@ def aggregate(name: str, out: Path, points) -> dict:
         rows += point_rows(point, folder)
     grid_keys = list(points[0].values) if points else []  # as written, linked keys joined
     decoding = {
-        p.name: doc
-        for p in points
-        if (doc := read_json_if_present(out / p.name / "6-decode" / "decode.json"))
+        p.name: doc for p in points if (doc := read_json_if_present(RunLayout(out / p.name).decode))
     }
     agreement = score_agreement(out, points)
     distinct = sorted(set(codes.values()))
@@ -125,8 +124,8 @@ def score_agreement(out: Path, points) -> dict | None:
 
     files, layout, seen = {}, None, set()
     for point in points:
-        stage = read_json_if_present(out / point.name / "2-scores" / "stage.json")
-        doc = read_json_if_present(out / point.name / "2-scores" / "scores.json")
+        stage = read_json_if_present(RunLayout(out / point.name).stage_record(SCORES))
+        doc = read_json_if_present(RunLayout(out / point.name).scores)
         if not doc or not stage or stage.get("key") in seen:
             continue
         seen.add(stage["key"])

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import binomtest
 
+from fanlora.run_layout import RunLayout
 from fanlora.utils.io import md_table
 
 REFERENCE = "fanlora"
@@ -123,7 +124,7 @@ def paired_summary(rows: list[dict], out: Path, keys: list[str]) -> list[dict]:
     for group in groups.values():
         others = [m for m in dict.fromkeys(r["method"] for r in group) if m != REFERENCE]
         points = sorted({r["point"] for r in group if r["method"] == REFERENCE})
-        folders = [out / p / "5-eval" / group[0]["task"] for p in points]
+        folders = [RunLayout(out / p).eval_task(group[0]["task"]) for p in points]
         for other in others:
             result = compare(folders, other)
             if result is not None:

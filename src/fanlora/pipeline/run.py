@@ -17,6 +17,16 @@ from pathlib import Path
 
 from fanlora.pipeline.config import RunConfig
 from fanlora.pipeline.stages import STAGES, RunDir, Unit, run_units
+from fanlora.run_layout import (
+    DECODE,
+    FULL_LORA,
+    REPORT,
+    SCORES,
+    SETTING,
+    RunLayout,
+    downstream_unit,
+)
+from fanlora.run_layout import eval_unit as eval_unit_name
 from fanlora.select import FanLoRASetting
 from fanlora.train.config import TrainConfig
 from fanlora.train.methods import get_method
@@ -42,7 +52,7 @@ def train_unit(
 
         extra = {}
         if setting_unit:
-            extra["setting"] = str(run_dir.path / setting_unit / "setting.json")
+            extra["setting"] = str(RunLayout(run_dir.path).setting)
         extra.update(matched_ranks(cfg, section, extra.get("setting")))
         tc = TrainConfig(**{**params, **extra})
         record = train(tc, str(folder), resume=True, log=_log(run_dir))
@@ -96,7 +106,7 @@ def scores_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
     def run(folder: Path) -> dict:
         from fanlora.score.run import ScoreConfig, score
 
-        adapter = str(run_dir.path / "1-full-lora")
+        adapter = str(RunLayout(run_dir.path).full_lora)
         doc = score(
             ScoreConfig(**params, adapter=adapter), folder / "scores.json", log=_log(run_dir)
         )
@@ -109,7 +119,7 @@ def scores_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
     # Racing stops on the layer's top-K_max boundary, so adaptive scores depend on K_max;
     # exact scores do not (K_max only marks the heatmap), and are shared across K_max.
     key = params if params.get("adaptive") else {k: v for k, v in params.items() if k != "k_max"}
-    return Unit("2-scores", "scores", key, run, ("scores.json",), ("1-full-lora",))
+    return Unit(SCORES, "scores", key, run, ("scores.json",), (FULL_LORA,))
 
 
 def setting_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
@@ -118,21 +128,21 @@ def setting_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
         from fanlora.select import parse_scores, select_setting
         from fanlora.utils.io import read_json
 
-        doc = read_json(run_dir.path / "2-scores" / "scores.json", "scores file")
+        doc = read_json(RunLayout(run_dir.path).scores, "scores file")
         layout = ModuleLayout.from_dict(doc["layout"])
         setting = select_setting(parse_scores(doc, layout), layout, cfg.k_max, model=cfg.model)
-        setting.extra["scores_file"] = "../2-scores/scores.json"
+        setting.extra["scores_file"] = f"../{SCORES}/scores.json"
         setting.save(folder / "setting.json")
         _log(run_dir)(
             f"setting: {setting.num_modules} modules; layers per kind {setting.kind_counts()}"
         )
         return {"modules": setting.num_modules, "kind_counts": setting.kind_counts()}
 
-    return Unit("3-setting", "setting", {"k_max": cfg.k_max}, run, ("setting.json",), ("2-scores",))
+    return Unit(SETTING, "setting", {"k_max": cfg.k_max}, run, ("setting.json",), (SCORES,))
 
 
 def eval_unit(cfg: RunConfig, run_dir: RunDir, task: str, method: str) -> Unit:
-    adapter_unit = None if method == "base" else f"4-downstream/{task}/{method}"
+    adapter_unit = None if method == "base" else downstream_unit(task, method)
     # the test rows are drawn with a fixed seed, not the run's: every method of every seed is
     # evaluated on the same rows, which the paired statistics need
     params = {
@@ -151,9 +161,8 @@ def eval_unit(cfg: RunConfig, run_dir: RunDir, task: str, method: str) -> Unit:
         return {"metric": doc["metric"], "value": doc["value"], "examples": doc["examples"]}
 
     deps = (adapter_unit,) if adapter_unit else ()
-    return Unit(
-        f"5-eval/{task}/{method}", "eval", params, run, ("metrics.json", "predictions.jsonl"), deps
-    )
+    outputs = ("metrics.json", "predictions.jsonl")
+    return Unit(eval_unit_name(task, method), "eval", params, run, outputs, deps)
 
 
 def decode_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
@@ -163,12 +172,12 @@ def decode_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
     def run(folder: Path) -> dict:
         from fanlora.pipeline.decoding import decode_variants
 
-        adapters = {m: run_dir.path / f"4-downstream/{task}/{m}" for m in cfg.methods}
+        adapters = {m: RunLayout(run_dir.path).downstream(task, m) for m in cfg.methods}
         doc = decode_variants(cfg.model, adapters, params, folder / "decode.json")
         return {"rows": len(doc["rows"])}
 
-    deps = tuple(f"4-downstream/{task}/{m}" for m in cfg.methods)
-    return Unit("6-decode", "decode", params, run, ("decode.json",), deps)
+    deps = tuple(downstream_unit(task, m) for m in cfg.methods)
+    return Unit(DECODE, "decode", params, run, ("decode.json",), deps)
 
 
 def report_unit(run_dir: RunDir, deps: list[str]) -> Unit:
@@ -178,16 +187,15 @@ def report_unit(run_dir: RunDir, deps: list[str]) -> Unit:
         paths = write_report(run_dir.path, folder)
         return {"files": [str(p.relative_to(folder)) for p in paths]}
 
-    return Unit(
-        "report", "report", {"report_version": 1}, run, ("report.md", "report.html"), tuple(deps)
-    )
+    outputs = ("report.md", "report.html")
+    return Unit(REPORT, "report", {"report_version": 1}, run, outputs, tuple(deps))
 
 
 def build_units(cfg: RunConfig, run_dir: RunDir) -> list[Unit]:
     """Every unit of the run, in an order that respects their dependencies."""
     step1 = {"data": "instruct", **cfg.section("full_lora"), "method": "full-lora"}
     units = [
-        train_unit(cfg, run_dir, "1-full-lora", "full-lora", step1),
+        train_unit(cfg, run_dir, FULL_LORA, "full-lora", step1),
         scores_unit(cfg, run_dir),
         setting_unit(cfg, run_dir),
     ]
@@ -198,10 +206,10 @@ def build_units(cfg: RunConfig, run_dir: RunDir) -> list[Unit]:
                 train_unit(
                     cfg,
                     run_dir,
-                    f"4-downstream/{task}/{method}",
+                    downstream_unit(task, method),
                     "downstream",
                     section,
-                    "3-setting" if uses_setting(cfg, method) else None,
+                    SETTING if uses_setting(cfg, method) else None,
                 )
             )
     for task in cfg.tasks:

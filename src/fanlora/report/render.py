@@ -11,6 +11,7 @@ import math
 import re
 from pathlib import Path
 
+from fanlora.run_layout import RunLayout
 from fanlora.train.methods import METHODS
 from fanlora.utils.io import atomic_write_text, md_table, read_json, read_json_if_present
 
@@ -48,11 +49,11 @@ def downstream_section(run: Path, cfg: dict) -> tuple[str, list[str]]:
         params, rank = "0", "-"
         cells = []
         for task in cfg["tasks"]:
-            trained = read_json_if_present(run / "4-downstream" / task / method / "run.json")
+            trained = read_json_if_present(RunLayout(run).trained_run(task, method))
             if trained:
                 params = f"{trained['trainable_params']:,}"
                 rank = trained["config"]["rank"] if is_ranked(method) else "-"
-            doc = read_json_if_present(run / "5-eval" / task / method / "metrics.json")
+            doc = read_json_if_present(RunLayout(run).metrics(task, method))
             if doc is None:
                 cells.append("not run")
                 continue
@@ -111,7 +112,7 @@ def task_note(task: str, docs: dict[str, dict]) -> str:
 
 
 def decode_section(run: Path) -> tuple[str, list[str]]:
-    doc = read_json_if_present(run / "6-decode" / "decode.json")
+    doc = read_json_if_present(RunLayout(run).decode)
     return ("", []) if doc is None else decode_table(doc)
 
 
@@ -166,14 +167,14 @@ def setting_section(run: Path, figures: Path) -> tuple[str, list[str]]:
     from fanlora.score.heatmap import draw_heatmap
     from fanlora.select import FanLoRASetting, parse_scores
 
-    path = run / "3-setting" / "setting.json"
+    path = RunLayout(run).setting
     if not path.is_file():
         return "The setting has not been computed yet.", []
     setting = FanLoRASetting.load(path)
     draw_setting(setting, figures / "setting.png")
     draw_kind_counts(setting, figures / "kinds.png")
     parts = []
-    scores = read_json_if_present(run / "2-scores" / "scores.json")
+    scores = read_json_if_present(RunLayout(run).scores)
     if scores:
         records = parse_scores(scores, setting.layout)
         draw_heatmap(
@@ -211,7 +212,7 @@ def setting_section(run: Path, figures: Path) -> tuple[str, list[str]]:
 
 def render_markdown(run: Path, figures: Path) -> str:
     cfg = read_json(run / "run.json", "run.json")["config"]
-    step1 = read_json_if_present(run / "1-full-lora" / "run.json")
+    step1 = read_json_if_present(RunLayout(run).full_lora / "run.json")
     setting_md, setting_notes = setting_section(run, figures)
     down_md, down_notes = downstream_section(run, cfg)
     dec_md, dec_notes = decode_section(run)
