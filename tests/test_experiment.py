@@ -70,16 +70,16 @@ def test_grid_runs_reuse_shared_units_and_aggregate_medians(tasks_home, tmp_path
 
 
 def test_a_crashing_run_is_reported_and_the_grid_goes_on(tasks_home, tmp_path, monkeypatch):
-    import fanlora.pipeline.run as run_mod
+    import fanlora.experiment.grid as grid_mod
 
-    real = run_mod.run_pipeline
+    real = grid_mod.run_pipeline
 
     def flaky(cfg, out, start_from=None, reuse=()):
         if cfg.seed == 1:
             raise RuntimeError("simulated crash")
         return real(cfg, out, start_from, reuse)
 
-    monkeypatch.setattr(run_mod, "run_pipeline", flaky)
+    monkeypatch.setattr(grid_mod, "run_pipeline", flaky)
     path = grid_file(tmp_path, {"seed": [1, 0]})
     assert main(["experiment", str(path)]) == 1
     results = json.loads((tmp_path / "runs" / "results.json").read_text())

@@ -353,7 +353,7 @@ def test_agreement_heatmap_labels_every_cell(tmp_path, monkeypatch):
         seen["titles"] = [ax.get_title() for ax in fig.axes]
         return original(fig, path, **kw)
 
-    monkeypatch.setattr(plotting, "save_figure", spy)
+    monkeypatch.setattr(compare_module, "save_figure", spy)
     path = compare_module.plot_agreement(result, tmp_path / "a.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert seen["cells"] == [["1.00", "0.25", "0.25", "1.00"], ["1.00", "0.50", "0.50", "1.00"]]

@@ -14,15 +14,25 @@ folders are the same as ``fanlora run`` / ``fanlora eval`` would make.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
+from peft import get_peft_model
+
+from fanlora.evaluate.run import EvalConfig
+from fanlora.evaluate.run import evaluate as run_eval
+from fanlora.models import load_model
+from fanlora.modules import discover_layout
+from fanlora.pipeline.config import load_run_config, run_config_from
+from fanlora.pipeline.run import build_units, run_pipeline
+from fanlora.pipeline.stages import RunDir, run_units
 from fanlora.run_layout import RunLayout
 from fanlora.select.setting import FanLoRASetting
+from fanlora.train.methods import check_setting_matches
 
 
 def load(model: str, dtype: str = "float32"):
     """(model, tokenizer) for a preset name, a local folder or a cached Hugging Face id."""
-    from fanlora.models import load_model
 
     return load_model(model, dtype)
 
@@ -39,9 +49,6 @@ def find_setting(
     """Steps 1-3 into folder ``out`` (resumable, like ``fanlora run``): full LoRA on ``data``,
     AB-scores, and the setting with at most ``k_max`` modules per layer. ``full_lora`` and
     ``scoring`` take any `fanlora train` / `fanlora score` option."""
-    from fanlora.pipeline.config import load_run_config
-    from fanlora.pipeline.run import build_units
-    from fanlora.pipeline.stages import RunDir, run_units
 
     defaults = load_run_config(None)
     sections = {
@@ -58,8 +65,6 @@ def find_setting(
 
 
 def _config(top: dict, sections: dict):
-    from fanlora.pipeline.config import run_config_from
-
     return run_config_from({**top, **sections}, "fanlora.api")
 
 
@@ -72,10 +77,6 @@ def apply_setting(
 ):
     """Fresh LoRA modules of rank ``rank`` on exactly the setting's modules of ``model``
     (a transformers model): ``peft.get_peft_model(model, setting.to_lora_config(...))``."""
-    from peft import get_peft_model
-
-    from fanlora.modules import discover_layout
-    from fanlora.train.methods import check_setting_matches
 
     if not isinstance(setting, FanLoRASetting):
         setting = FanLoRASetting.load(setting)
@@ -92,10 +93,6 @@ def evaluate(
 ) -> dict:
     """``fanlora eval``: the task's metric (appendix A.2); ``options`` are EvalConfig fields.
     Writes metrics.json and predictions.jsonl into ``out`` (default: a temporary folder)."""
-    import tempfile
-
-    from fanlora.evaluate.run import EvalConfig
-    from fanlora.evaluate.run import evaluate as run_eval
 
     cfg = EvalConfig(model=model, task=task, adapter=str(adapter) if adapter else None, **options)
     return run_eval(cfg, out or tempfile.mkdtemp(prefix="fanlora-eval-"))
@@ -109,7 +106,5 @@ def run(
 ) -> dict:
     """``fanlora run``: the whole pipeline from a YAML file (None: the embedded default),
     with top-level keys overridden by keyword; returns every unit's record."""
-    from fanlora.pipeline.config import load_run_config
-    from fanlora.pipeline.run import run_pipeline
 
     return run_pipeline(load_run_config(config, overrides), out, start_from)

@@ -13,8 +13,16 @@ import platform
 import time
 from pathlib import Path
 
+import torch
+
 from fanlora.errors import FanLoRAError
-from fanlora.utils.io import md_table
+from fanlora.models import load_config
+from fanlora.modules.discovery import layout_from_config
+from fanlora.select import FanLoRASetting
+from fanlora.serve.bench import bench_decode, bench_goals, bench_sweep, plot_sweep
+from fanlora.train.methods import random_setting
+from fanlora.train.run import versions
+from fanlora.utils.io import atomic_write_json, atomic_write_text, md_table
 
 
 def _common(p) -> None:
@@ -60,11 +68,6 @@ def register(sub) -> None:
 
 
 def load_setting(args):
-    from fanlora.models import load_config
-    from fanlora.modules.discovery import layout_from_config
-    from fanlora.select import FanLoRASetting
-    from fanlora.train.methods import random_setting
-
     if args.setting:
         return FanLoRASetting.load(args.setting), args.setting
     layout = layout_from_config(load_config(args.model))
@@ -73,10 +76,6 @@ def load_setting(args):
 
 
 def envelope(args, kind: str, started: float, setting_source: str, body: dict) -> dict:
-    import torch
-
-    from fanlora.train.run import versions
-
     return {
         "benchmark": kind,
         "model": args.model,
@@ -92,8 +91,6 @@ def envelope(args, kind: str, started: float, setting_source: str, body: dict) -
 
 
 def write(out: str, doc: dict, table: str) -> None:
-    from fanlora.utils.io import atomic_write_json, atomic_write_text
-
     atomic_write_json(out, json.loads(json.dumps(doc, default=float)))
     atomic_write_text(Path(out).with_suffix(".md"), table)
     print(table)
@@ -101,8 +98,6 @@ def write(out: str, doc: dict, table: str) -> None:
 
 
 def run_decode(args) -> int:
-    from fanlora.serve.bench import bench_decode
-
     if args.runs < 1 or args.new_tokens < 1 or args.prompt_tokens < 1:
         raise FanLoRAError("--runs, --new-tokens and --prompt-tokens must be >= 1")
     started = time.time()
@@ -151,8 +146,6 @@ def run_decode(args) -> int:
 
 
 def run_tenants(args) -> int:
-    from fanlora.serve.bench import bench_goals, bench_sweep, plot_sweep
-
     started = time.time()
     setting, source = load_setting(args)
     goals = {}

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fanlora.cli.select_cmd import layout_for_scores
 from fanlora.errors import FanLoRAError
+from fanlora.score.compare import STATISTICS, compare, plot_agreement, render_markdown
+from fanlora.select import parse_scores
 from fanlora.utils.io import atomic_write_json, atomic_write_text, read_json
 
 
@@ -31,10 +34,6 @@ def short_names(paths: list[str]) -> list[str]:
 
 
 def run(args) -> int:
-    from fanlora.cli.select_cmd import layout_for_scores
-    from fanlora.score.compare import STATISTICS, compare, plot_agreement, render_markdown
-    from fanlora.select import parse_scores
-
     if len(args.files) < 2:
         raise FanLoRAError("compare needs at least two score files")
     docs = {

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fanlora.data.bigbench import extracted_dir, install_extracted
 from fanlora.data.example import SPLITS
+from fanlora.data.registry import TASKS, build_tasks, read_manifest, split_counts, tasks_dir
 
 
 def register(sub) -> None:
@@ -21,17 +23,12 @@ def register(sub) -> None:
 
 
 def _tasks_complete() -> bool:
-    from fanlora.data.registry import TASKS, read_manifest, tasks_dir
-
     if read_manifest() is None:
         return False
     return all((tasks_dir() / t / f"{s}.jsonl").is_file() for t in TASKS for s in SPLITS)
 
 
 def prepare(args) -> int:
-    from fanlora.data.bigbench import extracted_dir, install_extracted
-    from fanlora.data.registry import build_tasks
-
     if _tasks_complete() and not args.force:
         print(f"data already prepared in {extracted_dir().parent}; nothing to do")
         return 0
@@ -43,8 +40,6 @@ def prepare(args) -> int:
 
 
 def list_tasks(args) -> int:
-    from fanlora.data.registry import TASKS, split_counts
-
     counts = split_counts()
     print(
         f"{'dataset':<10}{'metric':<12}{'role':<12}"

@@ -9,7 +9,7 @@ Examples::
 from __future__ import annotations
 
 from fanlora.config import add_dataclass_args, resolve
-from fanlora.evaluate.run import EvalConfig
+from fanlora.evaluate.run import EvalConfig, evaluate
 
 
 def register(sub) -> None:
@@ -21,7 +21,5 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from fanlora.evaluate.run import evaluate
-
     evaluate(resolve(EvalConfig, args, args.config), args.out)
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fanlora.experiment.grid import run_experiment
+
 
 def register(sub) -> None:
     p = sub.add_parser("experiment", help="run a grid of pipelines and aggregate the results")
@@ -13,8 +15,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from fanlora.experiment.grid import run_experiment
-
     results = run_experiment(args.config, aggregate_only=args.aggregate_only)
     failed = {k: v for k, v in results["runs"].items() if v == "failed"}
     print(f"results: {len(results['rows'])} rows; runs {results['runs']}")

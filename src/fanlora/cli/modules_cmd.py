@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from fanlora.modules.discovery import ModuleLayout
+from fanlora.models import load_config
+from fanlora.modules.discovery import ModuleLayout, layout_from_config
 
 
 def register(sub) -> None:
@@ -38,9 +39,6 @@ def format_layout(layout: ModuleLayout, model: str) -> str:
 
 
 def run(args) -> int:
-    from fanlora.models import load_config
-    from fanlora.modules.discovery import layout_from_config
-
     layout = layout_from_config(load_config(args.model))
     if args.json:
         print(json.dumps(layout.to_dict(), indent=2))

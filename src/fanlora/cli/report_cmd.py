@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fanlora.errors import FanLoRAError
+from fanlora.report.render import write_report
+
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="render a run folder's report (markdown and HTML)")
@@ -13,9 +16,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from fanlora.errors import FanLoRAError
-    from fanlora.report.render import write_report
-
     run_dir = Path(args.run_dir)
     if not (run_dir / "run.json").is_file():
         raise FanLoRAError(f"{run_dir} is not a fanlora run folder (no run.json)")

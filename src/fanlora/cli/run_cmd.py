@@ -14,7 +14,9 @@ import dataclasses
 import sys
 
 from fanlora.config import add_dataclass_args
-from fanlora.pipeline.config import RunConfig
+from fanlora.errors import FanLoRAError
+from fanlora.pipeline.config import RunConfig, default_config_path, load_run_config
+from fanlora.pipeline.run import run_pipeline
 from fanlora.pipeline.stages import STAGES
 
 
@@ -31,10 +33,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from fanlora.errors import FanLoRAError
-    from fanlora.pipeline.config import default_config_path, load_run_config
-    from fanlora.pipeline.run import run_pipeline
-
     if args.print_default:
         sys.stdout.write(default_config_path().read_text(encoding="utf-8"))
         return 0

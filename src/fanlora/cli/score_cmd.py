@@ -11,7 +11,7 @@ Examples::
 from __future__ import annotations
 
 from fanlora.config import add_dataclass_args, resolve
-from fanlora.score.run import ScoreConfig
+from fanlora.score.run import ScoreConfig, score
 
 
 def register(sub) -> None:
@@ -23,7 +23,5 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from fanlora.score.run import score
-
     score(resolve(ScoreConfig, args, args.config), args.out)
     return 0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fanlora.errors import FanLoRAError
-from fanlora.modules.discovery import ModuleLayout
+from fanlora.models import load_config
+from fanlora.modules.discovery import ModuleLayout, layout_from_config
 from fanlora.select import parse_scores, select_setting
 from fanlora.utils.io import read_json
 
@@ -26,8 +27,6 @@ def layout_for_scores(doc: dict, model: str | None) -> tuple[ModuleLayout, str]:
     name = model or (doc.get("model") if isinstance(doc, dict) else None)
     if not name:
         raise FanLoRAError("the scores file names no model or layout: pass --model")
-    from fanlora.models import load_config
-    from fanlora.modules.discovery import layout_from_config
 
     return layout_from_config(load_config(name)), name
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fanlora.config import add_dataclass_args, resolve
 from fanlora.train.config import TrainConfig
+from fanlora.train.run import train
 
 
 def register(sub) -> None:
@@ -24,8 +25,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from fanlora.train.run import train
-
     cfg = resolve(TrainConfig, args, args.config)
     record = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if record.get("status") == "finished":  # only the main process has the full record

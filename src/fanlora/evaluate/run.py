@@ -12,7 +12,16 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from fanlora.config import require_positive
+from fanlora.data.registry import load_sample, task_max_length, task_metric
+from fanlora.evaluate.choice import option_loglik
+from fanlora.evaluate.generate import generate, prompt_ids, references_kept
+from fanlora.evaluate.metrics import score_generated
+from fanlora.models.adapters import adapter_hash, load_with_adapter
+from fanlora.train.run import versions
+from fanlora.utils.io import atomic_write_json, atomic_write_text
 
 METRICS = ("accuracy", "f1_em", "sql_em", "number_acc")
 DEFAULT_NEW_TOKENS = {"f1_em": 32, "sql_em": 128, "number_acc": 24}
@@ -86,7 +95,6 @@ def choice_records(examples, loglik, loglik_no_eos) -> list[dict]:
 def generated_records(examples, texts, metric: str, kept=None) -> list[dict]:
     """Per example: the answer, the references, the metric values and whether a reference
     survived the prompt's truncation (``reference_in_prompt``, None when none could)."""
-    from fanlora.evaluate.metrics import score_generated
 
     records = []
     kept = kept or [None] * len(examples)
@@ -123,15 +131,12 @@ def summarize(records: list[dict], metric: str) -> dict[str, float]:
 def predict(cfg: EvalConfig, model, tokenizer, examples, metric: str, progress=None):
     """Per-example records for ``examples`` under ``metric``."""
     if metric == "accuracy":
-        from fanlora.evaluate.choice import option_loglik
-
         if progress is not None:
             progress.reset(total=sum(len(e.choices) for e in examples))
         loglik, plain = option_loglik(
             model, tokenizer, examples, cfg.max_length, cfg.batch_size, progress
         )
         return choice_records(examples, loglik, plain)
-    from fanlora.evaluate.generate import generate, prompt_ids, references_kept
 
     new = cfg.max_new_tokens or DEFAULT_NEW_TOKENS[metric]
     prompts = prompt_ids(tokenizer, examples, cfg.max_length - new)
@@ -142,12 +147,6 @@ def predict(cfg: EvalConfig, model, tokenizer, examples, metric: str, progress=N
 def evaluate(cfg: EvalConfig, out: str | Path, log=print, model=None, tokenizer=None) -> dict:
     """Evaluate and write ``out``/predictions.jsonl and ``out``/metrics.json; return the
     metrics. ``model``/``tokenizer`` may be passed in to skip loading them again."""
-    from tqdm.auto import tqdm
-
-    from fanlora.data.registry import load_sample, task_max_length, task_metric
-    from fanlora.models.adapters import adapter_hash, load_with_adapter
-    from fanlora.train.run import versions
-    from fanlora.utils.io import atomic_write_json, atomic_write_text
 
     started = time.time()
     examples = load_sample(cfg.task, cfg.split, cfg.limit, cfg.seed)

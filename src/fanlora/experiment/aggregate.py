@@ -13,9 +13,14 @@ import statistics
 from pathlib import Path
 
 from fanlora.experiment.paired import paired_markdown, paired_summary
+from fanlora.modules.discovery import ModuleLayout
 from fanlora.pipeline.stages import RESULTS_VERSION
+from fanlora.report.render import decode_table
 from fanlora.run_layout import REPORT, SCORES, RunLayout
+from fanlora.score.compare import agreement_tables, compare, plot_agreement
+from fanlora.select import parse_scores
 from fanlora.utils.io import atomic_write_json, atomic_write_text, read_json_if_present
+from fanlora.utils.plotting import pyplot, save_figure
 
 STATS = ("median", "min", "max", "runs", "values", "metric", "trainable_params")
 
@@ -118,9 +123,6 @@ def aggregate(name: str, out: Path, points) -> dict:
 def score_agreement(out: Path, points) -> dict | None:
     """Pairwise Spearman / Kendall / top-K agreement of the runs' step-2 scores (the
     paper's table 4 across seeds), when at least two runs have distinct scores."""
-    from fanlora.modules.discovery import ModuleLayout
-    from fanlora.score.compare import compare
-    from fanlora.select import parse_scores
 
     files, layout, seen = {}, None, set()
     for point in points:
@@ -183,15 +185,12 @@ def render_markdown(results: dict) -> str:
         lines += ["", *paired_markdown(results["paired"], varying_keys(summary))]
     agree = results.get("score_agreement")
     if agree:
-        from fanlora.score.compare import agreement_tables
-
         lines += [
             "",
             "## Agreement of the step-2 scores between runs (table 4)",
             "",
             *agreement_tables(agree),
         ]
-    from fanlora.report.render import decode_table
 
     for name, doc in results.get("decoding", {}).items():
         text, notes = decode_table(doc)
@@ -222,7 +221,6 @@ def sweep_key(summary: list[dict]) -> str | None:
 def plot(results: dict, path: Path) -> Path | None:
     """Median test metric per method and task, bars (or error bars of a sweep) from min to
     max over seeds: a line per method over the sweep key when the grid has one."""
-    from fanlora.utils.plotting import pyplot, save_figure
 
     summary = results["summary"]
     if not summary:
@@ -286,6 +284,4 @@ def write_results(results: dict, out: Path) -> None:
     atomic_write_text(out / "results.md", render_markdown(results))
     plot(results, out / "results.png")
     if results.get("score_agreement"):
-        from fanlora.score.compare import plot_agreement
-
         plot_agreement(results["score_agreement"], out / "agreement.png")

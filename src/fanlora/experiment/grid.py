@@ -28,7 +28,9 @@ from pathlib import Path
 
 from fanlora.config import load_yaml
 from fanlora.errors import FanLoRAError
+from fanlora.experiment.aggregate import aggregate, write_results
 from fanlora.pipeline.config import RunConfig, run_config_from
+from fanlora.pipeline.run import run_pipeline
 
 
 @dataclass
@@ -133,8 +135,6 @@ def load_experiment(path: str | Path) -> tuple[str, Path, list[Point]]:
 
 def run_experiment(path: str | Path, log=print, aggregate_only: bool = False) -> dict:
     """Run every point (skipping finished ones), then aggregate; return the results."""
-    from fanlora.experiment.aggregate import aggregate, write_results
-    from fanlora.pipeline.run import run_pipeline
 
     name, out, points = load_experiment(path)
     log(f"experiment {name}: {len(points)} run(s) under {out}")

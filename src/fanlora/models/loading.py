@@ -15,24 +15,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from fanlora.errors import FanLoRAError
+from fanlora.models.smollm2 import convert_smollm2
+from fanlora.models.tiny import build_tiny_llama
 from fanlora.paths import fanlora_home
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _write_tiny(dest: Path, dtype: str) -> None:
-    from fanlora.models.tiny import build_tiny_llama
-
     model, tokenizer = build_tiny_llama()
     model.to(DTYPES[dtype]).save_pretrained(dest)
     tokenizer.save_pretrained(dest)
 
 
 def _write_smollm2(dest: Path, dtype: str) -> None:
-    from fanlora.models.smollm2 import convert_smollm2
-
     convert_smollm2(dest, DTYPES[dtype])
 
 
@@ -79,8 +80,6 @@ def resolve_model(name: str, dtype: str = "float32") -> Path:
 
 
 def _cached_hub_snapshot(name: str) -> Path:
-    from huggingface_hub import snapshot_download
-
     try:
         return Path(snapshot_download(name, local_files_only=True))
     except Exception:
@@ -93,14 +92,12 @@ def _cached_hub_snapshot(name: str) -> Path:
 
 def load_config(name: str):
     """The model's config (cheap: no weights are read)."""
-    from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(resolve_model(name), local_files_only=True)
 
 
 def load_tokenizer(name: str, dtype: str = "float32"):
     """The model's tokenizer, with a pad token (eos when the model has none)."""
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(name, dtype), local_files_only=True)
     if tokenizer.pad_token is None:
@@ -110,8 +107,6 @@ def load_tokenizer(name: str, dtype: str = "float32"):
 
 def load_model(name: str, dtype: str = "float32"):
     """(model, tokenizer) for ``name`` in eval mode on the CPU."""
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     folder = resolve_model(name, dtype)
     hf_logging.disable_progress_bar()  # one bar per load is noise; fanlora shows its own

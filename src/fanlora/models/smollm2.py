@@ -12,6 +12,7 @@ import importlib.util
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from fanlora.errors import FanLoRAError
 
@@ -34,7 +35,6 @@ def gguf_folder() -> Path:
 
 def convert_smollm2(dest: Path, dtype: torch.dtype = torch.float32) -> None:
     """Write SmolLM2-135M-Instruct as a safetensors checkpoint with its tokenizer to ``dest``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     folder = gguf_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)

@@ -8,6 +8,8 @@ same formatting code runs on the tiny model and the real one.
 from __future__ import annotations
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -21,8 +23,6 @@ TINY_SEED = 0
 
 def make_byte_tokenizer(model_max_length: int = 512):
     """A byte-level tokenizer (vocab: 4 specials + 256 bytes) with a ChatML template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + alphabet)}
@@ -43,7 +43,6 @@ def make_byte_tokenizer(model_max_length: int = 512):
 
 def tiny_llama_config(vocab_size: int, **overrides):
     """LLaMA config of the tiny preset: 4 layers, hidden 64, 4 heads / 2 KV heads, MLP 128."""
-    from transformers import LlamaConfig
 
     params = dict(
         vocab_size=vocab_size,
@@ -61,7 +60,6 @@ def tiny_llama_config(vocab_size: int, **overrides):
 
 def build_tiny_llama():
     """(model, tokenizer) of the preset, identical on every call (seed 0)."""
-    from transformers import LlamaForCausalLM
 
     tokenizer = make_byte_tokenizer()
     config = tiny_llama_config(

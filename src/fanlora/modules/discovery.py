@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from fanlora.errors import FanLoRAError
 from fanlora.modules.architectures import kinds_for
@@ -131,7 +132,6 @@ def discover_layout(model: nn.Module) -> ModuleLayout:
 
 def layout_from_config(config) -> ModuleLayout:
     """Discover the layout from a config alone, building the model on the meta device."""
-    from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)

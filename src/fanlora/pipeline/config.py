@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from fanlora.config import from_mapping, load_yaml, require_positive
+from fanlora.data.registry import TASKS, USER_SUFFIXES
 from fanlora.errors import FanLoRAError
 from fanlora.evaluate.run import EvalConfig
 from fanlora.pipeline.stages import STAGES
@@ -100,8 +101,6 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
-        from fanlora.data.registry import TASKS, USER_SUFFIXES
-
         require_positive(self, "k_max")
         bad = [m for m in self.methods if m not in downstream_methods()]
         if bad or not self.methods:

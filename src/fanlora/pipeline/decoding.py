@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
+from fanlora.data.registry import load_sample
+from fanlora.models.adapters import load_with_adapter
 from fanlora.pipeline.config import DecodeConfig
+from fanlora.serve.decode import fixed_prompt, measure, unmerged_variants
+from fanlora.train.run import versions
+from fanlora.utils.io import atomic_write_json
 
 
 def decode_variants(
@@ -12,14 +20,6 @@ def decode_variants(
 ) -> dict:
     """Time generation for the base and for each adapter, unmerged; write ``out`` and
     return it."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from fanlora.data.registry import load_sample
-    from fanlora.models.adapters import load_with_adapter
-    from fanlora.serve.decode import fixed_prompt, measure, unmerged_variants
-    from fanlora.train.run import versions
-    from fanlora.utils.io import atomic_write_json
 
     dc = DecodeConfig(**{k: v for k, v in params.items() if k in DecodeConfig.__annotations__})
     base, tokenizer = load_with_adapter(model_name, None)

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fanlora.evaluate.run import EvalConfig, evaluate
+from fanlora.modules.discovery import ModuleLayout
 from fanlora.pipeline.config import RunConfig
+from fanlora.pipeline.decoding import decode_variants
 from fanlora.pipeline.stages import STAGES, RunDir, Unit, run_units
+from fanlora.report.render import write_report
 from fanlora.run_layout import (
     DECODE,
     FULL_LORA,
@@ -27,9 +31,12 @@ from fanlora.run_layout import (
     downstream_unit,
 )
 from fanlora.run_layout import eval_unit as eval_unit_name
-from fanlora.select import FanLoRASetting
+from fanlora.score.run import ScoreConfig, score
+from fanlora.select import FanLoRASetting, parse_scores, select_setting
 from fanlora.train.config import TrainConfig
 from fanlora.train.methods import get_method
+from fanlora.train.run import train
+from fanlora.utils.io import read_json
 
 TRAIN_OUTPUTS = ("adapter_config.json", "adapter_model.safetensors", "run.json")
 TEST_DRAW_SEED = 0
@@ -48,8 +55,6 @@ def train_unit(
     params = {"model": cfg.model, "seed": cfg.seed, **section}
 
     def run(folder: Path) -> dict:
-        from fanlora.train.run import train
-
         extra = {}
         if setting_unit:
             extra["setting"] = str(RunLayout(run_dir.path).setting)
@@ -104,8 +109,6 @@ def scores_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
     params = {"model": cfg.model, "seed": cfg.seed, "k_max": cfg.k_max, **cfg.section("scoring")}
 
     def run(folder: Path) -> dict:
-        from fanlora.score.run import ScoreConfig, score
-
         adapter = str(RunLayout(run_dir.path).full_lora)
         doc = score(
             ScoreConfig(**params, adapter=adapter), folder / "scores.json", log=_log(run_dir)
@@ -124,10 +127,6 @@ def scores_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
 
 def setting_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
     def run(folder: Path) -> dict:
-        from fanlora.modules.discovery import ModuleLayout
-        from fanlora.select import parse_scores, select_setting
-        from fanlora.utils.io import read_json
-
         doc = read_json(RunLayout(run_dir.path).scores, "scores file")
         layout = ModuleLayout.from_dict(doc["layout"])
         setting = select_setting(parse_scores(doc, layout), layout, cfg.k_max, model=cfg.model)
@@ -154,8 +153,6 @@ def eval_unit(cfg: RunConfig, run_dir: RunDir, task: str, method: str) -> Unit:
     }
 
     def run(folder: Path) -> dict:
-        from fanlora.evaluate.run import EvalConfig, evaluate
-
         adapter = str(run_dir.path / adapter_unit) if adapter_unit else None
         doc = evaluate(EvalConfig(**params, adapter=adapter), folder, log=_log(run_dir))
         return {"metric": doc["metric"], "value": doc["value"], "examples": doc["examples"]}
@@ -170,8 +167,6 @@ def decode_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
     params = {"model": cfg.model, "task": task, "methods": cfg.methods, **cfg.section("decoding")}
 
     def run(folder: Path) -> dict:
-        from fanlora.pipeline.decoding import decode_variants
-
         adapters = {m: RunLayout(run_dir.path).downstream(task, m) for m in cfg.methods}
         doc = decode_variants(cfg.model, adapters, params, folder / "decode.json")
         return {"rows": len(doc["rows"])}
@@ -182,8 +177,6 @@ def decode_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
 
 def report_unit(run_dir: RunDir, deps: list[str]) -> Unit:
     def run(folder: Path) -> dict:
-        from fanlora.report.render import write_report
-
         paths = write_report(run_dir.path, folder)
         return {"files": [str(p.relative_to(folder)) for p in paths]}
 

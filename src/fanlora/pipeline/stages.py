@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,7 +58,6 @@ class Unit:
 
 def code_version() -> str:
     """fanlora's version plus the git commit of its source tree when there is one."""
-    import subprocess
 
     root = Path(__file__).resolve().parents[3]
     try:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from fanlora.select.setting import FanLoRASetting
 from fanlora.utils.plotting import pyplot, save_figure
 
 
 def draw_setting(setting: FanLoRASetting, path: str | Path) -> Path:
     """Layers x kinds; a filled cell carries a LoRA module in the setting."""
-    import numpy as np
 
     plt = pyplot()
     kinds = list(setting.layout.kinds)

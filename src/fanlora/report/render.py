@@ -11,7 +11,12 @@ import math
 import re
 from pathlib import Path
 
+import markdown
+
+from fanlora.report.figures import draw_kind_counts, draw_setting
 from fanlora.run_layout import RunLayout
+from fanlora.score.heatmap import draw_heatmap
+from fanlora.select import FanLoRASetting, parse_scores
 from fanlora.train.methods import METHODS
 from fanlora.utils.io import atomic_write_text, md_table, read_json, read_json_if_present
 
@@ -163,10 +168,6 @@ def decode_table(doc: dict) -> tuple[str, list[str]]:
 
 
 def setting_section(run: Path, figures: Path) -> tuple[str, list[str]]:
-    from fanlora.report.figures import draw_kind_counts, draw_setting
-    from fanlora.score.heatmap import draw_heatmap
-    from fanlora.select import FanLoRASetting, parse_scores
-
     path = RunLayout(run).setting
     if not path.is_file():
         return "The setting has not been computed yet.", []
@@ -258,7 +259,6 @@ CSS = (
 
 def to_html(markdown_text: str, base: Path) -> str:
     """One HTML page: markdown rendered by python-markdown, figures inlined as data URIs."""
-    import markdown
 
     body = markdown.markdown(markdown_text, extensions=["tables"])
 

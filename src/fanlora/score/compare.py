@@ -11,10 +11,14 @@ from __future__ import annotations
 import math
 import statistics
 
+from scipy.stats import kendalltau, spearmanr
+
 from fanlora.errors import FanLoRAError
 from fanlora.modules.discovery import ModuleLayout
 from fanlora.select.scores import ScoreRecord
 from fanlora.select.setting import top_modules
+from fanlora.utils.io import md_table
+from fanlora.utils.plotting import pyplot, save_figure
 
 STATISTICS = ("spearman", "kendall", "within_layer_spearman", "topk_agreement")
 
@@ -46,7 +50,6 @@ def topk_agreement(a, b, layout: ModuleLayout, k: int) -> float:
 def within_layer_spearman(a, b) -> float:
     """Mean over shared layers of Spearman rho between that layer's module scores (layers
     where either file's scores are all tied are left out); NaN when none is left."""
-    from scipy.stats import spearmanr
 
     sa, sb = _by_key(a), _by_key(b)
     rhos = []
@@ -61,7 +64,6 @@ def within_layer_spearman(a, b) -> float:
 def compare(files: dict[str, list[ScoreRecord]], layout: ModuleLayout, k: int) -> dict:
     """Pairwise Spearman rho, Kendall tau, within-layer Spearman and top-k agreement, as
     matrices keyed by name."""
-    from scipy.stats import kendalltau, spearmanr
 
     names = list(files)
     out: dict = {"files": names, "k": k, **{key: {} for key in STATISTICS}}
@@ -83,8 +85,6 @@ def render_markdown(result: dict, title: str = "Agreement between score files") 
 
 
 def agreement_tables(result: dict) -> list[str]:
-    from fanlora.utils.io import md_table
-
     names = result["files"]
     labels = {
         "spearman": "Spearman rho over the modules both files score",
@@ -103,7 +103,6 @@ def agreement_tables(result: dict) -> list[str]:
 def plot_agreement(result: dict, path, keys=("spearman", "topk_agreement")):
     """Heatmaps of ``compare``'s matrices (Spearman rho, top-k agreement), one panel per
     statistic, every cell labelled with its value: the paper's table 4 at a glance."""
-    from fanlora.utils.plotting import pyplot, save_figure
 
     plt = pyplot()
     names = result["files"]

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from contextlib import contextmanager
 
 import torch
+from peft.tuners.lora import LoraLayer
 
 from fanlora.errors import FanLoRAError
 from fanlora.modules.discovery import ModuleLayout
@@ -23,7 +24,6 @@ def refuse_ungated(peft_model, named: dict, layout: ModuleLayout) -> None:
     """Refuse an adapter with trained weights outside the layout's modules (LoRA on
     ``lm_head`` or the embeddings, ``modules_to_save``): no gate would close them, so
     M_null and M_only(m,l) would keep them on and eq. 3's terms would be wrong."""
-    from peft.tuners.lora import LoraLayer
 
     gated = set(layout.all_names())
     extra = [n for n, m in named.items() if isinstance(m, LoraLayer) and n not in gated]
@@ -42,8 +42,6 @@ class Gates:
     """Switches for the LoRA modules of a PEFT model, addressed by (layer, kind)."""
 
     def __init__(self, peft_model, layout: ModuleLayout):
-        from peft.tuners.lora import LoraLayer
-
         named = dict(peft_model.base_model.model.named_modules())
         refuse_ungated(peft_model, named, layout)
         self.modules: dict[Key, LoraLayer] = {}

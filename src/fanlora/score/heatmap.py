@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from matplotlib.colors import TwoSlopeNorm
+
 from fanlora.modules.discovery import ModuleLayout
 from fanlora.select.scores import ScoreRecord
 from fanlora.select.setting import top_modules
@@ -14,8 +17,6 @@ def draw_heatmap(
     records: list[ScoreRecord], layout: ModuleLayout, k_max: int, path: str | Path, title: str = ""
 ) -> Path:
     """Write a PNG: colour = score (blue < 0 < red), a dot = kept for ``k_max``."""
-    import numpy as np
-    from matplotlib.colors import TwoSlopeNorm
 
     plt = pyplot()
     kinds = list(layout.kinds)

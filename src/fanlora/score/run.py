@@ -11,11 +11,19 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from fanlora.config import require_positive
+from fanlora.data.registry import load_sample
 from fanlora.errors import FanLoRAError
-from fanlora.models.adapters import adapter_hash
+from fanlora.models import load_model
+from fanlora.models.adapters import adapter_hash, attach_adapter, check_adapter_folder
+from fanlora.modules import discover_layout
 from fanlora.score import ab, sensitivity, shapley  # noqa: F401  (register the scorers)
+from fanlora.score.evaluator import build_valset
+from fanlora.score.gates import Gates
+from fanlora.score.heatmap import draw_heatmap
 from fanlora.score.journal import Journal
 from fanlora.score.scorer import SCORERS, Context, Scorer, get_scorer
+from fanlora.select.scores import ScoreRecord
+from fanlora.utils.io import atomic_write_json
 
 # The layout of the journal's entries; a journal of another layout is another run.
 JOURNAL_FORMAT = 2
@@ -100,9 +108,6 @@ def load_adapter(cfg: ScoreConfig):
     not fit. (Checked here, not in the config: a pipeline config leaves it to step 1.)"""
     if not cfg.adapter:
         raise FanLoRAError("--adapter is required: the full-LoRA folder from step 1")
-    from fanlora.models import load_model
-    from fanlora.models.adapters import attach_adapter, check_adapter_folder
-    from fanlora.modules import discover_layout
 
     check_adapter_folder(cfg.adapter)
     base, tokenizer = load_model(cfg.model)
@@ -114,8 +119,6 @@ def load_adapter(cfg: ScoreConfig):
 
 
 def draw_examples(cfg: ScoreConfig):
-    from fanlora.data.registry import load_sample
-
     return load_sample(cfg.data, cfg.split, cfg.val_examples, cfg.seed)
 
 
@@ -149,8 +152,6 @@ def identity(cfg: ScoreConfig) -> dict:
 
 def build_and_gate(cfg: ScoreConfig):
     """(peft model, gates, validation set) for ``cfg``."""
-    from fanlora.score.evaluator import build_valset
-    from fanlora.score.gates import Gates
 
     model, tokenizer, layout = load_adapter(cfg)
     gates = Gates(model, layout)
@@ -201,10 +202,6 @@ def run_units(scorer: Scorer, ctx: Context, state) -> None:
 
 
 def write_scores(ctx: Context, method: str, out: Path, records, wall, log) -> dict:
-    from fanlora.score.heatmap import draw_heatmap
-    from fanlora.select.scores import ScoreRecord
-    from fanlora.utils.io import atomic_write_json
-
     cfg, layout, valset = ctx.cfg, ctx.gates.layout, ctx.valset
     doc = {
         "format": "fanlora-scores",

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peft import LoraConfig, TaskType
+
 from fanlora.errors import FanLoRAError
 from fanlora.modules.discovery import ModuleLayout
 from fanlora.select.scores import ScoreRecord
@@ -89,7 +91,6 @@ class FanLoRASetting:
         matches a name when it equals or ends with ``"." + target``, so ``model.layers.1.x``
         can never match ``model.layers.11.x``. ``alpha`` defaults to ``2 * r``.
         """
-        from peft import LoraConfig, TaskType
 
         if self.num_modules == 0:
             raise FanLoRAError("the setting keeps no module (every score was negative)")

@@ -8,10 +8,12 @@ initialises B to zero, which would make every tenant equal to the base model).
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
 import torch
+from peft import get_peft_model
 
 from fanlora.select.setting import FanLoRASetting
 from fanlora.train.config import TrainConfig
@@ -36,9 +38,6 @@ def method_config(method: str, layout, setting: FanLoRASetting | None, rank: int
 def write_tenants(base, config, folder: Path, count: int, seed: int = 0) -> list[Path]:
     """``count`` adapters of ``config`` on ``base`` (deep-copied), each with its own seeded
     weights, saved as PEFT folders ``folder/tenant-XX``."""
-    import copy
-
-    from peft import get_peft_model
 
     model = get_peft_model(copy.deepcopy(base), config)
     params = [p for n, p in model.named_parameters() if "lora_" in n or "ia3_" in n]

@@ -14,18 +14,26 @@ for 1..N distinct tenants per batch and for FanLoRA and all-module LoRA adapters
 from __future__ import annotations
 
 import copy
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from tqdm.auto import tqdm
 
-from fanlora.serve.decode import Variant, fixed_prompt, measure
+from fanlora.data.registry import load_sample
+from fanlora.models import load_model
+from fanlora.modules import discover_layout
+from fanlora.serve.adapters import method_config, write_tenants
+from fanlora.serve.decode import Variant, fixed_prompt, measure, unmerged_variants
+from fanlora.serve.multitenant import TenantServer
+from fanlora.utils.plotting import pyplot, save_figure
 
 
 def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
     """Bytes per second of a large tensor copy (read + write), the median of ``repeats``."""
-    import statistics
 
     src = torch.ones(megabytes * 2**20 // 4)
     dst = torch.empty_like(src)
@@ -45,7 +53,6 @@ def weight_bytes(model) -> int:
 
 def prompt_texts(count: int = 32) -> list[str]:
     """Real prompts when the data is prepared, else a fixed sentence."""
-    from fanlora.data.registry import load_sample
 
     try:
         return [e.prompt for e in load_sample("instruct", "test", count, 0)]
@@ -55,10 +62,6 @@ def prompt_texts(count: int = 32) -> list[str]:
 
 def decode_variants(model_name: str, setting, methods: list[str], rank: int, folder: Path):
     """The base model and one PEFT-wrapped copy per method (adapters written to folder)."""
-    from fanlora.models import load_model
-    from fanlora.modules import discover_layout
-    from fanlora.serve.adapters import method_config, write_tenants
-    from fanlora.serve.decode import unmerged_variants
 
     base, tok = load_model(model_name)
     layout = discover_layout(base)
@@ -82,7 +85,6 @@ def bench_decode(
     log=print,
 ) -> dict:
     """Table 3 on this machine; returns the JSON document."""
-    from tqdm.auto import tqdm
 
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         variants, tok, base = decode_variants(model_name, setting, methods, rank, Path(tmp))
@@ -132,10 +134,6 @@ class BoundPath:
 
 def tenant_paths(model_name: str, tenants: list[Path]):
     """(PEFT model with every tenant loaded as t0, t1, ..., TenantServer with the same)."""
-    from peft import PeftModel
-
-    from fanlora.models import load_model
-    from fanlora.serve.multitenant import TenantServer
 
     base, _ = load_model(model_name)
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(tenants[0]), adapter_name="t0")
@@ -163,10 +161,6 @@ def bound_variants(peft_model, server, names: list[str], label: str) -> list[Var
 
 
 def write_kind(model_name: str, kind: str, setting, count: int, rank: int, folder: Path):
-    from fanlora.models import load_model
-    from fanlora.modules import discover_layout
-    from fanlora.serve.adapters import method_config, write_tenants
-
     base, tok = load_model(model_name)
     config = method_config(kind, discover_layout(base), setting, rank)
     return write_tenants(base, config, folder / kind, count), tok
@@ -184,7 +178,6 @@ def bench_goals(
 ) -> dict:
     """Batch of B requests from B distinct FanLoRA tenants: PEFT vs batched, against the
     same batch served by one adapter, and the base model."""
-    from tqdm.auto import tqdm
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
@@ -231,7 +224,6 @@ def bench_sweep(
     log=print,
 ) -> list:
     """Throughput and latency against the number of distinct tenants in one batch."""
-    from tqdm.auto import tqdm
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
@@ -265,8 +257,6 @@ def bench_sweep(
 
 
 def plot_sweep(rows: list[dict], path: Path) -> Path:
-    from fanlora.utils.plotting import pyplot, save_figure
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for kind in sorted({r["kind"] for r in rows}):

@@ -12,13 +12,18 @@ peak resident set during the run above the resident set before it, sampled every
 
 from __future__ import annotations
 
+import copy
 import itertools
 import statistics
 import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
+import psutil
 import torch
+
+from fanlora.models.adapters import attach_adapter
 
 
 @dataclass
@@ -45,9 +50,6 @@ class Variant:
 def unmerged_variants(base, model_name: str, adapters: dict) -> list[Variant]:
     """The base model and, per named adapter folder, a PEFT-wrapped copy of the base (so no
     variant pays for another's wrapped modules), all in eval mode."""
-    import copy
-
-    from fanlora.models.adapters import attach_adapter
 
     variants = [Variant.of("base", base.eval())]
     for name, folder in adapters.items():
@@ -74,8 +76,6 @@ class PeakRSS:
     """Context manager: the peak resident memory above the start, sampled every 2 ms."""
 
     def __enter__(self):
-        import psutil
-
         self.proc = psutil.Process()
         self.start = self.peak = self.proc.memory_info().rss
         self.stop = threading.Event()
@@ -127,7 +127,6 @@ def time_generate(model, input_ids: torch.Tensor, new_tokens: int, beams: int) -
 
 def percentile(values: list[float], q: float) -> float:
     """The q-quantile by linear interpolation (numpy's default)."""
-    import numpy as np
 
     return float(np.percentile(values, 100 * q))
 

@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from fanlora.errors import FanLoRAError
+from fanlora.evaluate.generate import left_pad
 from fanlora.models.adapters import check_adapter_folder
 
 UNSUPPORTED_FLAGS = ("use_dora", "lora_bias", "use_qalora")
@@ -90,7 +92,6 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
 def read_adapter(name: str, folder: str | Path, modules: dict[str, nn.Module]) -> TenantAdapter:
     """Load and check a PEFT LoRA folder against the base model's ``modules``; nothing is
     changed when it is refused."""
-    from safetensors.torch import load_file
 
     folder = check_adapter_folder(folder)
     try:
@@ -256,7 +257,6 @@ class TenantServer:
         """Generate for each request (prompt token ids, adapter name); a request that cannot
         be served gets ``{"error": why}`` and the others are served together as usual:
         ``{"tokens": new token ids}``."""
-        from fanlora.evaluate.generate import left_pad
 
         results: list[dict] = [{"error": why} if (why := self.problem(n)) else {} for n in names]
         good = [i for i, r in enumerate(results) if not r]

@@ -27,6 +27,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+from accelerate import Accelerator
+from peft import get_peft_model
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from fanlora.data.formatting import collate, encode_all, length_grouped_batches
 from fanlora.data.registry import load_sample
@@ -89,8 +93,6 @@ class Trainer:
     """Runs one fine-tuning job into a :class:`RunFolder`."""
 
     def __init__(self, cfg: TrainConfig, folder: RunFolder, log=print):
-        from accelerate import Accelerator
-
         self.cfg, self.folder, self.log = cfg, folder, log
         # accelerate 1.15 picks gloo for torchrun ranks only when told cpu=True; a plain
         # Accelerator() on a machine without a GPU silently runs each rank alone.
@@ -100,9 +102,6 @@ class Trainer:
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
 
     def setup(self, model, tokenizer, peft_config, data: Batches) -> None:
-        from peft import get_peft_model
-        from transformers import get_linear_schedule_with_warmup
-
         torch.manual_seed(self.cfg.seed)  # the same fresh LoRA weights on every process
         self.peft_model = get_peft_model(model, peft_config)
         self.trainable = sum(p.numel() for p in self.peft_model.parameters() if p.requires_grad)
@@ -193,8 +192,6 @@ class Trainer:
             state.stopped_early = state.bad_evals >= self.cfg.patience
 
     def run(self) -> TrainState:
-        from tqdm.auto import tqdm
-
         cfg, data, state = self.cfg, self.data, self.state
         bar = tqdm(
             total=data.total_steps,

@@ -5,7 +5,16 @@ from __future__ import annotations
 import platform
 import time
 
+import accelerate
+import peft
+import torch
+import transformers
+
+import fanlora
 from fanlora.errors import FanLoRAError
+from fanlora.models import load_model
+from fanlora.modules import discover_layout
+from fanlora.select import FanLoRASetting
 from fanlora.train.config import TrainConfig
 from fanlora.train.engine import Trainer, prepare_data
 from fanlora.train.methods import build_peft_config
@@ -13,13 +22,6 @@ from fanlora.train.outputs import RunFolder, config_hash
 
 
 def versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import torch
-    import transformers
-
-    import fanlora
-
     return {
         "fanlora": fanlora.__version__,
         "torch": torch.__version__,
@@ -34,9 +36,6 @@ def train(
     cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = False, log=print
 ) -> dict:
     """Fine-tune per ``cfg`` into folder ``out``; return the run record (also run.json)."""
-    from fanlora.models import load_model
-    from fanlora.modules import discover_layout
-    from fanlora.select import FanLoRASetting
 
     started = time.time()
     folder = RunFolder(out)

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fanlora.errors import FanLoRAError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -66,7 +68,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     """Read JSON, turning a missing or malformed file into a FanLoRAError that names it."""
-    from fanlora.errors import FanLoRAError
 
     path = Path(path)
     try:

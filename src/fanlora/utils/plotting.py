@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
+
 from fanlora.utils.io import atomic_path
 
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     return plt
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` as PNG through a temporary file, then close it."""
-    plt = pyplot()
+    pyplot()
     try:
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=dpi)
