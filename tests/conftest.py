@@ -11,72 +11,20 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 # Small configs, one per architecture in fanlora's table plus one that is not (OPT).
+# the LLaMA-like families share one small shape; head_dim where the family needs it given
+_SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)
+_GQA = {**_SMALL, "num_key_value_heads": 2}
 TINY_CONFIGS: dict[str, dict] = {
-    "llama": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-    ),
-    "mistral": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-    ),
-    "qwen2": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-    ),
-    "qwen3": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        head_dim=16,
-    ),
-    "gemma": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        head_dim=16,
-    ),
-    "gemma2": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        head_dim=16,
-    ),
-    "gemma3_text": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=2,
-        head_dim=16,
-    ),
-    "phi3": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        num_hidden_layers=2,
-        pad_token_id=0,
-    ),
+    "llama": _GQA,
+    "mistral": _GQA,
+    "qwen2": _GQA,
+    "qwen3": {**_GQA, "head_dim": 16},
+    "gemma": {**_GQA, "head_dim": 16},
+    "gemma2": {**_GQA, "head_dim": 16},
+    "gemma3_text": {**_GQA, "head_dim": 16},
+    "phi3": {**_SMALL, "num_key_value_heads": 4, "pad_token_id": 0},
     "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128),
-    "gpt_neox": dict(
-        hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2
-    ),
+    "gpt_neox": _SMALL,
     "opt": dict(
         hidden_size=64,
         ffn_dim=128,

@@ -19,6 +19,7 @@ from fanlora.data.bigbench import BIGBENCH_VERSION, data_root
 from fanlora.data.example import SPLITS, Example, split_of
 from fanlora.errors import FanLoRAError
 from fanlora.utils.io import atomic_dir, atomic_write_json
+from fanlora.utils.registry import add
 
 SPLIT_SEED = 0
 TASKS_FORMAT_VERSION = 1
@@ -51,10 +52,7 @@ TASKS: dict[str, TaskSpec] = {}
 
 def register_task(spec: TaskSpec) -> TaskSpec:
     """Make ``spec`` a dataset name every command accepts (built by `fanlora data prepare`)."""
-    if spec.name in TASKS:
-        raise FanLoRAError(f"a dataset named {spec.name!r} is already registered")
-    TASKS[spec.name] = spec
-    return spec
+    return add(TASKS, spec.name, spec, "dataset")
 
 
 def tasks_dir() -> Path:

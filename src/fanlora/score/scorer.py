@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fanlora.errors import FanLoRAError
 from fanlora.score.evaluator import Evaluate, fast, straightforward
+from fanlora.utils.registry import add, lookup
 
 
 @dataclass
@@ -70,16 +70,11 @@ SCORERS: dict[str, Scorer] = {}
 
 def register_scorer(scorer: Scorer) -> Scorer:
     """Make ``scorer`` known to ``fanlora score --method NAME`` and the pipeline."""
-    if scorer.name in SCORERS:
-        raise FanLoRAError(f"a scoring method named {scorer.name!r} is already registered")
-    SCORERS[scorer.name] = scorer
-    return scorer
+    return add(SCORERS, scorer.name, scorer, "scoring method")
 
 
 def get_scorer(name: str) -> Scorer:
-    if name not in SCORERS:
-        raise FanLoRAError(f"unknown scoring method {name!r}; choose one of {', '.join(SCORERS)}")
-    return SCORERS[name]
+    return lookup(SCORERS, name, "scoring method")
 
 
 def module_key(key: tuple[int, str]) -> str:

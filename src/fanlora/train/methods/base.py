@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from fanlora.errors import FanLoRAError
+from fanlora.utils.registry import add, lookup
 
 if TYPE_CHECKING:
     from fanlora.modules.discovery import ModuleLayout
@@ -74,16 +75,11 @@ METHODS: dict[str, Method] = {}
 
 def register(method: Method) -> Method:
     """Make ``method`` known to every command (``fanlora train --method NAME``)."""
-    if method.name in METHODS:
-        raise FanLoRAError(f"a training method named {method.name!r} is already registered")
-    METHODS[method.name] = method
-    return method
+    return add(METHODS, method.name, method, "training method")
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise FanLoRAError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
+    return lookup(METHODS, name, "method")
 
 
 def check_setting_matches(setting: FanLoRASetting, layout: ModuleLayout) -> None:
