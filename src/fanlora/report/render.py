@@ -45,6 +45,15 @@ def is_ranked(method: str) -> bool:
     return known is None or known.ranked
 
 
+def rank_text(config: dict) -> str:
+    """The rank, or the range of per-kind ranks of a matched budget (``3-4 by kind``)."""
+    pattern = config.get("rank_pattern")
+    if not pattern:
+        return str(config["rank"])
+    low, high = min(pattern.values()), max(pattern.values())
+    return f"{low} by kind" if low == high else f"{low}-{high} by kind"
+
+
 def downstream_section(run: Path, cfg: dict) -> tuple[str, list[str]]:
     """The table-1-like table (method x task) and headline sentences."""
     methods = (["base"] if cfg.get("eval_base") else []) + cfg["methods"]
@@ -57,7 +66,7 @@ def downstream_section(run: Path, cfg: dict) -> tuple[str, list[str]]:
             trained = read_json_if_present(RunLayout(run).trained_run(task, method))
             if trained:
                 params = f"{trained['trainable_params']:,}"
-                rank = trained["config"]["rank"] if is_ranked(method) else "-"
+                rank = rank_text(trained["config"]) if is_ranked(method) else "-"
             doc = read_json_if_present(RunLayout(run).metrics(task, method))
             if doc is None:
                 cells.append("not run")
