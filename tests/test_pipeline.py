@@ -87,6 +87,9 @@ def test_every_unit_runs_once_and_the_report_traces_to_files(finished):
     assert fan["trainable_params"] == 4 * setting.params_per_rank()
     assert lora["config"]["rank_pattern"] == ranks  # the budget is matched per module kind
     assert lora["trainable_params"] == match.got
+    low, high = min(ranks.values()), max(ranks.values())
+    shown = f"{low} by kind" if low == high else f"{low}-{high} by kind"
+    assert f"| {lora['trainable_params']:,} | {shown} |" in report
     html = (out / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "<table>" in html
     decode = json.loads((out / "6-decode" / "decode.json").read_text())
