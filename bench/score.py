@@ -25,8 +25,8 @@ from fanlora.score.evaluator import full_eval, score_of
 from fanlora.score.journal import Journal
 from fanlora.score.run import ScoreConfig, build_and_gate
 from fanlora.select import ScoreRecord, top_modules
-from fanlora.train.run import versions
 from fanlora.utils.io import atomic_write_json
+from fanlora.utils.versions import versions
 
 
 def timed(fn):

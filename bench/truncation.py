@@ -17,8 +17,8 @@ from fanlora.data.registry import TASKS, load_split
 from fanlora.evaluate.generate import prompt_ids, references_kept
 from fanlora.evaluate.run import DEFAULT_NEW_TOKENS
 from fanlora.models import load_tokenizer
-from fanlora.train.run import versions
 from fanlora.utils.io import atomic_write_json
+from fanlora.utils.versions import versions
 
 GOAL = 90.0
 

@@ -21,8 +21,8 @@ from fanlora.modules.discovery import layout_from_config
 from fanlora.select import FanLoRASetting
 from fanlora.serve.bench import bench_decode, bench_goals, bench_sweep, plot_sweep
 from fanlora.train.methods import random_setting
-from fanlora.train.run import versions
 from fanlora.utils.io import atomic_write_json, atomic_write_text, md_table
+from fanlora.utils.versions import versions
 
 
 def _common(p) -> None:

@@ -20,8 +20,8 @@ from fanlora.evaluate.choice import option_loglik
 from fanlora.evaluate.generate import generate, prompt_ids, references_kept
 from fanlora.evaluate.metrics import score_generated
 from fanlora.models.adapters import adapter_hash, load_with_adapter
-from fanlora.train.run import versions
 from fanlora.utils.io import atomic_write_json, atomic_write_text
+from fanlora.utils.versions import versions
 
 METRICS = ("accuracy", "f1_em", "sql_em", "number_acc")
 DEFAULT_NEW_TOKENS = {"f1_em": 32, "sql_em": 128, "number_acc": 24}

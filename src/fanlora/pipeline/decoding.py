@@ -11,8 +11,8 @@ from fanlora.data.registry import load_sample
 from fanlora.models.adapters import load_with_adapter
 from fanlora.pipeline.config import DecodeConfig
 from fanlora.serve.decode import fixed_prompt, measure, unmerged_variants
-from fanlora.train.run import versions
 from fanlora.utils.io import atomic_write_json
+from fanlora.utils.versions import versions
 
 
 def decode_variants(

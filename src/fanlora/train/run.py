@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import platform
 import time
 
-import accelerate
-import peft
-import torch
-import transformers
-
-import fanlora
 from fanlora.errors import FanLoRAError
 from fanlora.models import load_model
 from fanlora.modules import discover_layout
@@ -19,17 +12,7 @@ from fanlora.train.config import TrainConfig
 from fanlora.train.engine import Trainer, prepare_data
 from fanlora.train.methods import build_peft_config
 from fanlora.train.outputs import RunFolder, config_hash
-
-
-def versions() -> dict[str, str]:
-    return {
-        "fanlora": fanlora.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "python": platform.python_version(),
-    }
+from fanlora.utils.versions import versions
 
 
 def train(
