@@ -25,8 +25,8 @@ from fanlora.select import FanLoRASetting
 from fanlora.train import TrainConfig, build_peft_config
 from fanlora.train.engine import Batches, Trainer
 from fanlora.train.outputs import RunFolder
-from fanlora.train.run import versions
 from fanlora.utils.io import atomic_write_json
+from fanlora.utils.versions import versions
 
 
 def bare_step(model, optimizer, batch) -> float:
