@@ -33,7 +33,6 @@ from fanlora.train.methods import check_setting_matches
 
 def load(model: str, dtype: str = "float32"):
     """(model, tokenizer) for a preset name, a local folder or a cached Hugging Face id."""
-
     return load_model(model, dtype)
 
 
@@ -49,7 +48,6 @@ def find_setting(
     """Steps 1-3 into folder ``out`` (resumable, like ``fanlora run``): full LoRA on ``data``,
     AB-scores, and the setting with at most ``k_max`` modules per layer. ``full_lora`` and
     ``scoring`` take any `fanlora train` / `fanlora score` option."""
-
     defaults = load_run_config(None)
     sections = {
         **defaults.sections,
@@ -77,7 +75,6 @@ def apply_setting(
 ):
     """Fresh LoRA modules of rank ``rank`` on exactly the setting's modules of ``model``
     (a transformers model): ``peft.get_peft_model(model, setting.to_lora_config(...))``."""
-
     if not isinstance(setting, FanLoRASetting):
         setting = FanLoRASetting.load(setting)
     check_setting_matches(setting, discover_layout(model))
@@ -93,7 +90,6 @@ def evaluate(
 ) -> dict:
     """``fanlora eval``: the task's metric (appendix A.2); ``options`` are EvalConfig fields.
     Writes metrics.json and predictions.jsonl into ``out`` (default: a temporary folder)."""
-
     cfg = EvalConfig(model=model, task=task, adapter=str(adapter) if adapter else None, **options)
     return run_eval(cfg, out or tempfile.mkdtemp(prefix="fanlora-eval-"))
 
@@ -106,5 +102,4 @@ def run(
 ) -> dict:
     """``fanlora run``: the whole pipeline from a YAML file (None: the embedded default),
     with top-level keys overridden by keyword; returns every unit's record."""
-
     return run_pipeline(load_run_config(config, overrides), out, start_from)

@@ -24,14 +24,16 @@ SCORES = "2-scores"
 SETTING = "3-setting"
 DECODE = "6-decode"
 REPORT = "report"
+DOWNSTREAM = "4-downstream"
+EVAL = "5-eval"
 
 
 def downstream_unit(task: str, method: str) -> str:
-    return f"4-downstream/{task}/{method}"
+    return f"{DOWNSTREAM}/{task}/{method}"
 
 
 def eval_unit(task: str, method: str) -> str:
-    return f"5-eval/{task}/{method}"
+    return f"{EVAL}/{task}/{method}"
 
 
 class RunLayout:
@@ -66,7 +68,7 @@ class RunLayout:
         return self.downstream(task, method) / "run.json"
 
     def eval_task(self, task: str) -> Path:
-        return self.root / "5-eval" / task
+        return self.root / EVAL / task
 
     def evaluation(self, task: str, method: str) -> Path:
         return self.unit(eval_unit(task, method))

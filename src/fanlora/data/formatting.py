@@ -147,9 +147,12 @@ def encode_options(tokenizer, frame: PromptFrame, example: Example, max_length: 
     """
     if not example.choices:
         raise FanLoRAError(f"example {example.uid} has no options; this task is not a choice task")
+    ids = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt, anchor = encode_prompt(tokenizer, example)  # once, for every option
+    ellipsis = ids(ELLIPSIS)
     rows = []
     for j, option in enumerate(example.choices):
-        row = encode_example(tokenizer, frame, example, max_length, response=option)
+        row = assemble(frame, prompt, ids(option), max_length, ellipsis, anchor)
         if row is None or all(t == IGNORE for t in row["labels"][1:]):
             raise FanLoRAError(
                 f"option {j} of example {example.uid} does not fit in max length "

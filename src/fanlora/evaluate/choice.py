@@ -12,7 +12,7 @@ import torch
 
 from fanlora.data.example import Example
 from fanlora.data.formatting import PromptFrame, collate, encode_options
-from fanlora.models.losses import last_label_losses, sequence_losses
+from fanlora.models.losses import last_labelled, token_losses
 
 
 def option_rows(tokenizer, examples: list[Example], max_length: int):
@@ -45,8 +45,9 @@ def option_loglik(
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits
-        total = sequence_losses(logits, batch["labels"])[:, 0].tolist()
-        eos = last_label_losses(logits, batch["labels"]).tolist()
+        losses = token_losses(logits, batch["labels"])  # one cross-entropy pass for both
+        total = losses.sum(1).tolist()
+        eos = last_labelled(losses, batch["labels"]).tolist()
         for i, loss, eos_loss in zip(chunk, total, eos, strict=True):
             e, j = owners[i]
             with_eos[e][j], without_eos[e][j] = -loss, -(loss - eos_loss)

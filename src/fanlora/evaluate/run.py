@@ -95,7 +95,6 @@ def choice_records(examples, loglik, loglik_no_eos) -> list[dict]:
 def generated_records(examples, texts, metric: str, kept=None) -> list[dict]:
     """Per example: the answer, the references, the metric values and whether a reference
     survived the prompt's truncation (``reference_in_prompt``, None when none could)."""
-
     records = []
     kept = kept or [None] * len(examples)
     for example, text, in_prompt in zip(examples, texts, kept, strict=True):
@@ -147,7 +146,6 @@ def predict(cfg: EvalConfig, model, tokenizer, examples, metric: str, progress=N
 def evaluate(cfg: EvalConfig, out: str | Path, log=print, model=None, tokenizer=None) -> dict:
     """Evaluate and write ``out``/predictions.jsonl and ``out``/metrics.json; return the
     metrics. ``model``/``tokenizer`` may be passed in to skip loading them again."""
-
     started = time.time()
     examples = load_sample(cfg.task, cfg.split, cfg.limit, cfg.seed)
     if cfg.max_length is None:

@@ -123,7 +123,6 @@ def aggregate(name: str, out: Path, points) -> dict:
 def score_agreement(out: Path, points) -> dict | None:
     """Pairwise Spearman / Kendall / top-K agreement of the runs' step-2 scores (the
     paper's table 4 across seeds), when at least two runs have distinct scores."""
-
     files, layout, seen = {}, None, set()
     for point in points:
         stage = read_json_if_present(RunLayout(out / point.name).stage_record(SCORES))
@@ -221,7 +220,6 @@ def sweep_key(summary: list[dict]) -> str | None:
 def plot(results: dict, path: Path) -> Path | None:
     """Median test metric per method and task, bars (or error bars of a sweep) from min to
     max over seeds: a line per method over the sweep key when the grid has one."""
-
     summary = results["summary"]
     if not summary:
         return None

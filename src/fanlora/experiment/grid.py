@@ -135,7 +135,6 @@ def load_experiment(path: str | Path) -> tuple[str, Path, list[Point]]:
 
 def run_experiment(path: str | Path, log=print, aggregate_only: bool = False) -> dict:
     """Run every point (skipping finished ones), then aggregate; return the results."""
-
     name, out, points = load_experiment(path)
     log(f"experiment {name}: {len(points)} run(s) under {out}")
     failures = {}

@@ -27,7 +27,6 @@ def check_adapter_folder(folder: str | Path) -> Path:
 def check_adapter_modules(folder: str | Path, base, model_name: str) -> None:
     """Every LoRA weight in the adapter must belong to a module of ``base`` (PEFT itself
     loads what matches and skips the rest, so a 6-layer adapter would load on 4 layers)."""
-
     path = check_adapter_folder(folder) / "adapter_model.safetensors"
     with safe_open(path, "pt") as handle:
         keys = list(handle.keys())
@@ -53,7 +52,6 @@ def _is_adalora(folder: str | Path) -> bool:
 def attach_adapter(base, folder: str | Path, model_name: str, adapter_name: str = "default"):
     """``PeftModel.from_pretrained(base, folder)`` after the module check; shape mismatches
     become a FanLoRAError naming the folder and the model."""
-
     check_adapter_modules(folder, base, model_name)
     try:
         with warnings.catch_warnings():
@@ -73,7 +71,6 @@ def attach_adapter(base, folder: str | Path, model_name: str, adapter_name: str 
 def load_with_adapter(model_name: str, adapter: str | Path | None, dtype: str = "float32"):
     """(model in eval mode without gradients, tokenizer): the base model, with the adapter
     attached when one is given."""
-
     if adapter:
         check_adapter_folder(adapter)
     model, tokenizer = load_model(model_name, dtype)

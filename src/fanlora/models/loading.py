@@ -92,13 +92,11 @@ def _cached_hub_snapshot(name: str) -> Path:
 
 def load_config(name: str):
     """The model's config (cheap: no weights are read)."""
-
     return AutoConfig.from_pretrained(resolve_model(name), local_files_only=True)
 
 
 def load_tokenizer(name: str, dtype: str = "float32"):
     """The model's tokenizer, with a pad token (eos when the model has none)."""
-
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(name, dtype), local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -107,7 +105,6 @@ def load_tokenizer(name: str, dtype: str = "float32"):
 
 def load_model(name: str, dtype: str = "float32"):
     """(model, tokenizer) for ``name`` in eval mode on the CPU."""
-
     folder = resolve_model(name, dtype)
     hf_logging.disable_progress_bar()  # one bar per load is noise; fanlora shows its own
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)

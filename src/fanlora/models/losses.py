@@ -32,9 +32,9 @@ def sequence_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.stack([losses.sum(1), count], dim=1)
 
 
-def last_label_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[B]: the CE of each sequence's last labelled token (its eos, for a response)."""
-    losses = token_losses(logits, labels)
+def last_labelled(losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B]: from :func:`token_losses`, each sequence's loss at its last labelled token (its
+    eos, for a response)."""
     labelled = labels[:, 1:] != IGNORE
     positions = torch.arange(labelled.shape[1], device=labels.device).expand_as(labelled)
     last = torch.where(labelled, positions, -1).max(1).values.clamp(min=0)

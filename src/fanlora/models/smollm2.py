@@ -35,7 +35,6 @@ def gguf_folder() -> Path:
 
 def convert_smollm2(dest: Path, dtype: torch.dtype = torch.float32) -> None:
     """Write SmolLM2-135M-Instruct as a safetensors checkpoint with its tokenizer to ``dest``."""
-
     folder = gguf_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
     tokenizer.model_max_length = MAX_LENGTH

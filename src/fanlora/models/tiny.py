@@ -23,7 +23,6 @@ TINY_SEED = 0
 
 def make_byte_tokenizer(model_max_length: int = 512):
     """A byte-level tokenizer (vocab: 4 specials + 256 bytes) with a ChatML template."""
-
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + alphabet)}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -43,7 +42,6 @@ def make_byte_tokenizer(model_max_length: int = 512):
 
 def tiny_llama_config(vocab_size: int, **overrides):
     """LLaMA config of the tiny preset: 4 layers, hidden 64, 4 heads / 2 KV heads, MLP 128."""
-
     params = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -60,7 +58,6 @@ def tiny_llama_config(vocab_size: int, **overrides):
 
 def build_tiny_llama():
     """(model, tokenizer) of the preset, identical on every call (seed 0)."""
-
     tokenizer = make_byte_tokenizer()
     config = tiny_llama_config(
         len(tokenizer),

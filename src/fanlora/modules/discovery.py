@@ -132,7 +132,6 @@ def discover_layout(model: nn.Module) -> ModuleLayout:
 
 def layout_from_config(config) -> ModuleLayout:
     """Discover the layout from a config alone, building the model on the meta device."""
-
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return discover_layout(model)

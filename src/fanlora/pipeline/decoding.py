@@ -20,7 +20,6 @@ def decode_variants(
 ) -> dict:
     """Time generation for the base and for each adapter, unmerged; write ``out`` and
     return it."""
-
     dc = DecodeConfig(**{k: v for k, v in params.items() if k in DecodeConfig.__annotations__})
     base, tokenizer = load_with_adapter(model_name, None)
     variants = unmerged_variants(base, model_name, adapters)

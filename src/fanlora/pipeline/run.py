@@ -58,7 +58,7 @@ def train_unit(
         extra = {}
         if setting_unit:
             extra["setting"] = str(RunLayout(run_dir.path).setting)
-        extra.update(matched_ranks(cfg, section, extra.get("setting")))
+        extra.update(matched_ranks(cfg, section, extra.get("setting"), _log(run_dir)))
         tc = TrainConfig(**{**params, **extra})
         record = train(tc, str(folder), resume=True, log=_log(run_dir))
         return {
@@ -71,7 +71,7 @@ def train_unit(
     return Unit(name, stage, key_params, run, TRAIN_OUTPUTS, deps)
 
 
-def matched_ranks(cfg: RunConfig, section: dict, setting_path: str | None) -> dict:
+def matched_ranks(cfg: RunConfig, section: dict, setting_path: str | None, log=print) -> dict:
     """With budget "matched", the options that give the method FanLoRA's trainable parameters
     at rank r1 (the section's ``rank``), by the method's own rule (:meth:`Method.match_budget`:
     LoRA ranks per module kind, AdaLoRA's average target rank)."""
@@ -84,7 +84,7 @@ def matched_ranks(cfg: RunConfig, section: dict, setting_path: str | None) -> di
     if matched is None:
         return {}
     options, match = matched
-    print(match.describe(f"matched budget, {method.name}"), flush=True)
+    log(match.describe(f"matched budget, {method.name}"))
     return options
 
 

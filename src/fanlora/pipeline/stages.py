@@ -58,7 +58,6 @@ class Unit:
 
 def code_version() -> str:
     """fanlora's version plus the git commit of its source tree when there is one."""
-
     root = Path(__file__).resolve().parents[3]
     try:
         commit = subprocess.run(

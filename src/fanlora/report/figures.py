@@ -13,7 +13,6 @@ from fanlora.utils.plotting import pyplot, save_figure
 
 def draw_setting(setting: FanLoRASetting, path: str | Path) -> Path:
     """Layers x kinds; a filled cell carries a LoRA module in the setting."""
-
     plt = pyplot()
     kinds = list(setting.layout.kinds)
     grid = np.zeros((setting.layout.num_layers, len(kinds)))

@@ -268,7 +268,6 @@ CSS = (
 
 def to_html(markdown_text: str, base: Path) -> str:
     """One HTML page: markdown rendered by python-markdown, figures inlined as data URIs."""
-
     body = markdown.markdown(markdown_text, extensions=["tables"])
 
     def inline(match: re.Match) -> str:

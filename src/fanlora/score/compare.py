@@ -50,7 +50,6 @@ def topk_agreement(a, b, layout: ModuleLayout, k: int) -> float:
 def within_layer_spearman(a, b) -> float:
     """Mean over shared layers of Spearman rho between that layer's module scores (layers
     where either file's scores are all tied are left out); NaN when none is left."""
-
     sa, sb = _by_key(a), _by_key(b)
     rhos = []
     for layer in shared_layers(a, b):
@@ -64,7 +63,6 @@ def within_layer_spearman(a, b) -> float:
 def compare(files: dict[str, list[ScoreRecord]], layout: ModuleLayout, k: int) -> dict:
     """Pairwise Spearman rho, Kendall tau, within-layer Spearman and top-k agreement, as
     matrices keyed by name."""
-
     names = list(files)
     out: dict = {"files": names, "k": k, **{key: {} for key in STATISTICS}}
     for x in names:
@@ -103,7 +101,6 @@ def agreement_tables(result: dict) -> list[str]:
 def plot_agreement(result: dict, path, keys=("spearman", "topk_agreement")):
     """Heatmaps of ``compare``'s matrices (Spearman rho, top-k agreement), one panel per
     statistic, every cell labelled with its value: the paper's table 4 at a glance."""
-
     plt = pyplot()
     names = result["files"]
     size = 1.6 + 0.55 * len(names)

@@ -24,7 +24,6 @@ def refuse_ungated(peft_model, named: dict, layout: ModuleLayout) -> None:
     """Refuse an adapter with trained weights outside the layout's modules (LoRA on
     ``lm_head`` or the embeddings, ``modules_to_save``): no gate would close them, so
     M_null and M_only(m,l) would keep them on and eq. 3's terms would be wrong."""
-
     gated = set(layout.all_names())
     extra = [n for n, m in named.items() if isinstance(m, LoraLayer) and n not in gated]
     config = peft_model.peft_config[peft_model.active_adapter]

@@ -17,7 +17,6 @@ def draw_heatmap(
     records: list[ScoreRecord], layout: ModuleLayout, k_max: int, path: str | Path, title: str = ""
 ) -> Path:
     """Write a PNG: colour = score (blue < 0 < red), a dot = kept for ``k_max``."""
-
     plt = pyplot()
     kinds = list(layout.kinds)
     grid = np.full((layout.num_layers, len(kinds)), np.nan)

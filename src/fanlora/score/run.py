@@ -152,7 +152,6 @@ def identity(cfg: ScoreConfig) -> dict:
 
 def build_and_gate(cfg: ScoreConfig):
     """(peft model, gates, validation set) for ``cfg``."""
-
     model, tokenizer, layout = load_adapter(cfg)
     gates = Gates(model, layout)
     valset = build_valset(tokenizer, draw_examples(cfg), cfg.max_length, cfg.batch_size, cfg.metric)

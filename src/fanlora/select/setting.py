@@ -91,7 +91,6 @@ class FanLoRASetting:
         matches a name when it equals or ends with ``"." + target``, so ``model.layers.1.x``
         can never match ``model.layers.11.x``. ``alpha`` defaults to ``2 * r``.
         """
-
         if self.num_modules == 0:
             raise FanLoRAError("the setting keeps no module (every score was negative)")
         if r < 1:

@@ -38,7 +38,6 @@ def method_config(method: str, layout, setting: FanLoRASetting | None, rank: int
 def write_tenants(base, config, folder: Path, count: int, seed: int = 0) -> list[Path]:
     """``count`` adapters of ``config`` on ``base`` (deep-copied), each with its own seeded
     weights, saved as PEFT folders ``folder/tenant-XX``."""
-
     model = get_peft_model(copy.deepcopy(base), config)
     params = [p for n, p in model.named_parameters() if "lora_" in n or "ia3_" in n]
     paths = []

@@ -34,7 +34,6 @@ from fanlora.utils.plotting import pyplot, save_figure
 
 def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
     """Bytes per second of a large tensor copy (read + write), the median of ``repeats``."""
-
     src = torch.ones(megabytes * 2**20 // 4)
     dst = torch.empty_like(src)
     times = []
@@ -53,7 +52,6 @@ def weight_bytes(model) -> int:
 
 def prompt_texts(count: int = 32) -> list[str]:
     """Real prompts when the data is prepared, else a fixed sentence."""
-
     try:
         return [e.prompt for e in load_sample("instruct", "test", count, 0)]
     except Exception:  # the benchmark must run without prepared data too
@@ -62,7 +60,6 @@ def prompt_texts(count: int = 32) -> list[str]:
 
 def decode_variants(model_name: str, setting, methods: list[str], rank: int, folder: Path):
     """The base model and one PEFT-wrapped copy per method (adapters written to folder)."""
-
     base, tok = load_model(model_name)
     layout = discover_layout(base)
     paths = {
@@ -85,7 +82,6 @@ def bench_decode(
     log=print,
 ) -> dict:
     """Table 3 on this machine; returns the JSON document."""
-
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         variants, tok, base = decode_variants(model_name, setting, methods, rank, Path(tmp))
         prompt = fixed_prompt(tok, prompt_texts(), prompt_tokens)
@@ -134,7 +130,6 @@ class BoundPath:
 
 def tenant_paths(model_name: str, tenants: list[Path]):
     """(PEFT model with every tenant loaded as t0, t1, ..., TenantServer with the same)."""
-
     base, _ = load_model(model_name)
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(tenants[0]), adapter_name="t0")
     for i, path in enumerate(tenants[1:], 1):
@@ -178,7 +173,6 @@ def bench_goals(
 ) -> dict:
     """Batch of B requests from B distinct FanLoRA tenants: PEFT vs batched, against the
     same batch served by one adapter, and the base model."""
-
     out = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         paths, tok = write_kind(model_name, "fanlora", setting, max(sizes), rank, Path(tmp))
@@ -224,7 +218,6 @@ def bench_sweep(
     log=print,
 ) -> list:
     """Throughput and latency against the number of distinct tenants in one batch."""
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for kind in kinds:

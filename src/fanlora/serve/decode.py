@@ -50,7 +50,6 @@ class Variant:
 def unmerged_variants(base, model_name: str, adapters: dict) -> list[Variant]:
     """The base model and, per named adapter folder, a PEFT-wrapped copy of the base (so no
     variant pays for another's wrapped modules), all in eval mode."""
-
     variants = [Variant.of("base", base.eval())]
     for name, folder in adapters.items():
         model = attach_adapter(copy.deepcopy(base), folder, model_name).eval()
@@ -127,7 +126,6 @@ def time_generate(model, input_ids: torch.Tensor, new_tokens: int, beams: int) -
 
 def percentile(values: list[float], q: float) -> float:
     """The q-quantile by linear interpolation (numpy's default)."""
-
     return float(np.percentile(values, 100 * q))
 
 

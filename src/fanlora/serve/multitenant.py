@@ -92,7 +92,6 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
 def read_adapter(name: str, folder: str | Path, modules: dict[str, nn.Module]) -> TenantAdapter:
     """Load and check a PEFT LoRA folder against the base model's ``modules``; nothing is
     changed when it is refused."""
-
     folder = check_adapter_folder(folder)
     try:
         config = json.loads((folder / "adapter_config.json").read_text())
@@ -257,7 +256,6 @@ class TenantServer:
         """Generate for each request (prompt token ids, adapter name); a request that cannot
         be served gets ``{"error": why}`` and the others are served together as usual:
         ``{"tokens": new token ids}``."""
-
         results: list[dict] = [{"error": why} if (why := self.problem(n)) else {} for n in names]
         good = [i for i, r in enumerate(results) if not r]
         if good:

@@ -19,7 +19,6 @@ def train(
     cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = False, log=print
 ) -> dict:
     """Fine-tune per ``cfg`` into folder ``out``; return the run record (also run.json)."""
-
     started = time.time()
     folder = RunFolder(out)
     # everything that can refuse the run is checked before the output folder is touched:

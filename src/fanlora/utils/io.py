@@ -68,7 +68,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     """Read JSON, turning a missing or malformed file into a FanLoRAError that names it."""
-
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))

@@ -16,17 +16,11 @@ def build_peft_config(cfg, layout, total_steps: int, setting=None):
     return get_method(cfg.method).peft_config(cfg, layout, total_steps, setting)
 
 
-def default_alpha(cfg) -> int:
-    """The alpha ``cfg.method`` trains with (:meth:`Method.alpha`)."""
-    return get_method(cfg.method).alpha(cfg)
-
-
 __all__ = [
     "METHODS",
     "Method",
     "build_peft_config",
     "check_setting_matches",
-    "default_alpha",
     "get_method",
     "random_setting",
     "register",

@@ -24,7 +24,9 @@ def kind_patterns(cfg, layout) -> dict:
         )
     keys = {k: re.escape(layout.kinds[k]) for k in cfg.rank_pattern}
     ranks = {keys[k]: r for k, r in cfg.rank_pattern.items()}
-    alphas = {keys[k]: cfg.alpha or 2 * r for k, r in cfg.rank_pattern.items()}
+    alphas = {
+        keys[k]: cfg.alpha if cfg.alpha is not None else 2 * r for k, r in cfg.rank_pattern.items()
+    }
     return {"rank_pattern": ranks, "alpha_pattern": alphas}
 
 
