@@ -172,3 +172,22 @@ def test_choice_eval_refuses_an_example_without_options(tiny_llama):
     model, tok = tiny_llama
     with pytest.raises(FanLoRAError, match="no options"):
         option_loglik(model, tok, [Example("x", "p", "r")], 64, 2)
+
+
+def test_evaluation_in_bf16_on_an_explicit_device_matches_fp32(tasks_home, tmp_path):
+    docs = {
+        p: evaluate(
+            EvalConfig(task="yesno", limit=8, device="cpu", precision=p),
+            tmp_path / p,
+            log=lambda _: None,
+        )
+        for p in ("fp32", "bf16")
+    }
+    assert docs["bf16"]["config"]["precision"] == "bf16"
+    rows = {
+        p: [json.loads(x) for x in (tmp_path / p / "predictions.jsonl").read_text().splitlines()]
+        for p in docs
+    }
+    for a, b in zip(rows["fp32"], rows["bf16"], strict=True):
+        assert a["loglik"] == pytest.approx(b["loglik"], abs=0.25)  # bf16's 8-bit mantissa
+        assert a["loglik"] != b["loglik"]

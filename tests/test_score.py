@@ -185,14 +185,14 @@ def test_sensitivity_sums_absolute_gradients_over_several_batches(tmp_path, adap
 
 
 def test_resume_recomputes_nothing_finished(tmp_path, adapter, data_file, monkeypatch):
-    from fanlora.score import ab
+    from fanlora.score import scorer
 
     straight = run_score(tmp_path, adapter, data_file, "straight.json")
     calls = {"n": 0}
-    original = ab.fast
+    original = scorer.fast
 
-    def counting_fast(model, gates, valset):
-        inner = original(model, gates, valset)
+    def counting_fast(model, gates, valset, store=None):
+        inner = original(model, gates, valset, store)
 
         def evaluate(open_keys, layer, base):
             calls["n"] += 1
@@ -202,7 +202,7 @@ def test_resume_recomputes_nothing_finished(tmp_path, adapter, data_file, monkey
 
         return evaluate
 
-    monkeypatch.setattr(ab, "fast", counting_fast)
+    monkeypatch.setattr(scorer, "fast", counting_fast)
     calls["kill"] = True
     with pytest.raises(KeyboardInterrupt):
         run_score(tmp_path, adapter, data_file, "killed.json")
@@ -657,3 +657,47 @@ def test_two_processes_share_sensitivity_batches_with_the_same_scores(tmp_path, 
     assert [r["score"] for r in two["scores"]] == pytest.approx(
         [r["score"] for r in one["scores"]], rel=1e-5
     )
+
+
+def test_scoring_in_bf16_on_an_explicit_device_agrees_with_fp32(tmp_path, adapter, data_file):
+    """bf16 autocast: fast still equals straightforward (to bf16 rounding) and the scores
+    keep fp32's order (Spearman > 0.9)."""
+    from scipy.stats import spearmanr
+
+    kw = {"device": "cpu", "precision": "bf16"}
+    fast = by_key(run_score(tmp_path, adapter, data_file, "f.json", mode="fast", **kw))
+    plain = by_key(run_score(tmp_path, adapter, data_file, "p.json", mode="straightforward", **kw))
+    fp32 = by_key(run_score(tmp_path, adapter, data_file, "32.json", device="cpu"))
+    keys = sorted(fp32)
+    assert max(abs(fast[k]["score"] - plain[k]["score"]) for k in keys) < 0.02
+    rho = spearmanr([fast[k]["score"] for k in keys], [fp32[k]["score"] for k in keys])[0]
+    assert rho > 0.9, rho
+
+
+def test_an_offloaded_layer_cache_gives_the_same_scores(adapter, data_file):
+    from fanlora.score.evaluator import fast
+    from fanlora.score.run import build_and_gate
+
+    cfg = ScoreConfig(adapter=adapter, data=data_file, val_examples=8, batch_size=4)
+    model, gates, valset = build_and_gate(cfg)
+    here = fast(model, gates, valset)
+    offloaded = fast(model, gates, valset, store=torch.device("cpu"))
+    for layer in (0, 3):
+        open_keys = {k for k in gates.keys if k[0] != layer}
+        assert torch.equal(here(open_keys, layer, "on"), offloaded(open_keys, layer, "on"))
+
+
+def test_the_memory_plan_refuses_before_any_weight_is_loaded(
+    tmp_path, adapter, data_file, monkeypatch
+):
+    from fanlora.score import run
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights were loaded before the memory plan refused")
+
+    monkeypatch.setattr(run, "free_bytes", lambda device: (10**6, 10**6))  # 1 MB free
+    monkeypatch.setattr(run, "load_model", no_load)
+    cfg = ScoreConfig(adapter=adapter, data=data_file, val_examples=8, batch_size=4)
+    with pytest.raises(FanLoRAError, match="layer-input cache"):
+        score(cfg, tmp_path / "s.json", log=lambda _: None)
+    assert not list(tmp_path.iterdir())

@@ -17,7 +17,9 @@ from fanlora.modules import discover_layout
 from fanlora.select import ScoreRecord, select_setting
 from fanlora.train import TrainConfig
 from fanlora.train.checkpoint import latest_checkpoint
-from fanlora.train.engine import Trainer
+from fanlora.train.engine import Trainer, prepare_data
+from fanlora.train.methods import build_peft_config
+from fanlora.train.outputs import RunFolder
 from fanlora.train.run import train
 
 WORDS = ["apple", "pear", "plum", "fig", "kiwi", "lime", "date", "sloe"]
@@ -460,10 +462,6 @@ def test_every_method_scales_its_lora_path_by_two(data_file, setting_file):
 
 
 def adalora_trainer(data_file, tmp_path, **kw):
-    from fanlora.train.engine import prepare_data
-    from fanlora.train.methods import build_peft_config
-    from fanlora.train.outputs import RunFolder
-
     c = cfg(data_file, method="adalora", dropout=0.0, **kw)
     model, tok = load_model(c.model)
     data = prepare_data(c, tok)
@@ -483,7 +481,7 @@ def test_adalora_dev_loss_is_the_cross_entropy_without_its_penalty(tmp_path, dat
     ce = torch.zeros(2)
     peft_loss = []
     with torch.no_grad():
-        for batch in micro_batches(rows, list(range(len(rows))), 4, trainer.pad_id):
+        for batch in micro_batches(rows, list(range(len(rows))), 4, trainer.pad_id, "cpu"):
             out = trainer.model(**batch)
             ce += sequence_losses(out.logits, batch["labels"]).sum(0)
             peft_loss.append(float(out.loss))
@@ -561,3 +559,42 @@ def test_train_and_dev_rows_are_seeded_draws_not_the_first_rows(tmp_path):
             for r in part
         }
         assert {"apple", "pear"} <= {a.strip() for a in answers}
+
+
+def test_bf16_autocast_on_the_cpu_trains_near_fp32(tmp_path, data_file):
+    """Every step of a bf16-autocast run stays within 0.05 nats of the fp32 run's loss (the
+    embedded default's tolerance is measured on SmolLM2 by bench/precision.py)."""
+    train(cfg(data_file, device="cpu"), tmp_path / "fp32", log=lambda _: None)
+    record = train(
+        cfg(data_file, device="cpu", precision="bf16"), tmp_path / "bf16", log=lambda _: None
+    )
+    fp32, bf16 = losses(tmp_path / "fp32"), losses(tmp_path / "bf16")
+    assert len(fp32) == len(bf16) == 12
+    assert fp32 != bf16  # autocast did change the arithmetic
+    assert max(abs(a - b) for a, b in zip(fp32, bf16, strict=True)) < 0.05
+    assert record["config"]["precision"] == "bf16"
+
+
+def test_training_puts_the_batches_on_the_accelerators_device(tmp_path, data_file):
+    seen = []
+    trainer = Trainer(cfg(data_file, device="cpu", max_steps=1), RunFolder(tmp_path / "r"))
+    assert trainer.acc.device == torch.device("cpu")
+    model, tokenizer = load_model("tiny-random-llama")
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].device), with_kwargs=True
+    )
+    data = prepare_data(trainer.cfg, tokenizer)
+    layout = discover_layout(model)
+    trainer.setup(model, tokenizer, build_peft_config(trainer.cfg, layout, 1, None), data)
+    trainer.train_step(list(range(8)))
+    assert seen and all(d == trainer.acc.device for d in seen)
+
+
+def test_gradient_checkpointing_leaves_the_losses_unchanged(tmp_path, data_file):
+    train(cfg(data_file, max_steps=6), tmp_path / "plain", log=lambda _: None)
+    train(
+        cfg(data_file, max_steps=6, gradient_checkpointing=True),
+        tmp_path / "ckpt",
+        log=lambda _: None,
+    )
+    assert losses(tmp_path / "ckpt") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)

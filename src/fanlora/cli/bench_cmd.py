@@ -17,10 +17,12 @@ import torch
 
 from fanlora.errors import FanLoRAError
 from fanlora.models import load_config
+from fanlora.models.loading import DTYPE_NAMES
 from fanlora.modules.discovery import layout_from_config
 from fanlora.select import FanLoRASetting
-from fanlora.serve.bench import bench_decode, bench_goals, bench_sweep, plot_sweep
+from fanlora.serve.bench import Backbone, bench_decode, bench_goals, bench_sweep, plot_sweep
 from fanlora.train.methods import random_setting
+from fanlora.utils.devices import Runtime, resolve_device
 from fanlora.utils.io import atomic_write_json, atomic_write_text, md_table
 from fanlora.utils.versions import versions
 
@@ -33,6 +35,14 @@ def _common(p) -> None:
     )
     p.add_argument("--rank", type=int, default=12, help="LoRA rank of every adapter")
     p.add_argument("--out", required=True, help="JSON to write (a .md table lands beside it)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="weights dtype")
+
+
+def backbone(args) -> Backbone:
+    """The benchmark's base model; a device this machine lacks is refused before any work."""
+    resolve_device(args.device)
+    return Backbone(args.model, args.dtype, args.device)
 
 
 def register(sub) -> None:
@@ -84,6 +94,8 @@ def envelope(args, kind: str, started: float, setting_source: str, body: dict) -
         "args": {k: v for k, v in vars(args).items() if k != "func"},
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "device": Runtime.of(args.device).describe(precision=False),
+        "dtype": args.dtype,
         "wall_time_s": round(time.time() - started, 1),
         "versions": versions(),
         **body,
@@ -101,9 +113,10 @@ def run_decode(args) -> int:
     if args.runs < 1 or args.new_tokens < 1 or args.prompt_tokens < 1:
         raise FanLoRAError("--runs, --new-tokens and --prompt-tokens must be >= 1")
     started = time.time()
+    base = backbone(args)
     setting, source = load_setting(args)
     body = bench_decode(
-        args.model,
+        base,
         setting,
         args.methods,
         args.rank,
@@ -147,11 +160,12 @@ def run_decode(args) -> int:
 
 def run_tenants(args) -> int:
     started = time.time()
+    base = backbone(args)
     setting, source = load_setting(args)
     goals = {}
     if args.goal_sizes:
         goals = bench_goals(
-            args.model,
+            base,
             setting,
             args.rank,
             args.goal_runs,
@@ -161,7 +175,7 @@ def run_tenants(args) -> int:
         )
     sweep = (
         bench_sweep(
-            args.model,
+            base,
             setting,
             args.kinds,
             args.counts,

@@ -43,14 +43,28 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS.values():
         importlib.import_module(module).register(sub)
+    for command in leaf_parsers(parser):
+        command.add_argument(
+            "--offline",
+            action="store_true",
+            help="never download: a Hub id must already be in the local cache "
+            "(as HF_HUB_OFFLINE=1)",
+        )
     return parser
 
 
+def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers that take a command's own flags (``bench decode``'s, not ``bench``'s)."""
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not nested:
+        return [parser]
+    return [leaf for a in nested for child in a.choices.values() for leaf in leaf_parsers(child)]
+
+
 def main(argv: list[str] | None = None) -> int:
-    # fanlora never downloads at run time: models come from presets, folders or the cache.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = make_parser().parse_args(argv)
+    if args.offline:  # read by fanlora's model resolution, and by huggingface_hub's children
+        os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         return int(args.func(args) or 0)
     except FanLoRAError as exc:

@@ -9,6 +9,7 @@ lm-evaluation-harness's ``acc_norm``.
 from __future__ import annotations
 
 import torch
+from accelerate.utils import send_to_device
 
 from fanlora.data.example import Example
 from fanlora.data.formatting import PromptFrame, collate, encode_options
@@ -41,7 +42,7 @@ def option_loglik(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = collate([rows[i] for i in chunk], pad)
+        batch = send_to_device(collate([rows[i] for i in chunk], pad), model.device)
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from accelerate.utils import send_to_device
 
 from fanlora.data.example import Example
 from fanlora.data.formatting import ELLIPSIS, PromptFrame, fit_prompt
@@ -60,7 +61,7 @@ def generate_ids(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = left_pad([prompts[i] for i in chunk], pad)
+        batch = send_to_device(left_pad([prompts[i] for i in chunk], pad), model.device)
         out = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,

@@ -20,6 +20,8 @@ from fanlora.evaluate.choice import option_loglik
 from fanlora.evaluate.generate import generate, prompt_ids, references_kept
 from fanlora.evaluate.metrics import score_generated
 from fanlora.models.adapters import adapter_hash, load_with_adapter
+from fanlora.models.loading import DTYPE_NAMES
+from fanlora.utils.devices import DeviceOptions
 from fanlora.utils.io import atomic_write_json, atomic_write_text
 from fanlora.utils.versions import versions
 
@@ -28,7 +30,7 @@ DEFAULT_NEW_TOKENS = {"f1_em": 32, "sql_em": 128, "number_acc": 24}
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(DeviceOptions):
     """Options of ``fanlora eval``."""
 
     model: str = field(default="tiny-random-llama", metadata={"help": "the base model"})
@@ -57,11 +59,12 @@ class EvalConfig:
     )
     num_beams: int = field(default=1, metadata={"help": "1: greedy; paper: 3"})
     dtype: str = field(
-        default="float32", metadata={"help": "weights dtype", "choices": ("float32", "bfloat16")}
+        default="float32", metadata={"help": "dtype the weights load in", "choices": DTYPE_NAMES}
     )
     seed: int = field(default=0, metadata={"help": "seed of the example draw"})
 
     def __post_init__(self) -> None:
+        self.runtime()  # a device this machine lacks, or fp16 on a CPU, is refused here
         require_positive(self, "batch_size", "num_beams", "limit", "max_new_tokens", "max_length")
 
 
@@ -151,10 +154,12 @@ def evaluate(cfg: EvalConfig, out: str | Path, log=print, model=None, tokenizer=
     if cfg.max_length is None:
         cfg = replace(cfg, max_length=task_max_length(cfg.task))
     metric = cfg.metric or task_metric(cfg.task, examples)
+    runtime = cfg.runtime()
     if model is None:
         model, tokenizer = load_with_adapter(cfg.model, cfg.adapter, cfg.dtype)
+    model.to(runtime.device)
     what = f"{cfg.adapter or cfg.model} on {cfg.task}/{cfg.split}"
-    with tqdm(total=len(examples), desc=f"eval {cfg.task}", unit="seq") as bar:
+    with tqdm(total=len(examples), desc=f"eval {cfg.task}", unit="seq") as bar, runtime.autocast():
         records = predict(cfg, model, tokenizer, examples, metric, bar)
     out = Path(out)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

@@ -1,9 +1,12 @@
-"""Resolve ``--model`` to a local folder and load it; never download at run time.
+"""Resolve ``--model`` to a local folder and load it.
 
 ``--model`` is, in this order: a preset name (:data:`PRESETS`), a local folder with a
-``config.json``, or a Hugging Face id already in the local cache. A preset is written once
-into ``$FANLORA_HOME/models/<name>`` (atomically: built in a temporary folder, then renamed)
-and loads from there afterwards.
+``config.json``, or a Hugging Face Hub id. A preset is written once into
+``$FANLORA_HOME/models/<name>`` (atomically: built in a temporary folder, then renamed)
+and loads from there afterwards. A Hub id comes from the local Hugging Face cache, or is
+downloaded there the way transformers does (``huggingface_hub.snapshot_download``) unless
+the machine is offline (``--offline`` or ``HF_HUB_OFFLINE=1``): then a model missing from
+the cache is an error that says how to get it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
@@ -25,6 +34,7 @@ from fanlora.models.tiny import build_tiny_llama
 from fanlora.paths import fanlora_home
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = tuple(DTYPES)
 
 
 def _write_tiny(dest: Path, dtype: str) -> None:
@@ -76,17 +86,43 @@ def resolve_model(name: str, dtype: str = "float32") -> Path:
         if not (path / "config.json").is_file():
             raise FanLoRAError(f"model folder {path} has no config.json")
         return path
-    return _cached_hub_snapshot(name)
+    return hub_snapshot(name)
 
 
-def _cached_hub_snapshot(name: str) -> Path:
+# what a causal LM needs from its Hub repository: no .bin, .onnx or .gguf duplicates
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"]
+
+
+def hub_offline() -> bool:
+    """Whether downloads are off (``HF_HUB_OFFLINE``, which ``--offline`` sets)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_snapshot(name: str) -> Path:
+    """The local folder of Hub id ``name``: the cache's copy, else a download (online)."""
     try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception:
+        return Path(snapshot_download(name, local_files_only=True, allow_patterns=HUB_PATTERNS))
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        pass
+    what = f"model {name!r} is not a preset ({', '.join(PRESETS)}), not a local folder"
+    if hub_offline():
         raise FanLoRAError(
-            f"model {name!r} is not a preset ({', '.join(PRESETS)}), not a local folder, and "
-            "not in the local Hugging Face cache; fanlora never downloads at run time: "
-            "pass a folder or a preset"
+            f"{what}, and not in the local Hugging Face cache; downloads are off (--offline or "
+            f"HF_HUB_OFFLINE=1). Download it on a machine with network (`hf download {name}`, "
+            "or any fanlora command without --offline) and copy the cache, or pass a folder"
+        )
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
+    except (RepositoryNotFoundError, HFValidationError):
+        raise FanLoRAError(
+            f"{what}, and the Hugging Face Hub has no model {name!r} (or it is gated and "
+            "this machine is not logged in: `hf auth login`)"
+        ) from None
+    except (OSError, HfHubHTTPError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FanLoRAError(
+            f"{what}, and downloading it from the Hugging Face Hub failed ({first}); "
+            "check the network, or pass a local folder"
         ) from None
 
 
@@ -103,9 +139,20 @@ def load_tokenizer(name: str, dtype: str = "float32"):
     return tokenizer
 
 
-def load_model(name: str, dtype: str = "float32"):
-    """(model, tokenizer) for ``name`` in eval mode on the CPU."""
+def load_model(name: str, dtype: str = "float32", device_map: str | None = None):
+    """(model, tokenizer) for ``name`` in eval mode, on the CPU (the stage moves it) or
+    spread over the devices by ``device_map="auto"`` (accelerate's big-model loading)."""
     folder = resolve_model(name, dtype)
     hf_logging.disable_progress_bar()  # one bar per load is noise; fanlora shows its own
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=DTYPES[dtype], device_map=device_map, local_files_only=True
+    )
     return model.eval(), load_tokenizer(name, dtype)
+
+
+def parameter_count(config) -> int:
+    """Parameters of the model ``config`` describes, counted on the meta device (no
+    memory); tied embeddings count once."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())

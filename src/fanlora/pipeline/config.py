@@ -27,10 +27,12 @@ from fanlora.config import from_mapping, load_yaml, require_positive
 from fanlora.data.registry import TASKS, USER_SUFFIXES
 from fanlora.errors import FanLoRAError
 from fanlora.evaluate.run import EvalConfig
+from fanlora.models.loading import DTYPE_NAMES
 from fanlora.pipeline.stages import STAGES
 from fanlora.score.run import ScoreConfig
 from fanlora.train.config import TrainConfig
 from fanlora.train.methods import METHODS as TRAIN_METHODS
+from fanlora.utils.devices import DeviceOptions
 
 
 def downstream_methods() -> list[str]:
@@ -51,6 +53,14 @@ class DecodeConfig:
     prompt_tokens: int = field(default=276, metadata={"help": "prompt length (paper: 276)"})
     beams: list[int] = field(default_factory=lambda: [1], metadata={"help": "beam sizes"})
     batch_size: int = field(default=1, metadata={"help": "prompts per generate call"})
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "weights dtype while decoding (autocast would cast every weight at every "
+            "token, so --precision does not apply here)",
+            "choices": DTYPE_NAMES,
+        },
+    )
 
     def __post_init__(self) -> None:
         require_positive(
@@ -61,18 +71,20 @@ class DecodeConfig:
 
 
 # section name -> (dataclass, keys the pipeline sets itself)
+PLACED = ("device", "precision")  # set once at the top level, for every stage
 SECTIONS = {
-    "full_lora": (TrainConfig, ("model", "method", "setting", "seed")),
-    "scoring": (ScoreConfig, ("model", "adapter", "k_max", "seed")),
-    "downstream": (TrainConfig, ("model", "method", "data", "setting", "seed")),
-    "evaluation": (EvalConfig, ("model", "adapter", "task", "split", "seed")),
+    "full_lora": (TrainConfig, ("model", "method", "setting", "seed", *PLACED)),
+    "scoring": (ScoreConfig, ("model", "adapter", "k_max", "seed", *PLACED)),
+    "downstream": (TrainConfig, ("model", "method", "data", "setting", "seed", *PLACED)),
+    "evaluation": (EvalConfig, ("model", "adapter", "task", "split", "seed", *PLACED)),
     "decoding": (DecodeConfig, ()),
 }
 
 
 @dataclass
-class RunConfig:
-    """What ``fanlora run`` does; ``sections`` hold each stage's validated overrides."""
+class RunConfig(DeviceOptions):
+    """What ``fanlora run`` does; ``sections`` hold each stage's validated overrides.
+    ``device`` and ``precision`` apply to every stage."""
 
     model: str = field(default="smollm2-135m", metadata={"help": "the backbone"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
@@ -101,6 +113,7 @@ class RunConfig:
     )
 
     def __post_init__(self) -> None:
+        self.runtime()  # a device this machine lacks, or fp16 on a CPU, is refused here
         require_positive(self, "k_max")
         bad = [m for m in self.methods if m not in downstream_methods()]
         if bad or not self.methods:
@@ -140,7 +153,7 @@ def parse_sections(data: dict, source: str) -> dict[str, dict]:
             keys = ", ".join(map(repr, taken))
             raise FanLoRAError(
                 f"{where}: key(s) {keys} are set by the pipeline itself; "
-                "set model, seed and k_max at the top level"
+                "set model, seed, k_max, device and precision at the top level"
             )
         from_mapping(cls, section, where)  # validates keys and types
         sections[name] = section

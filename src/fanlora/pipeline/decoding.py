@@ -11,6 +11,7 @@ from fanlora.data.registry import load_sample
 from fanlora.models.adapters import load_with_adapter
 from fanlora.pipeline.config import DecodeConfig
 from fanlora.serve.decode import fixed_prompt, measure, unmerged_variants
+from fanlora.utils.devices import Runtime
 from fanlora.utils.io import atomic_write_json
 from fanlora.utils.versions import versions
 
@@ -21,7 +22,9 @@ def decode_variants(
     """Time generation for the base and for each adapter, unmerged; write ``out`` and
     return it."""
     dc = DecodeConfig(**{k: v for k, v in params.items() if k in DecodeConfig.__annotations__})
-    base, tokenizer = load_with_adapter(model_name, None)
+    runtime = Runtime.of(params.get("device", "auto"))
+    base, tokenizer = load_with_adapter(model_name, None, dc.dtype)
+    base.to(runtime.device)
     variants = unmerged_variants(base, model_name, adapters)
     texts = [e.prompt for e in load_sample(params["task"], "test", 32, 0)]
     prompt = fixed_prompt(tokenizer, texts, dc.prompt_tokens)
@@ -41,7 +44,7 @@ def decode_variants(
     doc = {
         "format": "fanlora-decode",
         "model": model_name,
-        "device": "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+        "device": runtime.describe(precision=False),
         "threads": torch.get_num_threads(),
         "config": params,
         "rows": rows,

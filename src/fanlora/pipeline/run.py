@@ -52,7 +52,7 @@ def train_unit(
 ) -> Unit:
     """A `fanlora train` run; the method and data live in ``section``; a setting unit, when
     named, is read (fanlora, random) and sets the matched budget (lora, adalora)."""
-    params = {"model": cfg.model, "seed": cfg.seed, **section}
+    params = {**placed(cfg), **section}
 
     def run(folder: Path) -> dict:
         extra = {}
@@ -69,6 +69,11 @@ def train_unit(
     key_params = {**params, "budget": cfg.budget} if setting_unit else params
     deps = (setting_unit,) if setting_unit else ()
     return Unit(name, stage, key_params, run, TRAIN_OUTPUTS, deps)
+
+
+def placed(cfg: RunConfig) -> dict:
+    """The top-level options every stage shares: model, seed, device, precision."""
+    return {"model": cfg.model, "seed": cfg.seed, "device": cfg.device, "precision": cfg.precision}
 
 
 def matched_ranks(cfg: RunConfig, section: dict, setting_path: str | None, log=print) -> dict:
@@ -106,7 +111,7 @@ def _log(run_dir):
 
 
 def scores_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
-    params = {"model": cfg.model, "seed": cfg.seed, "k_max": cfg.k_max, **cfg.section("scoring")}
+    params = {**placed(cfg), "k_max": cfg.k_max, **cfg.section("scoring")}
 
     def run(folder: Path) -> dict:
         adapter = str(RunLayout(run_dir.path).full_lora)
@@ -145,7 +150,7 @@ def eval_unit(cfg: RunConfig, run_dir: RunDir, task: str, method: str) -> Unit:
     # the test rows are drawn with a fixed seed, not the run's: every method of every seed is
     # evaluated on the same rows, which the paired statistics need
     params = {
-        "model": cfg.model,
+        **placed(cfg),
         "task": task,
         "split": "test",
         "seed": TEST_DRAW_SEED,
@@ -164,7 +169,13 @@ def eval_unit(cfg: RunConfig, run_dir: RunDir, task: str, method: str) -> Unit:
 
 def decode_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
     task = cfg.tasks[0]
-    params = {"model": cfg.model, "task": task, "methods": cfg.methods, **cfg.section("decoding")}
+    params = {
+        "model": cfg.model,
+        "device": cfg.device,
+        "task": task,
+        "methods": cfg.methods,
+        **cfg.section("decoding"),
+    }
 
     def run(folder: Path) -> dict:
         adapters = {m: RunLayout(run_dir.path).downstream(task, m) for m in cfg.methods}

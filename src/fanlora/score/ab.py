@@ -27,6 +27,7 @@ from fanlora.score.evaluator import (  # noqa: F401  (re-exported: AB's two ways
 from fanlora.score.scorer import (
     Context,
     Scorer,
+    gated_evaluator,
     module_key,
     parse_module_key,
     register_scorer,
@@ -67,8 +68,7 @@ class AB(Scorer):
                 log(f"--adaptive: {reason}; scoring every module exactly (fast mode) instead")
             ctx.notes["racing_fallback"] = reason
         ctx.notes["racing"] = cfg.adaptive and not ctx.notes["racing_fallback"]
-        build = fast if cfg.mode == "fast" or ctx.notes["racing"] else straightforward
-        ctx.evaluate = build(ctx.model, ctx.gates, ctx.valset)
+        ctx.evaluate = gated_evaluator(ctx, cfg.mode == "fast" or ctx.notes["racing"])
 
     def units(self, ctx: Context) -> list[str]:
         if ctx.notes["racing"]:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import send_to_device
 
 from fanlora.data.example import Example
 from fanlora.data.formatting import IGNORE, PromptFrame, collate, encode_example, encode_options
@@ -43,6 +44,15 @@ class ValSet:
     @property
     def num_sequences(self) -> int:
         return len(self.owner)
+
+    @property
+    def num_tokens(self) -> int:
+        """Token positions, padding included (what the layer-input cache holds)."""
+        return sum(b["input_ids"].numel() for b in self.batches)
+
+    def on(self, device: torch.device) -> ValSet:
+        """The same set with its batches on ``device``."""
+        return replace(self, batches=send_to_device(self.batches, device))
 
 
 def build_valset(
@@ -91,7 +101,7 @@ def full_eval(model, valset: ValSet) -> torch.Tensor:
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits
         out.append(sequence_losses(logits, batch["labels"]))
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 CACHE_ARGUMENTS = ("past_key_values", "past_key_value", "layer_past", "cache")
@@ -128,10 +138,32 @@ def layer_arguments(layer, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dic
     return hidden, named
 
 
-class PrefixCache:
-    """Inputs of every decoder layer (and their call kwargs) for each validation batch."""
+def moved(value, device: torch.device | None, memo: dict):
+    """``value`` (tensors in tuples, lists and dicts) on ``device``, each tensor moved once.
 
-    def __init__(self, model, valset: ValSet):
+    Written by hand because accelerate's ``send_to_device`` copies a tensor each time it
+    meets it, and a layer's arguments share tensors across layers (the rotary embeddings,
+    the mask): moved layer by layer, they would be copied once per layer.
+    """
+    if device is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        if id(value) not in memo:  # the source is kept too, so its id is never reused
+            memo[id(value)] = (value, value.to(device))
+        return memo[id(value)][1]
+    if isinstance(value, tuple | list):
+        return type(value)(moved(v, device, memo) for v in value)
+    if isinstance(value, dict):
+        return {k: moved(v, device, memo) for k, v in value.items()}
+    return value
+
+
+class PrefixCache:
+    """Inputs of every decoder layer (and their call kwargs) for each validation batch,
+    held on ``store`` (None: where they were computed; "cpu": offloaded, each batch brought
+    back to the device when its tail runs)."""
+
+    def __init__(self, model, valset: ValSet, store: torch.device | None = None):
         causal_lm = model.get_base_model()
         model_type = causal_lm.config.model_type
         if model_type not in FINAL_NORMS:
@@ -143,20 +175,23 @@ class PrefixCache:
         self.norm = causal_lm.get_submodule(FINAL_NORMS[model_type])
         self.head = causal_lm.get_output_embeddings()
         self.softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
-        self.model, self.valset = model, valset
+        self.model, self.valset, self.store = model, valset, store
 
     @torch.no_grad()
     def capture(self) -> list[list[tuple[torch.Tensor, dict]]]:
         """For each batch, [(input hidden state, kwargs)] per layer, plus the final output."""
         captured: list[list[tuple[torch.Tensor, dict]]] = []
+        memo: dict = {}  # one batch's tensors, each stored once
 
         def hook(module, args, kwargs):
-            captured[-1].append(layer_arguments(module, args, kwargs))
+            hidden, named = layer_arguments(module, args, kwargs)
+            captured[-1].append((moved(hidden, self.store, {}), moved(named, self.store, memo)))
 
         handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in self.layers]
         try:
             for batch in self.valset.batches:
                 captured.append([])
+                memo.clear()
                 self.model(
                     input_ids=batch["input_ids"],
                     attention_mask=batch["attention_mask"],
@@ -173,13 +208,15 @@ class PrefixCache:
         batches or only ``batches`` (indices)."""
         out = []
         for index in range(len(cache)) if batches is None else batches:
-            batch, layer_inputs = self.valset.batches[index], cache[index]
-            hidden = layer_inputs[start][0]
+            batch = self.valset.batches[index]
+            back = batch["input_ids"].device if self.store is not None else None
+            layer_inputs = moved(cache[index][start:], back, {})
+            hidden = layer_inputs[0][0]
             for j in range(start, len(self.layers)):
-                result = self.layers[j](hidden, **layer_inputs[j][1])
+                result = self.layers[j](hidden, **layer_inputs[j - start][1])
                 hidden = result[0] if isinstance(result, tuple) else result
             out.append(self.response_losses(hidden, batch["labels"]))
-        return torch.cat(out)
+        return torch.cat(out).cpu()
 
     def response_losses(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Norm + lm_head only where a next token carries loss."""
@@ -189,7 +226,7 @@ class PrefixCache:
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         losses = F.cross_entropy(logits.float(), targets[rows, cols], reduction="none")
-        stats = torch.zeros(labels.shape[0], 2)
+        stats = torch.zeros(labels.shape[0], 2, device=losses.device)
         stats[:, 0].index_add_(0, rows, losses)
         stats[:, 1].index_add_(0, rows, torch.ones_like(losses))
         return stats
@@ -207,8 +244,8 @@ def straightforward(model, gates: Gates, valset: ValSet) -> Evaluate:
     return evaluate
 
 
-def fast(model, gates: Gates, valset: ValSet) -> Evaluate:
-    cache = PrefixCache(model, valset)
+def fast(model, gates: Gates, valset: ValSet, store: torch.device | None = None) -> Evaluate:
+    cache = PrefixCache(model, valset, store)
     gates.all_open()
     prefixes = {"on": cache.capture()}
     gates.set_open(())

@@ -6,23 +6,24 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from fanlora.config import require_positive
 from fanlora.data.registry import load_sample
 from fanlora.errors import FanLoRAError
-from fanlora.models import load_model
+from fanlora.models import load_config, load_model, load_tokenizer
 from fanlora.models.adapters import adapter_hash, attach_adapter, check_adapter_folder
+from fanlora.models.loading import DTYPE_NAMES, DTYPES, parameter_count
 from fanlora.modules import discover_layout
 from fanlora.score import ab, sensitivity, shapley  # noqa: F401  (register the scorers)
 from fanlora.score.evaluator import build_valset
 from fanlora.score.gates import Gates
 from fanlora.score.heatmap import draw_heatmap
 from fanlora.score.journal import Journal
+from fanlora.score.memory import MemoryPlan, cache_bytes, free_bytes, plan_memory
 from fanlora.score.scorer import SCORERS, Context, Scorer, get_scorer
 from fanlora.select.scores import ScoreRecord
+from fanlora.utils.devices import DeviceOptions, Runtime, process_state
 from fanlora.utils.io import atomic_write_json
 
 # The layout of the journal's entries; a journal of another layout is another run.
@@ -30,7 +31,7 @@ JOURNAL_FORMAT = 2
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(DeviceOptions):
     """Options of ``fanlora score``."""
 
     model: str = field(default="tiny-random-llama", metadata={"help": "the base model"})
@@ -84,8 +85,22 @@ class ScoreConfig:
         default=8, metadata={"help": "adaptive: sequences seen before a module may stop"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the example draw and permutations"})
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype the weights load in (and the layer cache is held in)",
+            "choices": DTYPE_NAMES,
+        },
+    )
+    device_map: str | None = field(
+        default=None,
+        metadata={"help": "auto: spread a model larger than one GPU over GPUs and CPU memory"},
+    )
 
     def __post_init__(self) -> None:
+        self.runtime()  # a device this machine lacks, or fp16 on a CPU, is refused here
+        if self.device_map not in (None, "auto"):
+            raise FanLoRAError(f"--device-map takes auto only, got {self.device_map!r}")
         get_scorer(self.method)  # an unknown name is an error listing the registered ones
         if self.method == "shapley" and self.scope == "model" and self.budget < 1:
             raise FanLoRAError(f"--budget must be >= 1 permutation, got {self.budget}")
@@ -103,19 +118,25 @@ class ScoreConfig:
         require_positive(self, "val_examples", "max_length", "batch_size", "k_max", "min_sequences")
 
 
-def load_adapter(cfg: ScoreConfig):
-    """(peft model, tokenizer, layout); a clear error when the adapter is missing or does
-    not fit. (Checked here, not in the config: a pipeline config leaves it to step 1.)"""
-    if not cfg.adapter:
-        raise FanLoRAError("--adapter is required: the full-LoRA folder from step 1")
-
-    check_adapter_folder(cfg.adapter)
-    base, tokenizer = load_model(cfg.model)
+def load_adapter(cfg: ScoreConfig, runtime: Runtime):
+    """(peft model on ``runtime``'s device, layout); a clear error when the adapter is
+    missing or does not fit. (Checked here, not in the config: a pipeline config leaves it
+    to step 1.)"""
+    check_adapter(cfg)
+    base, _ = load_model(cfg.model, cfg.dtype, cfg.device_map)
     layout = discover_layout(base)
     model = attach_adapter(base, cfg.adapter, cfg.model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, tokenizer, layout
+    if cfg.device_map is None:
+        model.to(runtime.device)
+    return model, layout
+
+
+def check_adapter(cfg: ScoreConfig) -> None:
+    if not cfg.adapter:
+        raise FanLoRAError("--adapter is required: the full-LoRA folder from step 1")
+    check_adapter_folder(cfg.adapter)
 
 
 def draw_examples(cfg: ScoreConfig):
@@ -141,6 +162,8 @@ def identity(cfg: ScoreConfig) -> dict:
         "alpha",
         "min_sequences",
         "k_max",
+        "dtype",
+        "precision",
     )
     # not ``layers``: journal entries are per layer, so runs on other layers share them
     return {
@@ -150,34 +173,62 @@ def identity(cfg: ScoreConfig) -> dict:
     }
 
 
-def build_and_gate(cfg: ScoreConfig):
-    """(peft model, gates, validation set) for ``cfg``."""
-    model, tokenizer, layout = load_adapter(cfg)
-    gates = Gates(model, layout)
-    valset = build_valset(tokenizer, draw_examples(cfg), cfg.max_length, cfg.batch_size, cfg.metric)
-    return model, gates, valset
+def validation_set(cfg: ScoreConfig):
+    """D_val, encoded from the tokenizer alone (no weights loaded yet)."""
+    tokenizer = load_tokenizer(cfg.model, cfg.dtype)
+    return build_valset(tokenizer, draw_examples(cfg), cfg.max_length, cfg.batch_size, cfg.metric)
+
+
+def memory_plan(cfg: ScoreConfig, scorer: Scorer, runtime: Runtime, valset) -> MemoryPlan:
+    """:func:`~fanlora.score.memory.plan_memory` from the model's config and the adapter's
+    file, before any weight is read."""
+    config = load_config(cfg.model)
+    element = DTYPES[cfg.dtype].itemsize
+    adapter = (Path(cfg.adapter) / "adapter_model.safetensors").stat().st_size
+    weights = parameter_count(config) * element + adapter
+    cached = scorer.uses_cache and (cfg.mode == "fast" or cfg.adaptive)
+    layers, hidden = config.num_hidden_layers, config.hidden_size
+    cache = cache_bytes(layers, valset.num_tokens, hidden, element) if cached else 0
+    return plan_memory(runtime.device, weights, cache, *free_bytes(runtime.device), cfg.device_map)
+
+
+def build_and_gate(cfg: ScoreConfig, runtime: Runtime | None = None, valset=None):
+    """(peft model, gates, validation set) for ``cfg``, on ``runtime``'s device."""
+    runtime = runtime or cfg.runtime()
+    check_adapter(cfg)
+    valset = valset or validation_set(cfg)
+    model, layout = load_adapter(cfg, runtime)
+    return model, Gates(model, layout), valset.on(runtime.device)
 
 
 def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
     """Score every LoRA module with ``cfg.method``'s scorer; write ``out`` (JSON) and its
     heatmap (PNG) on the main process. Units of work are shared out across processes and
-    journalled next to ``out``, so a killed run resumes where it stopped."""
+    journalled next to ``out``, so a killed run resumes where it stopped. The memory plan
+    is printed, and checked, before any weight is loaded."""
     started = time.time()
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state, runtime = process_state(cfg.runtime())
     scorer = get_scorer(cfg.method)
-    model, gates, valset = build_and_gate(cfg)
+    check_adapter(cfg)
+    valset = validation_set(cfg)
+    plan = memory_plan(cfg, scorer, runtime, valset)
+    if state.is_main_process:
+        log(f"scoring on {runtime.describe()}; {plan.describe()}")
+    model, gates, valset = build_and_gate(cfg, runtime, valset)
     scorer.check(cfg, gates)  # refuse before the journal is opened
     out = Path(out)
     journal = Journal(out.with_name(out.name + ".journal"), identity(cfg), state.process_index)
     try:
-        ctx = Context(cfg, model, gates, valset, journal)
-        scorer.prepare(ctx, log)
-        run_units(scorer, ctx, state)
+        ctx = Context(cfg, model, gates, valset, journal, store=plan.store(runtime.device))
+        with runtime.autocast():
+            scorer.prepare(ctx, log)
+            run_units(scorer, ctx, state)
         if not state.is_main_process:
             return None
         journal.reload()
         records = scorer.records(ctx)
-        return write_scores(ctx, scorer.label(ctx), out, records, time.time() - started, log)
+        doc = write_scores(ctx, scorer.label(ctx), out, records, time.time() - started, log)
+        return doc
     finally:
         journal.close()
 

@@ -29,6 +29,15 @@ class Context:
     journal: Any  # fanlora.score.journal.Journal
     evaluate: Evaluate | None = None
     notes: dict = field(default_factory=dict)  # written into the scores file
+    store: Any = None  # where the fast evaluator's layer cache lives (None: the device)
+
+
+def gated_evaluator(ctx: Context, use_cache: bool) -> Evaluate:
+    """The fast exact evaluator (layer inputs cached on ``ctx.store``) or the
+    straightforward one."""
+    if use_cache:
+        return fast(ctx.model, ctx.gates, ctx.valset, ctx.store)
+    return straightforward(ctx.model, ctx.gates, ctx.valset)
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,7 @@ class Scorer:
     name: str
     help: str = ""
     unit: str = "module"  # what the progress bar counts
+    uses_cache: bool = True  # whether the fast mode's layer-input cache is built (memory plan)
 
     def check(self, cfg, gates) -> None:
         """Refuse a config that does not fit the model, before the journal is opened."""
@@ -45,8 +55,7 @@ class Scorer:
     def prepare(self, ctx: Context, log) -> None:
         """Check the config against the model and build what the units need (default: the
         gated evaluator of ``cfg.mode``, fast exact or straightforward)."""
-        build = fast if ctx.cfg.mode == "fast" else straightforward
-        ctx.evaluate = build(ctx.model, ctx.gates, ctx.valset)
+        ctx.evaluate = gated_evaluator(ctx, ctx.cfg.mode == "fast")
 
     def units(self, ctx: Context) -> list[str]:
         """The journal keys of the units of work, in order."""

@@ -63,4 +63,8 @@ class Sensitivity(Scorer):
         ]
 
 
-register_scorer(Sensitivity("sensitivity", "Michel et al.'s |dL/dg| summed over batches", "batch"))
+register_scorer(
+    Sensitivity(
+        "sensitivity", "Michel et al.'s |dL/dg| summed over batches", "batch", uses_cache=False
+    )
+)

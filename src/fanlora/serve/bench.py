@@ -17,6 +17,7 @@ import copy
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from fanlora.modules import discover_layout
 from fanlora.serve.adapters import method_config, write_tenants
 from fanlora.serve.decode import Variant, fixed_prompt, measure, unmerged_variants
 from fanlora.serve.multitenant import TenantServer
+from fanlora.utils.devices import resolve_device
 from fanlora.utils.plotting import pyplot, save_figure
 
 
@@ -58,20 +60,34 @@ def prompt_texts(count: int = 32) -> list[str]:
         return ["The quick brown fox jumps over the lazy dog."]
 
 
-def decode_variants(model_name: str, setting, methods: list[str], rank: int, folder: Path):
+@dataclass(frozen=True)
+class Backbone:
+    """The base model a benchmark loads: its name, the dtype of its weights, its device."""
+
+    name: str
+    dtype: str = "float32"
+    device: str = "auto"
+
+    def load(self):
+        """(model on the device, tokenizer)."""
+        model, tokenizer = load_model(self.name, self.dtype)
+        return model.to(resolve_device(self.device)), tokenizer
+
+
+def decode_variants(backbone: Backbone, setting, methods: list[str], rank: int, folder: Path):
     """The base model and one PEFT-wrapped copy per method (adapters written to folder)."""
-    base, tok = load_model(model_name)
+    base, tok = backbone.load()
     layout = discover_layout(base)
     paths = {
         m: write_tenants(base, method_config(m, layout, setting, rank), folder / m, 1)[0]
         for m in methods
     }
-    variants = unmerged_variants(base, model_name, paths)
+    variants = unmerged_variants(base, backbone.name, paths)
     return variants, tok, base
 
 
 def bench_decode(
-    model_name: str,
+    backbone: Backbone,
     setting,
     methods: list[str],
     rank: int,
@@ -83,7 +99,7 @@ def bench_decode(
 ) -> dict:
     """Table 3 on this machine; returns the JSON document."""
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        variants, tok, base = decode_variants(model_name, setting, methods, rank, Path(tmp))
+        variants, tok, base = decode_variants(backbone, setting, methods, rank, Path(tmp))
         prompt = fixed_prompt(tok, prompt_texts(), prompt_tokens)
         rows = []
         with tqdm(total=len(beams) * (runs + 1) * len(variants), desc="decode") as bar:
@@ -128,9 +144,9 @@ class BoundPath:
         return self.model.parameters()
 
 
-def tenant_paths(model_name: str, tenants: list[Path]):
+def tenant_paths(backbone: Backbone, tenants: list[Path]):
     """(PEFT model with every tenant loaded as t0, t1, ..., TenantServer with the same)."""
-    base, _ = load_model(model_name)
+    base, _ = backbone.load()
     peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(tenants[0]), adapter_name="t0")
     for i, path in enumerate(tenants[1:], 1):
         peft_model.load_adapter(str(path), adapter_name=f"t{i}")
@@ -155,14 +171,14 @@ def bound_variants(peft_model, server, names: list[str], label: str) -> list[Var
     ]
 
 
-def write_kind(model_name: str, kind: str, setting, count: int, rank: int, folder: Path):
-    base, tok = load_model(model_name)
+def write_kind(backbone: Backbone, kind: str, setting, count: int, rank: int, folder: Path):
+    base, tok = backbone.load()
     config = method_config(kind, discover_layout(base), setting, rank)
     return write_tenants(base, config, folder / kind, count), tok
 
 
 def bench_goals(
-    model_name: str,
+    backbone: Backbone,
     setting,
     rank: int,
     runs: int,
@@ -175,8 +191,8 @@ def bench_goals(
     same batch served by one adapter, and the base model."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        paths, tok = write_kind(model_name, "fanlora", setting, max(sizes), rank, Path(tmp))
-        peft_model, server = tenant_paths(model_name, paths)
+        paths, tok = write_kind(backbone, "fanlora", setting, max(sizes), rank, Path(tmp))
+        peft_model, server = tenant_paths(backbone, paths)
         prompt = fixed_prompt(tok, prompt_texts(), prompt_tokens)
         for size in sizes:
             distinct = [f"t{i}" for i in range(size)]
@@ -206,7 +222,7 @@ def bench_goals(
 
 
 def bench_sweep(
-    model_name: str,
+    backbone: Backbone,
     setting,
     kinds: list[str],
     counts: list[int],
@@ -221,8 +237,8 @@ def bench_sweep(
     rows = []
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         for kind in kinds:
-            paths, tok = write_kind(model_name, kind, setting, max(counts), rank, Path(tmp))
-            peft_model, server = tenant_paths(model_name, paths)
+            paths, tok = write_kind(backbone, kind, setting, max(counts), rank, Path(tmp))
+            peft_model, server = tenant_paths(backbone, paths)
             prompt = fixed_prompt(tok, prompt_texts(), prompt_tokens)
             for count in counts:
                 names = [f"t{i % count}" for i in range(batch)]

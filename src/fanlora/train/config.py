@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass, field
 
 from fanlora.config import require_positive
 from fanlora.errors import FanLoRAError
+from fanlora.models.loading import DTYPE_NAMES
 from fanlora.train.methods import METHODS, get_method
+from fanlora.utils.devices import DeviceOptions
 
 
 def _help(text: str, **extra) -> dict:
@@ -14,7 +16,7 @@ def _help(text: str, **extra) -> dict:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DeviceOptions):
     """Everything one fine-tuning run needs; a YAML file can hold any of it."""
 
     model: str = field(default="tiny-random-llama", **_help("preset, local folder or cached HF id"))
@@ -55,9 +57,13 @@ class TrainConfig:
     eval_examples: int = field(default=256, **_help("dev rows used per evaluation"))
     patience: int = field(default=10, **_help("stop after N evaluations without improvement"))
     seed: int = field(default=0, **_help("seed of initialisation, data order and dropout"))
-    dtype: str = field(default="float32", **_help("weights dtype", choices=("float32", "bfloat16")))
-    mixed_precision: str = field(
-        default="no", **_help("accelerate mixed precision", choices=("no", "bf16", "fp16"))
+    dtype: str = field(
+        default="float32",
+        **_help("dtype the base weights load in (LoRA weights stay fp32)", choices=DTYPE_NAMES),
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        **_help("recompute activations in backward: less memory, about a third more time"),
     )
 
     def __post_init__(self) -> None:
@@ -84,6 +90,7 @@ class TrainConfig:
             )
         if method.needs_setting and not self.setting:
             raise FanLoRAError(f"method {self.method!r} needs --setting SETTING.json")
+        self.runtime()  # a device this machine lacks, or fp16 on a CPU, is refused here
         if not 0 <= self.warmup_ratio < 1:
             raise FanLoRAError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 

@@ -27,7 +27,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator
+from accelerate.utils import send_to_device
 from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
@@ -45,6 +45,7 @@ from fanlora.train.checkpoint import (
 from fanlora.train.config import TrainConfig
 from fanlora.train.methods import get_method
 from fanlora.train.outputs import RunFolder
+from fanlora.utils.devices import make_accelerator
 
 MAX_GRAD_NORM = 1.0
 
@@ -79,9 +80,12 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> Batches:
     return Batches(train, dev, batch, per_epoch, total, dropped)
 
 
-def micro_batches(rows: list[dict], indices: list[int], size: int, pad_id: int):
+def micro_batches(rows: list[dict], indices: list[int], size: int, pad_id: int, device):
+    """Collated micro-batches on ``device`` (moved by accelerate's ``send_to_device``)."""
     for start in range(0, len(indices), size):
-        yield collate([rows[i] for i in indices[start : start + size]], pad_id)
+        yield send_to_device(
+            collate([rows[i] for i in indices[start : start + size]], pad_id), device
+        )
 
 
 def label_tokens(rows: list[dict], indices: list[int]) -> int:
@@ -94,15 +98,13 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, folder: RunFolder, log=print):
         self.cfg, self.folder, self.log = cfg, folder, log
-        # accelerate 1.15 picks gloo for torchrun ranks only when told cpu=True; a plain
-        # Accelerator() on a machine without a GPU silently runs each rank alone.
-        self.acc = Accelerator(
-            mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available()
-        )
+        self.acc = make_accelerator(cfg.runtime())
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
 
     def setup(self, model, tokenizer, peft_config, data: Batches) -> None:
         torch.manual_seed(self.cfg.seed)  # the same fresh LoRA weights on every process
+        if self.cfg.gradient_checkpointing:  # non-reentrant: no input needs requires_grad
+            model.gradient_checkpointing_enable({"use_reentrant": False})
         self.peft_model = get_peft_model(model, peft_config)
         self.trainable = sum(p.numel() for p in self.peft_model.parameters() if p.requires_grad)
         params = [p for p in self.peft_model.parameters() if p.requires_grad]
@@ -135,7 +137,9 @@ class Trainer:
         n_items = max(label_tokens(data.train, indices), 1)  # every process's tokens
         self.model.train()
         ce_sum, tokens, penalty = torch.zeros(()), 0, None
-        chunks = list(micro_batches(data.train, mine, cfg.micro_batch_size, self.pad_id))
+        chunks = list(
+            micro_batches(data.train, mine, cfg.micro_batch_size, self.pad_id, self.acc.device)
+        )
         for i, batch in enumerate(chunks):
             last = i == len(chunks) - 1
             sync = nullcontext() if last else self.acc.no_sync(self.model)
@@ -172,7 +176,9 @@ class Trainer:
         rows = self.data.dev
         mine = list(range(self.rank, len(rows), self.world))
         loss_sum = torch.zeros(2)
-        for batch in micro_batches(rows, mine, self.cfg.micro_batch_size, self.pad_id):
+        for batch in micro_batches(
+            rows, mine, self.cfg.micro_batch_size, self.pad_id, self.acc.device
+        ):
             with self.acc.autocast():
                 logits = self.model(
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
