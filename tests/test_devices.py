@@ -175,3 +175,45 @@ def test_the_offline_flag_forbids_a_download_and_creates_nothing(monkeypatch, tm
     assert main(["train", "--model", "org/model", "--offline", "--out", str(out)]) == 2
     assert "downloads are off" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(
+    monkeypatch, native, expected
+):
+    from fanlora.utils import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    assert Runtime.of("cpu", "auto").precision == expected
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_emulated(monkeypatch):
+    from fanlora.utils import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated"):
+        assert Runtime.of("cpu", "bf16").precision == "bf16"
+
+
+def test_the_gpu_benchmark_runs_its_code_on_a_tiny_shape_on_the_cpu(monkeypatch, tmp_path):
+    """bench/gpu.py cannot be measured without a GPU; its code runs here on a tiny shape:
+    engine against bare PEFT, scoring every module, table 3's variants."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import gpu
+
+    out = tmp_path / "gpu.json"
+    argv = ["gpu.py", "--shapes", "tiny", "--device", "cpu", "--precision", "fp32"]
+    argv += ["--train-steps", "1", "--val-examples", "8", "--decode-runs", "1", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    gpu.main()
+    tiny = json.loads(out.read_text())["shapes"]["tiny"]
+    assert tiny["train"]["engine_over_bare"] > 0
+    assert tiny["score"]["modules"] == 2 * 7 and tiny["score"]["validation_tokens"] == 8 * 256
+    variants = {(r["variant"], r["beams"]) for r in tiny["decode"]["rows"]}
+    assert variants == {
+        (v, b) for v in ("base", "fanlora", "lora", "adalora", "ia3") for b in (1, 3)
+    }

@@ -263,3 +263,72 @@ def test_units_of_an_older_results_version_are_recomputed_and_never_reused(tmp_p
     lines.clear()
     record = stages.run_units(old, [unit()], log=lines.append)["u"]
     assert record["results_version"] == 2 and any("starts" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_the_pipeline_on_two_processes_equals_one(tasks_home_dir, tmp_path):
+    """torchrun: training units run on both processes (DDP), scoring shares its modules,
+    the other units run once on the main process; same setting, scores within 1e-3 (DDP's
+    loss equals one process's to 1e-4, not bitwise) and one log line per event."""
+    import os
+    import subprocess
+    import sys
+
+    data = tiny_data(tasks=["yesno"], methods=["fanlora"], decode=False, until="eval")
+    data["full_lora"].update(dropout=0.0)
+    data["downstream"].update(dropout=0.0)
+    config = tmp_path / "two.yaml"
+    config.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "FANLORA_HOME": tasks_home_dir, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [
+            *launch,
+            "--master_port",
+            "29541",
+            "-m",
+            "fanlora.cli.main",
+            "run",
+            str(config),
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FANLORA_HOME", tasks_home_dir)
+    try:
+        run_quiet(run_config_from(dict(data), "test"), tmp_path / "one")
+    finally:
+        mp.undo()
+    two, one = tmp_path / "two", tmp_path / "one"
+    assert json.loads((two / "4-downstream/yesno/fanlora/run.json").read_text())["world_size"] == 2
+    same = [FanLoRASetting.load(d / "3-setting/setting.json").layers for d in (two, one)]
+    assert same[0] == same[1]
+    scores = [json.loads((d / "2-scores/scores.json").read_text())["scores"] for d in (two, one)]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(*scores, strict=True)) < 1e-3
+    assert (two / "5-eval/yesno/fanlora/metrics.json").is_file()
+    log = (two / "pipeline.log").read_text().splitlines()
+    assert len([line for line in log if "setting: " in line]) == 1, log
+
+
+def test_the_pipeline_runs_on_an_explicit_device_in_bf16(tasks_home, tmp_path):
+    cfg = tiny_cfg(device="cpu", precision="bf16", until="setting")
+    _, ran = run_quiet(cfg, tmp_path / "bf16")
+    assert ran[:3] == ["1-full-lora", "2-scores", "3-setting"]
+    run = json.loads((tmp_path / "bf16" / "1-full-lora" / "run.json").read_text())
+    assert run["config"]["precision"] == "bf16" and run["config"]["device"] == "cpu"
+    scores = json.loads((tmp_path / "bf16" / "2-scores" / "scores.json").read_text())
+    assert scores["config"]["precision"] == "bf16"
+
+
+def test_device_and_precision_are_set_at_the_top_level_only(tmp_path):
+    data = tiny_data()
+    data["scoring"]["precision"] = "bf16"
+    with pytest.raises(FanLoRAError, match="set model, seed, k_max, device and precision"):
+        run_config_from(data, "test")

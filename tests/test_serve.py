@@ -301,12 +301,17 @@ def test_bench_commands_write_json_tables_and_plot(tmp_path):
             "--beams",
             "1",
             "2",
+            "--device",
+            "cpu",
+            "--dtype",
+            "bfloat16",
             "--out",
             str(out),
         ]
     )
     assert code == 0
     doc = json.loads(out.read_text())
+    assert doc["device"] == "cpu (CPU)" and doc["dtype"] == "bfloat16"
     variants = {(r["variant"], r["beams"]) for r in doc["rows"]}
     assert variants == {
         (v, b) for v in ("base", "fanlora", "lora", "adalora", "ia3") for b in (1, 2)

@@ -6,6 +6,7 @@ Examples::
     fanlora run configs/tiny.yaml --out runs/tiny    # a config file; flags override it
     fanlora run --out runs/demo --from downstream    # redo step 4 and everything after it
     fanlora run --print-default > my.yaml            # start a config from the default
+    torchrun --nproc_per_node 2 -m fanlora.cli.main run configs/tiny.yaml --out runs/ddp
 """
 
 from __future__ import annotations

@@ -174,6 +174,7 @@ def evaluate(cfg: EvalConfig, out: str | Path, log=print, model=None, tokenizer=
         "config": asdict(cfg),
         "answer_in_prompt": answers_in_prompt(records),
         "adapter_sha256": adapter_hash(cfg.adapter) if cfg.adapter else None,
+        "runtime": runtime.describe(),
         "predictions": "predictions.jsonl",
         "wall_time_s": round(time.time() - started, 2),
         "versions": versions(),

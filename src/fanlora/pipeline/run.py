@@ -36,6 +36,7 @@ from fanlora.select import FanLoRASetting, parse_scores, select_setting
 from fanlora.train.config import TrainConfig
 from fanlora.train.methods import get_method
 from fanlora.train.run import train
+from fanlora.utils.devices import is_main_rank, process_state
 from fanlora.utils.io import read_json
 
 TRAIN_OUTPUTS = ("adapter_config.json", "adapter_model.safetensors", "run.json")
@@ -68,7 +69,7 @@ def train_unit(
 
     key_params = {**params, "budget": cfg.budget} if setting_unit else params
     deps = (setting_unit,) if setting_unit else ()
-    return Unit(name, stage, key_params, run, TRAIN_OUTPUTS, deps)
+    return Unit(name, stage, key_params, run, TRAIN_OUTPUTS, deps, collective=True)
 
 
 def placed(cfg: RunConfig) -> dict:
@@ -102,6 +103,8 @@ def uses_setting(cfg: RunConfig, method_name: str) -> bool:
 
 def _log(run_dir):
     def log(message: str) -> None:
+        if not is_main_rank():  # one log under torchrun
+            return
         print(message, flush=True)
         if run_dir is not None:
             with open(run_dir.path / "pipeline.log", "a", encoding="utf-8") as handle:
@@ -118,6 +121,8 @@ def scores_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
         doc = score(
             ScoreConfig(**params, adapter=adapter), folder / "scores.json", log=_log(run_dir)
         )
+        if doc is None:  # another process than the main one: its share is journalled
+            return {}
         return {
             "method": doc["method"],
             "modules": len(doc["scores"]),
@@ -127,7 +132,7 @@ def scores_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
     # Racing stops on the layer's top-K_max boundary, so adaptive scores depend on K_max;
     # exact scores do not (K_max only marks the heatmap), and are shared across K_max.
     key = params if params.get("adaptive") else {k: v for k, v in params.items() if k != "k_max"}
-    return Unit(SCORES, "scores", key, run, ("scores.json",), (FULL_LORA,))
+    return Unit(SCORES, "scores", key, run, ("scores.json",), (FULL_LORA,), collective=True)
 
 
 def setting_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
@@ -231,11 +236,16 @@ def run_pipeline(
     cfg: RunConfig, out: str | Path, start_from: str | None = None, reuse: list[str | Path] = ()
 ) -> dict:
     """Run (or resume) the whole pipeline into ``out``; return the unit records. Finished
-    units with the same key in the ``reuse`` run folders are copied instead of recomputed."""
+    units with the same key in the ``reuse`` run folders are copied instead of recomputed.
+    Under torchrun (or accelerate launch), training units run on every process (DDP) and
+    scoring shares its modules out; the other units run on the main process alone."""
+    ranks, _ = process_state(cfg.runtime())
     run_dir = RunDir(out)
-    run_dir.open(cfg.to_dict())
+    if ranks.is_main_process:
+        run_dir.open(cfg.to_dict())
+    ranks.wait_for_everyone()
     units = build_units(cfg, run_dir)
     others = [RunDir(p) for p in reuse]
-    records = run_units(run_dir, units, start_from, log=_log(run_dir), reuse=others)
+    records = run_units(run_dir, units, start_from, _log(run_dir), others, ranks)
     _log(run_dir)(f"report: {run_dir.path / 'report' / 'report.html'}")
     return records

@@ -53,6 +53,7 @@ class Unit:
     run: Callable[[Path], dict]
     outputs: tuple[str, ...]
     deps: tuple[str, ...] = ()
+    collective: bool = False  # run by every process (training, scoring), else the main one
     key: str = field(default="", init=False)
 
 
@@ -202,18 +203,31 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+class OneProcess:
+    """The process group of a run without torchrun: one process, nothing to wait for."""
+
+    is_main_process = True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
 def run_units(
     run_dir: RunDir,
     units: list[Unit],
     start_from: str | None = None,
     log=print,
     reuse: list[RunDir] = (),
+    ranks=None,
 ) -> dict[str, dict]:
     """Run ``units`` in order (each after its deps), skipping the done ones; return the
     records. ``start_from``: units of this stage and later ones are redone regardless.
-    ``reuse``: other run folders whose finished units with the same key are copied."""
+    ``reuse``: other run folders whose finished units with the same key are copied.
+    ``ranks`` (accelerate's process state under torchrun): every process decides alike,
+    the main one alone writes records and runs units that are not ``collective``."""
     if start_from is not None and start_from not in STAGES:
         raise FanLoRAError(f"unknown stage {start_from!r} for --from; stages: {', '.join(STAGES)}")
+    ranks = ranks or OneProcess()
     forced = set(STAGES[STAGES.index(start_from) :]) if start_from else set()
     keys: dict[str, str] = {}
     records: dict[str, dict] = {}
@@ -222,26 +236,52 @@ def run_units(
         unit.key = unit_key(unit, [keys[d] for d in unit.deps])
         keys[unit.name] = unit.key
         head = f"[{i}/{len(units)}] {unit.name}"
-        fresh_input = any(d in ran for d in unit.deps)
-        if unit.stage not in forced and not fresh_input and run_dir.is_done(unit):
+        redo = unit.stage in forced or any(d in ran for d in unit.deps)
+        settled = None if redo else _settled(run_dir, unit, reuse, ranks)
+        if settled is not None:
             records[unit.name] = run_dir.record(unit)
-            log(f"{head}: done ({records[unit.name]['wall_time_s']:.0f} s), skipped")
+            wall = records[unit.name]["wall_time_s"]
+            log(f"{head}: " + (f"done ({wall:.0f} s), skipped" if settled == "done" else settled))
             continue
-        source = None if unit.stage in forced or fresh_input else reuse_unit(run_dir, unit, reuse)
-        if source is not None:
-            records[unit.name] = run_dir.record(unit)
-            log(f"{head}: same unit as {source}, copied")
-            continue
-        log(f"{head}: {run_dir.prepare(unit, unit.stage in forced or fresh_input)}")
+        if ranks.is_main_process:
+            log(f"{head}: {run_dir.prepare(unit, redo)}")
+        ranks.wait_for_everyone()
         ran.add(unit.name)
         started = time.time()
-        try:
-            summary = unit.run(run_dir.folder(unit))
-        except OSError as exc:  # a full disk, say: finished units are intact
-            raise FanLoRAError(
-                f"unit {unit.name} failed: {exc}. Units finished before it "
-                "are intact; fix the cause and run again to resume"
-            ) from exc
-        records[unit.name] = run_dir.finish(unit, summary or {}, time.time() - started)
-        log(f"{head}: finished in {time.time() - started:.0f} s")
+        summary = None
+        if unit.collective or ranks.is_main_process:
+            summary = _run(unit, run_dir)
+        ranks.wait_for_everyone()
+        if ranks.is_main_process:
+            records[unit.name] = run_dir.finish(unit, summary or {}, time.time() - started)
+            log(f"{head}: finished in {time.time() - started:.0f} s")
+        ranks.wait_for_everyone()
+        records[unit.name] = run_dir.record(unit)
     return records
+
+
+def _settled(run_dir: RunDir, unit: Unit, reuse: list[RunDir], ranks) -> str | None:
+    """ "done" when ``unit`` is done here, "same unit as SOURCE, copied" when the main
+    process copied it from a reuse folder, None when it must run. Every process passes the
+    same barriers, and none writes before all have looked."""
+    done = run_dir.is_done(unit)
+    ranks.wait_for_everyone()
+    source = None
+    if not done and ranks.is_main_process:
+        source = reuse_unit(run_dir, unit, reuse)
+    ranks.wait_for_everyone()
+    if done:
+        return "done"
+    if run_dir.is_done(unit):
+        return f"same unit as {source or 'another run'}, copied"
+    return None
+
+
+def _run(unit: Unit, run_dir: RunDir) -> dict:
+    try:
+        return unit.run(run_dir.folder(unit))
+    except OSError as exc:  # a full disk, say: finished units are intact
+        raise FanLoRAError(
+            f"unit {unit.name} failed: {exc}. Units finished before it "
+            "are intact; fix the cause and run again to resume"
+        ) from exc

@@ -220,6 +220,7 @@ def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
     journal = Journal(out.with_name(out.name + ".journal"), identity(cfg), state.process_index)
     try:
         ctx = Context(cfg, model, gates, valset, journal, store=plan.store(runtime.device))
+        ctx.notes.update(runtime=runtime.describe(), memory_plan=plan.describe())
         with runtime.autocast():
             scorer.prepare(ctx, log)
             run_units(scorer, ctx, state)

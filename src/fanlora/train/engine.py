@@ -104,7 +104,9 @@ class Trainer:
     def setup(self, model, tokenizer, peft_config, data: Batches) -> None:
         torch.manual_seed(self.cfg.seed)  # the same fresh LoRA weights on every process
         if self.cfg.gradient_checkpointing:  # non-reentrant: no input needs requires_grad
-            model.gradient_checkpointing_enable({"use_reentrant": False})
+            # transformers 5.2x renamed it; the old name stays until v6
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            (enable or model.gradient_checkpointing_enable)({"use_reentrant": False})
         self.peft_model = get_peft_model(model, peft_config)
         self.trainable = sum(p.numel() for p in self.peft_model.parameters() if p.requires_grad)
         params = [p for p in self.peft_model.parameters() if p.requires_grad]

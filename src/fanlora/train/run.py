@@ -12,6 +12,7 @@ from fanlora.train.config import TrainConfig
 from fanlora.train.engine import Trainer, prepare_data
 from fanlora.train.methods import build_peft_config
 from fanlora.train.outputs import RunFolder, config_hash
+from fanlora.utils.devices import cpu_has_native_bf16
 from fanlora.utils.versions import versions
 
 
@@ -31,6 +32,11 @@ def train(
         return done
     folder.check_claim(cfg_hash, resume, overwrite)
     trainer = Trainer(cfg, folder, log)
+    if trainer.acc.device.type == "cpu" and cfg.dtype != "float32" and not cpu_has_native_bf16():
+        log(
+            f"note: this CPU has no AVX512-BF16 or AMX, so {cfg.dtype} weights train slowly "
+            "(a SmolLM2 step took 24x float32's on an AVX2 host, in the backward matmuls)"
+        )
     with trainer.acc.main_process_first():  # the first load may write the model cache
         model, tokenizer = load_model(cfg.model, cfg.dtype)
     layout = discover_layout(model)
@@ -52,6 +58,8 @@ def train(
         "batch_size": data.batch_size,
         "total_steps": data.total_steps,
         "world_size": trainer.world,
+        "device": trainer.acc.device.type,
+        "mixed_precision": trainer.acc.mixed_precision,
         "peft_type": type(peft_config).__name__,
     }
     log(

@@ -2,8 +2,10 @@
 
 ``device``: ``auto`` (the GPU when there is one, else the CPU), ``cpu``, ``cuda`` or
 ``cuda:N``. ``precision``: the dtype that forward passes autocast to, ``fp32`` (none),
-``bf16`` or ``fp16``. Weights keep the dtype they were loaded in (``--dtype``); losses are
-always taken in fp32 from the logits (:mod:`fanlora.models.losses`).
+``bf16`` or ``fp16``; ``auto`` is bf16 where the device computes it natively (a GPU with
+bf16, a CPU with AVX512-BF16 or AMX) and fp32 elsewhere. Weights keep the dtype they were
+loaded in (``--dtype``); losses are always taken in fp32 from the logits
+(:mod:`fanlora.models.losses`).
 
 Every check here runs before a stage loads weights or creates a file, so a refused device
 or precision leaves nothing behind.
@@ -11,10 +13,13 @@ or precision leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -31,6 +36,7 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 }
 # --precision -> accelerate's mixed_precision
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -56,10 +62,44 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX). Read from
+    /proc/cpuinfo by hand: torch has no public check. Without them bf16 is emulated, and a
+    bf16-autocast step of the engine took 31x fp32's on an AVX2 host (bench/precision.py)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_native_bf16()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``precision`` with ``auto`` decided for ``device``; refused when not computable."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    check_precision(precision, device)
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            "--precision bf16: this CPU has no AVX512-BF16 or AMX, so bf16 is emulated and "
+            "much slower than fp32 (31x per training step on an AVX2 host); --precision "
+            "auto picks fp32 here",
+            stacklevel=2,
+        )
+    return precision
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse a precision the device cannot compute in usefully."""
     if precision not in PRECISIONS:
-        raise FanLoRAError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        choices = ", ".join(PRECISION_CHOICES)
+        raise FanLoRAError(f"--precision must be one of {choices}; got {precision!r}")
     if precision == "fp16" and device.type == "cpu":
         raise FanLoRAError(
             "--precision fp16 is refused on the CPU: CPU autocast has no fp16 loss scaling "
@@ -83,8 +123,7 @@ class Runtime:
     @classmethod
     def of(cls, device: str = "auto", precision: str = "fp32") -> Runtime:
         resolved = resolve_device(device)
-        check_precision(precision, resolved)
-        return cls(resolved, precision)
+        return cls(resolved, resolve_precision(precision, resolved))
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -116,8 +155,9 @@ class DeviceOptions:
     precision: str = field(
         default="fp32",
         metadata={
-            "help": "autocast dtype of forward passes (losses stay fp32); fp16 needs a GPU",
-            "choices": tuple(PRECISIONS),
+            "help": "autocast dtype of forward passes (losses stay fp32); auto: bf16 where "
+            "the device computes it natively, else fp32; fp16 needs a GPU",
+            "choices": PRECISION_CHOICES,
         },
     )
 
@@ -128,6 +168,11 @@ class DeviceOptions:
 def distributed() -> bool:
     """Whether this process is one rank of several (torchrun or accelerate launch)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_rank() -> bool:
+    """Whether this process is the main one (rank 0, or the only one)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def make_accelerator(runtime: Runtime) -> Accelerator:
