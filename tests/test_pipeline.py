@@ -314,7 +314,8 @@ def test_the_pipeline_on_two_processes_equals_one(tasks_home_dir, tmp_path):
     assert max(abs(a["score"] - b["score"]) for a, b in zip(*scores, strict=True)) < 1e-3
     assert (two / "5-eval/yesno/fanlora/metrics.json").is_file()
     log = (two / "pipeline.log").read_text().splitlines()
-    assert len([line for line in log if "setting: " in line]) == 1, log
+    assert log.count("[1/7] 1-full-lora: starts") == 1, log
+    assert len([line for line in log if line.startswith("setting: ")]) == 1, log
 
 
 def test_the_pipeline_runs_on_an_explicit_device_in_bf16(tasks_home, tmp_path):
