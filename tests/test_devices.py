@@ -95,7 +95,7 @@ def test_the_plan_keeps_the_cache_on_the_device_when_it_fits():
         CUDA, weights=14 * GB, cache=17 * GB, device_free=79 * GB, host_free=100 * GB
     )
     assert plan.cache_on == "device" and plan.store(CUDA) is None
-    assert "cache 17.00 GB in the device" in plan.describe()
+    assert "cache 17.00 GB in cuda memory" in plan.describe()
 
 
 def test_the_plan_offloads_the_cache_when_the_device_is_short():

@@ -701,3 +701,43 @@ def test_the_memory_plan_refuses_before_any_weight_is_loaded(
     with pytest.raises(FanLoRAError, match="layer-input cache"):
         score(cfg, tmp_path / "s.json", log=lambda _: None)
     assert not list(tmp_path.iterdir())
+
+
+def scaled_adapter(adapter, folder, factor):
+    """A copy of ``adapter`` with every LoRA B matrix times ``factor``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(adapter, folder)
+    path = folder / "adapter_model.safetensors"
+    weights = load_file(path)
+    save_file({k: v * factor if "lora_B" in k else v for k, v in weights.items()}, path)
+    return str(folder)
+
+
+def test_first_order_ab_matches_exact_ab_where_the_loss_is_near_linear(
+    tmp_path, adapter, data_file
+):
+    """With small LoRA paths the loss is near linear in each gate, so V1 = dS/dg|1 +
+    dS/dg|0 approaches eq. 3's V; a module whose B is zero scores exactly 0."""
+    small = scaled_adapter(adapter, tmp_path / "small", 0.03)
+    exact = by_key(run_score(tmp_path, small, data_file, "ab.json"))
+    first = by_key(run_score(tmp_path, small, data_file, "v1.json", method="first-order"))
+    assert first.keys() == exact.keys() and len(first) == 28
+    assert first[(1, "v")]["score"] == 0.0 and first[(1, "v")]["ds_dg_none"] == 0.0
+    top = max(abs(r["score"]) for r in exact.values())
+    assert top > 1e-4
+    assert max(abs(first[k]["score"] - exact[k]["score"]) for k in exact) < 0.1 * top
+    for k, r in first.items():  # each term approximates its own difference of eq. 3
+        assert r["ds_dg_all"] == pytest.approx(
+            exact[k]["s_all"] - exact[k]["s_without"], abs=0.1 * top
+        )
+        assert r["ds_dg_none"] == pytest.approx(
+            exact[k]["s_only"] - exact[k]["s_none"], abs=0.1 * top
+        )
+
+
+def test_first_order_ab_refuses_the_accuracy_metric(tmp_path, adapter, data_file):
+    with pytest.raises(FanLoRAError, match="scores the loss metric only"):
+        run_score(tmp_path, adapter, data_file, method="first-order", metric="accuracy")

@@ -75,11 +75,13 @@ class Gates:
         self.set_open(self.modules)
 
     @contextmanager
-    def differentiable(self):
-        """Yield {key: g} leaf tensors at 1.0 that scale each LoRA path (for dL/dg)."""
+    def differentiable(self, value: float = 1.0):
+        """Yield {key: g} leaf tensors at ``value`` that scale each LoRA path (for dL/dg):
+        at 1.0 every path is on (M_all), at 0.0 every path is off but still computed, so
+        dL/dg at M_null exists."""
         self.all_open()
         saved = {key: m.scaling[self.adapter] for key, m in self.modules.items()}
-        gates = {key: torch.ones((), requires_grad=True) for key in self.modules}
+        gates = {key: torch.tensor(float(value), requires_grad=True) for key in self.modules}
         try:
             for key, module in self.modules.items():
                 module.scaling[self.adapter] = saved[key] * gates[key]

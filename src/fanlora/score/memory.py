@@ -56,7 +56,7 @@ class MemoryPlan:
         return torch.device("cpu") if self.cache_on == "cpu" and device.type != "cpu" else None
 
     def describe(self) -> str:
-        where = "the device" if self.cache_on == "device" else "CPU memory (offloaded)"
+        where = f"{self.device} memory" if self.cache_on == "device" else "CPU memory (offloaded)"
         spread = f", weights spread by device_map={self.device_map}" if self.device_map else ""
         return (
             f"memory plan on {self.device}: weights {self.weights / GB:.2f} GB{spread}; "

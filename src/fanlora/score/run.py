@@ -15,7 +15,7 @@ from fanlora.models import load_config, load_model, load_tokenizer
 from fanlora.models.adapters import adapter_hash, attach_adapter, check_adapter_folder
 from fanlora.models.loading import DTYPE_NAMES, DTYPES, parameter_count
 from fanlora.modules import discover_layout
-from fanlora.score import ab, sensitivity, shapley  # noqa: F401  (register the scorers)
+from fanlora.score import ab, first_order, sensitivity, shapley  # noqa: F401  (registrations)
 from fanlora.score.evaluator import build_valset
 from fanlora.score.gates import Gates
 from fanlora.score.heatmap import draw_heatmap
@@ -101,7 +101,11 @@ class ScoreConfig(DeviceOptions):
         self.runtime()  # a device this machine lacks, or fp16 on a CPU, is refused here
         if self.device_map not in (None, "auto"):
             raise FanLoRAError(f"--device-map takes auto only, got {self.device_map!r}")
-        get_scorer(self.method)  # an unknown name is an error listing the registered ones
+        scorer = get_scorer(self.method)  # an unknown name is an error listing the registered
+        if self.metric not in scorer.metrics:
+            raise FanLoRAError(
+                f"--method {self.method} scores the {' or '.join(scorer.metrics)} metric only"
+            )
         if self.method == "shapley" and self.scope == "model" and self.budget < 1:
             raise FanLoRAError(f"--budget must be >= 1 permutation, got {self.budget}")
         if self.adaptive and (self.method != "ab" or self.metric != "loss"):

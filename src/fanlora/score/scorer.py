@@ -48,6 +48,7 @@ class Scorer:
     help: str = ""
     unit: str = "module"  # what the progress bar counts
     uses_cache: bool = True  # whether the fast mode's layer-input cache is built (memory plan)
+    metrics: tuple[str, ...] = ("loss", "accuracy")  # the S_val it can score
 
     def check(self, cfg, gates) -> None:
         """Refuse a config that does not fit the model, before the journal is opened."""
