@@ -31,6 +31,7 @@ COMMANDS = {
     "report": "fanlora.cli.report_cmd",
     "bench": "fanlora.cli.bench_cmd",
     "experiment": "fanlora.cli.experiment_cmd",
+    "export": "fanlora.cli.export_cmd",
 }
 
 

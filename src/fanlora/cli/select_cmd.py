@@ -6,6 +6,7 @@ from fanlora.errors import FanLoRAError
 from fanlora.models import load_config
 from fanlora.modules.discovery import ModuleLayout, layout_from_config
 from fanlora.select import parse_scores, select_setting
+from fanlora.serve.vllm_export import describe_cost, engine_cost
 from fanlora.utils.io import read_json
 
 
@@ -39,10 +40,13 @@ def run(args) -> int:
     records = parse_scores(doc, layout)
     setting = select_setting(records, layout, args.k_max, model=model)
     setting.extra["scores_file"] = str(args.scores)
+    cost = engine_cost(layout, setting.layers)
+    setting.extra["cost"] = cost
     setting.save(args.out)
     counts = ", ".join(f"{k} {n}" for k, n in setting.kind_counts().items())
     print(
         f"kept {setting.num_modules} of {layout.num_layers * len(layout.kinds)} modules "
-        f"(K_max {args.k_max}); layers per kind: {counts}; wrote {args.out}"
+        f"(K_max {args.k_max}); layers per kind: {counts}; cost per token: "
+        f"{describe_cost(cost)}; wrote {args.out}"
     )
     return 0

@@ -51,6 +51,34 @@ ARCHITECTURES: dict[str, dict[str, str]] = {
 }
 
 
+# vLLM's runtime module of each kind, as a path inside one decoder layer: vLLM packs q, k, v
+# into one qkv_proj and gate, up into one gate_up_proj (the packed_modules_mapping of its
+# model classes, vllm/model_executor/models/llama.py and kin). A packed module wrapped with
+# LoRA computes every slice for every request, zero-filled where an adapter has none.
+_LLAMA_VLLM = {
+    "q": "self_attn.qkv_proj",
+    "k": "self_attn.qkv_proj",
+    "v": "self_attn.qkv_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_up_proj",
+    "up": "mlp.gate_up_proj",
+    "down": "mlp.down_proj",
+}
+VLLM_MODULES: dict[str, dict[str, str]] = {
+    **dict.fromkeys(
+        ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"], _LLAMA_VLLM
+    ),
+    "phi3": {
+        "qkv": "self_attn.qkv_proj",
+        "o": "self_attn.o_proj",
+        "gate_up": "mlp.gate_up_proj",
+        "down": "mlp.down_proj",
+    },
+}
+# slices a packed vLLM module computes (the others: 1)
+VLLM_SLICES = {"self_attn.qkv_proj": 3, "mlp.gate_up_proj": 2}
+
+
 def kinds_for(model_type: str) -> dict[str, str] | None:
     """Kind -> in-layer path for a known ``model_type``, or None when the table lacks it."""
     table = ARCHITECTURES.get(model_type)

@@ -1,0 +1,88 @@
+"""``fanlora export vllm SETTING --out DIR``: a setting as a vLLM deployment.
+
+Examples::
+
+    fanlora export vllm runs/demo/3-setting/setting.json --out deploy/ \\
+        --adapter yesno=runs/demo/4-downstream/yesno/fanlora
+    sh deploy/serve.sh                       # vllm serve ... --lora-target-modules ...
+
+Writes ``DIR/deployment.json`` (the runtime module names, ``LLM(...)`` keyword arguments,
+the serve command and the setting's cost per engine) and ``DIR/serve.sh``. Adapters with
+LoRA weights outside the deployment, or a rank above ``--max-lora-rank``, are refused
+before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fanlora.errors import FanLoRAError
+from fanlora.models import resolve_model
+from fanlora.select import FanLoRASetting
+from fanlora.serve.vllm_export import (
+    Deployment,
+    adapter_modules,
+    check_adapters,
+    describe_cost,
+    engine_cost,
+    max_rank_for,
+    runtime_modules,
+)
+from fanlora.utils.io import atomic_write_json, atomic_write_text
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="a setting as a serving deployment (vLLM)")
+    engines = p.add_subparsers(dest="engine", metavar="ENGINE", required=True)
+    v = engines.add_parser("vllm", help="vLLM: lora_target_modules at its packed granularity")
+    v.add_argument("setting", help="setting JSON (from `fanlora select` or a run's 3-setting)")
+    v.add_argument("--out", required=True, help="folder for deployment.json and serve.sh")
+    v.add_argument(
+        "--adapter", action="append", default=[], metavar="NAME=DIR", help="an adapter to serve"
+    )
+    v.add_argument("--model", help="what vLLM loads (default: the setting's model, resolved)")
+    v.add_argument("--max-loras", type=int, help="adapters in one batch (default: all given, 1+)")
+    v.add_argument("--max-lora-rank", type=int, help="default: the smallest that fits")
+    v.set_defaults(func=run)
+
+
+def parse_adapters(items: list[str]) -> dict[str, str]:
+    adapters = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise FanLoRAError(f"--adapter takes NAME=DIR, got {item!r}")
+        if name in adapters:
+            raise FanLoRAError(f"--adapter {name} is given twice")
+        adapters[name] = folder
+    return adapters
+
+
+def run(args) -> int:
+    setting = FanLoRASetting.load(args.setting)
+    targets = runtime_modules(setting.layout, setting.layers)
+    adapters = parse_adapters(args.adapter)
+    ranks = [adapter_modules(folder)[1] for folder in adapters.values()]
+    max_loras = args.max_loras if args.max_loras is not None else max(len(adapters), 1)
+    if max_loras < 1:
+        raise FanLoRAError(f"--max-loras must be >= 1, got {max_loras}")
+    model = args.model or str(resolve_model(setting.model))
+    deployment = Deployment(model, targets, max_rank_for(ranks, args.max_lora_rank), max_loras)
+    deployment.adapters = adapters
+    check_adapters(deployment, setting.layout)
+    cost = engine_cost(setting.layout, setting.layers)
+    out = Path(args.out)
+    atomic_write_json(
+        out / "deployment.json",
+        {
+            "format": "fanlora-vllm-deployment",
+            "setting": str(args.setting),
+            "llm_kwargs": deployment.llm_kwargs(),
+            "serve_command": deployment.serve_command(),
+            "adapters": adapters,
+            "cost": cost,
+        },
+    )
+    atomic_write_text(out / "serve.sh", deployment.serve_script())
+    print(f"{len(targets)} vLLM modules wrapped ({describe_cost(cost)}); wrote {out}")
+    return 0

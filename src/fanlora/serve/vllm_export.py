@@ -1,0 +1,165 @@
+"""A FanLoRA setting as a vLLM deployment, and what a setting costs per engine.
+
+vLLM wraps with LoRA only the modules named by ``lora_target_modules``, matched by their
+full name at vLLM's packed granularity (``model.layers.N.self_attn.qkv_proj``,
+``model.layers.N.mlp.gate_up_proj``); every wrapped module runs the LoRA kernels for each
+of its slices. An adapter with weights outside the wrapped modules is served as the base
+model there without a word, so the deployment is checked against its adapters.
+
+Cost of a setting (per generated token, unmerged): PEFT pays one LoRA product per kept
+module; vLLM pays one wrapper per packed module that holds a kept kind, computing all its
+slices (3 for qkv_proj, 2 for gate_up_proj).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors import safe_open
+
+from fanlora.errors import FanLoRAError
+from fanlora.models.adapters import check_adapter_folder
+from fanlora.modules.architectures import VLLM_MODULES, VLLM_SLICES
+from fanlora.modules.discovery import ModuleLayout
+
+# vLLM's LoRAConfig accepts these max_lora_rank values (MaxLoRARanks in vllm/config/lora.py)
+VLLM_MAX_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_paths(layout: ModuleLayout) -> dict[str, str]:
+    """Kind -> vLLM's runtime module path inside a layer; refused for an architecture the
+    table lacks."""
+    table = VLLM_MODULES.get(layout.model_type)
+    if table is None or set(table) != set(layout.kinds):
+        known = ", ".join(VLLM_MODULES)
+        raise FanLoRAError(
+            f"fanlora does not know vLLM's module names for {layout.model_type!r} "
+            f"({layout.model_class}); known architectures: {known}"
+        )
+    return table
+
+
+def runtime_modules(layout: ModuleLayout, layers: list[list[str]]) -> list[str]:
+    """Full vLLM names of the packed modules holding the kept kinds, layer by layer."""
+    paths = vllm_paths(layout)
+    names: list[str] = []
+    for i, kinds in enumerate(layers):
+        for kind in layout.kinds:  # the table's order, each packed module once
+            name = f"{layout.layers_prefix}.{i}.{paths[kind]}"
+            if kind in kinds and name not in names:
+                names.append(name)
+    return names
+
+
+def engine_cost(layout: ModuleLayout, layers: list[list[str]]) -> dict:
+    """LoRA work per token: PEFT's modules; vLLM's wrapped packed modules and slices."""
+    wrapped = runtime_modules(layout, layers) if layout.model_type in VLLM_MODULES else None
+    cost = {"peft": {"modules": sum(len(kinds) for kinds in layers)}}
+    if wrapped is not None:
+        slices = sum(VLLM_SLICES.get(n.split(".", 3)[3], 1) for n in wrapped)
+        cost["vllm"] = {"wrapped_modules": len(wrapped), "slices": slices}
+    return cost
+
+
+def describe_cost(cost: dict) -> str:
+    text = f"PEFT {cost['peft']['modules']} LoRA modules"
+    if "vllm" in cost:
+        v = cost["vllm"]
+        text += f"; vLLM {v['wrapped_modules']} wrapped modules, {v['slices']} slices"
+    return text
+
+
+def adapter_modules(folder: str | Path) -> tuple[set[str], int]:
+    """(module paths carrying LoRA weights, the largest rank) of a PEFT adapter folder."""
+    path = check_adapter_folder(folder) / "adapter_model.safetensors"
+    modules, rank = set(), 0
+    with safe_open(path, "pt") as handle:
+        names = handle.keys()  # a safetensors handle, not a dict
+        for key in names:
+            if ".lora_A" in key:
+                modules.add(key.removeprefix("base_model.model.").split(".lora_A")[0])
+                rank = max(rank, handle.get_slice(key).get_shape()[0])
+    if not modules:
+        raise FanLoRAError(f"{folder} holds no LoRA weights (lora_A): vLLM serves LoRA only")
+    return modules, rank
+
+
+def to_runtime(module: str, layout: ModuleLayout) -> str | None:
+    """vLLM's runtime name of HF module path ``module``, or None when it is not a kind."""
+    paths = vllm_paths(layout)
+    for kind, inner in layout.kinds.items():
+        head, dot, tail = module.rpartition(f".{inner}")
+        if dot and not tail and head.startswith(f"{layout.layers_prefix}."):
+            return f"{head}.{paths[kind]}"
+    return None
+
+
+@dataclass
+class Deployment:
+    """What ``vllm serve`` (or ``LLM(...)``) needs to serve a setting's adapters."""
+
+    model: str
+    target_modules: list[str]
+    max_lora_rank: int
+    max_loras: int
+    adapters: dict[str, str] = field(default_factory=dict)
+
+    def llm_kwargs(self) -> dict:
+        return {
+            "model": self.model,
+            "enable_lora": True,
+            "lora_target_modules": self.target_modules,
+            "max_lora_rank": self.max_lora_rank,
+            "max_loras": self.max_loras,
+        }
+
+    def serve_command(self) -> list[str]:
+        command = ["vllm", "serve", self.model, "--enable-lora"]
+        command += ["--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras)]
+        command += ["--lora-target-modules", *self.target_modules]
+        if self.adapters:
+            command += ["--lora-modules", *(f"{n}={p}" for n, p in self.adapters.items())]
+        return command
+
+    def serve_script(self) -> str:
+        return (
+            "#!/bin/sh\n# written by fanlora export vllm\nexec "
+            + shlex.join(self.serve_command())
+            + "\n"
+        )
+
+
+def check_adapters(deployment: Deployment, layout: ModuleLayout) -> None:
+    """Refuse an adapter with weights outside the deployment's modules (vLLM would serve it
+    as the base model there) or above its max_lora_rank, naming the adapter and modules."""
+    wrapped = set(deployment.target_modules)
+    for name, folder in deployment.adapters.items():
+        modules, rank = adapter_modules(folder)
+        runtime = {m: to_runtime(m, layout) for m in sorted(modules)}
+        outside = [m for m, r in runtime.items() if r is None or r not in wrapped]
+        if outside:
+            raise FanLoRAError(
+                f"adapter {name} ({folder}) has LoRA weights on {len(outside)} module(s) "
+                f"outside the deployment, e.g. {outside[:3]}: vLLM would serve them as the "
+                "base model. Export a setting that covers them, or train on this setting"
+            )
+        if rank > deployment.max_lora_rank:
+            raise FanLoRAError(
+                f"adapter {name} ({folder}) has rank {rank}, above --max-lora-rank "
+                f"{deployment.max_lora_rank}"
+            )
+
+
+def max_rank_for(ranks: list[int], requested: int | None) -> int:
+    """The smallest rank vLLM accepts that covers ``ranks`` (or ``requested``, checked)."""
+    if requested is not None:
+        if requested not in VLLM_MAX_RANKS:
+            raise FanLoRAError(f"--max-lora-rank must be one of {VLLM_MAX_RANKS}, got {requested}")
+        return requested
+    need = max(ranks, default=16)
+    fits = [r for r in VLLM_MAX_RANKS if r >= need]
+    if not fits:
+        raise FanLoRAError(f"rank {need} is above vLLM's largest max_lora_rank 512")
+    return fits[0]
