@@ -41,10 +41,13 @@ def vllm_generate(
     prompts: list[list[int]],
     adapters: dict[str, str],
     new_tokens: int,
-    repeats: int = 0,
+    repeats: int = 1,
     timeout: int = 1200,
+    batches: list[int] = (),
+    tokens: bool = True,
 ) -> dict:
-    """Greedy token ids per adapter (and batch timings) from vLLM, in its environment."""
+    """Greedy token ids per adapter, and timings of batches of ``batches`` distinct
+    tenants, from vLLM in its environment (see :mod:`fanlora.serve.vllm_worker`)."""
     python = vllm_python()
     request = {
         "model": model,
@@ -53,6 +56,8 @@ def vllm_generate(
         "adapters": adapters,
         "new_tokens": new_tokens,
         "repeats": repeats,
+        "batches": list(batches),
+        "tokens": tokens,
     }
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "request.json").write_text(json.dumps(request), encoding="utf-8")

@@ -7,8 +7,11 @@ nothing of fanlora: ``fanlora.serve.vllm_run`` runs it as a script with a reques
 
 REQUEST holds ``model``, ``llm_kwargs`` (``LLM(...)`` keyword arguments), ``prompts`` (token
 ids), ``adapters`` (name -> PEFT folder; none: the base model), ``new_tokens`` and
-``repeats``. OUT gets, per adapter, the generated token ids of every prompt and the seconds
-of each repeat of the whole batch (every prompt with its own adapter when ``mixed``).
+``repeats``, and optionally ``batches`` (tenant counts) and ``tokens`` (false: skip the
+per-adapter greedy pass). OUT gets, per adapter, the generated token ids of every prompt,
+and per tenant count c the seconds of each timed batch of c requests, the i-th with the
+i-th adapter (c distinct tenants; the base model when there are no adapters), after one
+warm-up batch.
 """
 
 from __future__ import annotations
@@ -32,15 +35,21 @@ def main(request_path: str, out_path: str) -> None:
     prompts = [TokensPrompt(prompt_token_ids=ids) for ids in request["prompts"]]
     adapters = request["adapters"]
     loras = {name: LoRARequest(name, i, path) for i, (name, path) in enumerate(adapters.items(), 1)}
-    out = {"tokens": {}, "seconds": []}
-    for name, lora in (loras or {"base": None}).items():
+    out = {"tokens": {}, "seconds": {}}
+    for name, lora in (loras or {"base": None}).items() if request.get("tokens", True) else ():
         results = llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
         out["tokens"][name] = [list(r.outputs[0].token_ids) for r in results]
-    mixed = [loras[n] for n in list(loras) * len(prompts)][: len(prompts)] if loras else None
-    for _ in range(request.get("repeats", 0)):
-        started = time.perf_counter()
-        llm.generate(prompts, params, lora_request=mixed, use_tqdm=False)
-        out["seconds"].append(time.perf_counter() - started)
+    ordered = list(loras.values())
+    for count in request.get("batches", []):
+        batch = [prompts[i % len(prompts)] for i in range(count)]
+        mixed = [ordered[i % len(ordered)] for i in range(count)] if ordered else None
+        times = []
+        for repeat in range(request.get("repeats", 1) + 1):  # the first one warms up
+            started = time.perf_counter()
+            llm.generate(batch, params, lora_request=mixed, use_tqdm=False)
+            if repeat:
+                times.append(time.perf_counter() - started)
+        out["seconds"][str(count)] = times
     with open(out_path, "w", encoding="utf-8") as handle:
         json.dump(out, handle)
 
