@@ -25,24 +25,17 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from fanlora.data.registry import load_sample
 from fanlora.models import load_model, resolve_model
 from fanlora.modules import discover_layout
 from fanlora.select import FanLoRASetting
 from fanlora.serve.adapters import method_config, write_tenants
+from fanlora.serve.bench import prompt_texts
 from fanlora.serve.decode import fixed_prompt
 from fanlora.serve.vllm_export import runtime_modules
 from fanlora.serve.vllm_run import vllm_generate
 from fanlora.train.methods import random_setting
 from fanlora.utils.io import atomic_write_json, atomic_write_text, md_table
 from fanlora.utils.versions import versions
-
-
-def texts() -> list[str]:
-    try:
-        return [e.prompt for e in load_sample("instruct", "test", 32, 0)]
-    except Exception:  # the benchmark runs without prepared data too
-        return ["The quick brown fox jumps over the lazy dog."]
 
 
 def main() -> None:
@@ -63,7 +56,7 @@ def main() -> None:
     else:
         two = FanLoRASetting(args.model, 2, layout, [list(layout.kinds)[:2]] * layout.num_layers)
         setting = random_setting(two, seed=0)
-    prompt = fixed_prompt(tokenizer, texts(), args.prompt_tokens)
+    prompt = fixed_prompt(tokenizer, prompt_texts(), args.prompt_tokens)
     count = max(args.tenants)
     common = {"enable_lora": True, "max_lora_rank": 16, "max_loras": count, "max_cpu_loras": count}
     common |= {"dtype": args.dtype, "max_model_len": args.prompt_tokens + args.new_tokens + 8}

@@ -253,7 +253,7 @@ def run_units(
             summary = _run(unit, run_dir)
         ranks.wait_for_everyone()
         if ranks.is_main_process:
-            records[unit.name] = run_dir.finish(unit, summary or {}, time.time() - started)
+            run_dir.finish(unit, summary or {}, time.time() - started)
             log(f"{head}: finished in {time.time() - started:.0f} s")
         ranks.wait_for_everyone()
         records[unit.name] = run_dir.record(unit)

@@ -14,26 +14,17 @@ in each gate; how far a trained adapter is from that is what ``bench/`` measures
 
 from __future__ import annotations
 
-import torch
-
-from fanlora.models.losses import sequence_losses
 from fanlora.score.gates import Gates, Key
 from fanlora.score.scorer import Context, Scorer, module_key, register_scorer
-from fanlora.score.sensitivity import response_tokens
+from fanlora.score.sensitivity import gate_gradients, response_tokens
 
 ENDS = (1, 0)  # g = 1 (M_all) and g = 0 (M_null)
 
 
-def gate_gradients(model, gates: Gates, batch: dict, total: float, value: float) -> dict:
-    """dS_b/dg of every gate at g = ``value``, S_b = -(the batch's summed token losses) /
-    ``total`` (so the batches' gradients add up to the whole set's)."""
-    with gates.differentiable(value) as g:
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).logits
-        s = -sequence_losses(logits, batch["labels"])[:, 0].sum() / total
-        grads = torch.autograd.grad(s, [g[k] for k in gates.keys])
-    return {module_key(k): float(grad) for k, grad in zip(gates.keys, grads, strict=True)}
+def score_gradients(model, gates: Gates, batch: dict, total: float, value: float) -> dict:
+    """dS_b/dg = -dL_b/dg of every gate at g = ``value``, by journal key."""
+    grads = gate_gradients(model, gates, batch, total, value)
+    return {module_key(k): -v for k, v in grads.items()}
 
 
 class FirstOrder(Scorer):
@@ -47,7 +38,7 @@ class FirstOrder(Scorer):
 
     def compute(self, ctx: Context, key: str) -> dict:
         end, batch = key.removeprefix("grad").split(":b")
-        grads = gate_gradients(
+        grads = score_gradients(
             ctx.model,
             ctx.gates,
             ctx.valset.batches[int(batch)],

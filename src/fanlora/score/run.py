@@ -199,7 +199,6 @@ def memory_plan(cfg: ScoreConfig, scorer: Scorer, runtime: Runtime, valset) -> M
 def build_and_gate(cfg: ScoreConfig, runtime: Runtime | None = None, valset=None):
     """(peft model, gates, validation set) for ``cfg``, on ``runtime``'s device."""
     runtime = runtime or cfg.runtime()
-    check_adapter(cfg)
     valset = valset or validation_set(cfg)
     model, layout = load_adapter(cfg, runtime)
     return model, Gates(model, layout), valset.on(runtime.device)
@@ -232,8 +231,7 @@ def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
             return None
         journal.reload()
         records = scorer.records(ctx)
-        doc = write_scores(ctx, scorer.label(ctx), out, records, time.time() - started, log)
-        return doc
+        return write_scores(ctx, scorer.label(ctx), out, records, time.time() - started, log)
     finally:
         journal.close()
 

@@ -20,17 +20,23 @@ def response_tokens(valset: ValSet) -> float:
     return sum(float((b["labels"][:, 1:] != -100).sum()) for b in valset.batches)
 
 
-def batch_sensitivity(model, gates: Gates, batch: dict, total_tokens: float) -> dict[Key, float]:
-    """|dL_b/dg| of every gate for one batch, L_b = its summed token losses / total tokens."""
+def gate_gradients(model, gates: Gates, batch: dict, total: float, value: float = 1.0):
+    """dL_b/dg of every gate at g = ``value``, L_b = the batch's summed token losses /
+    ``total`` (so the batches' gradients add up to the whole set's)."""
     # fresh gate tensors per batch: the gate x scaling products are graph nodes, and a
     # backward pass frees them, so they cannot serve a second batch
-    with gates.differentiable() as g:
+    with gates.differentiable(value) as g:
         logits = model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).logits
-        loss = sequence_losses(logits, batch["labels"])[:, 0].sum() / total_tokens
+        loss = sequence_losses(logits, batch["labels"])[:, 0].sum() / total
         grads = torch.autograd.grad(loss, [g[k] for k in gates.keys])
-    return {key: abs(float(grad)) for key, grad in zip(gates.keys, grads, strict=True)}
+    return {key: float(grad) for key, grad in zip(gates.keys, grads, strict=True)}
+
+
+def batch_sensitivity(model, gates: Gates, batch: dict, total_tokens: float) -> dict[Key, float]:
+    """|dL_b/dg| of every gate for one batch at g = 1."""
+    return {k: abs(v) for k, v in gate_gradients(model, gates, batch, total_tokens).items()}
 
 
 def sensitivity(model, gates: Gates, valset: ValSet) -> dict[Key, float]:
