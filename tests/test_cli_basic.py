@@ -97,3 +97,29 @@ def test_select_nan_score_from_json_text(tmp_path, capsys):
     )
     assert main(["select", "--scores", str(path), "--out", str(tmp_path / "o.json")]) == 2
     assert "finite number" in capsys.readouterr().err
+
+
+def test_select_for_vllm_keeps_one_wrapper_per_layer_and_prints_both_costs(tmp_path):
+    scores = [
+        {"layer": n, "module": k, "score": s}
+        for n in range(4)
+        for k, s in {"q": 0.5, "v": 1.0, "up": 0.9, "gate": 0.1, "down": -1.0}.items()
+    ]
+    path = write_scores(tmp_path / "scores.json", scores)
+    out = tmp_path / "vllm.json"
+    rc, stdout, err = fanlora("select", "--scores", path, "--engine", "vllm", "--out", out)
+    assert rc == 0, err
+    setting = json.loads(out.read_text())
+    assert [e["modules"] for e in setting["layers"]] == [["q", "v"]] * 4
+    assert setting["engine"] == "vllm" and setting["packed_budget"] == 1
+    assert setting["cost"]["vllm"] == {"wrapped_modules": 4, "slices": 12}
+    assert "vllm 4 wrapped modules (12 slices)" in stdout
+    assert "peft 8 wrapped modules" in stdout
+
+
+def test_a_packed_budget_without_an_engine_is_refused(tmp_path, capsys):
+    path = write_scores(tmp_path / "scores.json", [{"layer": 0, "module": "q", "score": 1}])
+    out = tmp_path / "setting.json"
+    assert main(["select", "--scores", str(path), "--packed-budget", "1", "--out", str(out)]) == 2
+    assert "needs an engine" in capsys.readouterr().err
+    assert not out.exists()

@@ -125,6 +125,18 @@ def test_an_output_deleted_or_edited_by_hand_is_recomputed(finished, tasks_home,
     assert ran[0] == "3-setting" and "4-downstream/yesno/fanlora" in ran
 
 
+def test_an_engine_aware_setting_redoes_step_3_and_later_only(finished, tasks_home, tmp_path):
+    out = copy_run(finished, tmp_path)
+    _, ran = run_quiet(tiny_cfg(engine="vllm"), out)
+    assert ran[0] == "3-setting" and not {"1-full-lora", "2-scores"} & set(ran)
+    setting = FanLoRASetting.load(out / "3-setting" / "setting.json")
+    assert setting.extra["engine"] == "vllm" and setting.extra["packed_budget"] == 1
+    cost = setting.extra["cost"]["vllm"]
+    assert cost["wrapped_modules"] <= setting.layout.num_layers
+    report = (out / "report" / "report.md").read_text()
+    assert "Selected for vllm" in report and "| vllm | " in report
+
+
 def test_from_stage_forces_that_stage_and_later(finished, tasks_home, tmp_path):
     out = copy_run(finished, tmp_path)
     _, ran = run_quiet(tiny_cfg(), out, start_from="decode")
@@ -199,6 +211,8 @@ def test_a_run_folder_of_another_format_or_not_a_run_is_refused(finished, tmp_pa
         ),
         ({"downstream": {"method": "lora"}}, "set by the pipeline itself"),
         ({"decoding": {"beams": []}}, "decoding.beams"),
+        ({"engine": "tgi"}, "engine must be one of peft, vllm"),
+        ({"packed_budget": 1}, "packed_budget needs engine"),
     ],
 )
 def test_bad_configs_fail_before_anything_runs(tmp_path, change, message):

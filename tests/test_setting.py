@@ -1,12 +1,21 @@
 import json
 import math
+import random
 
 import pytest
 
 from conftest import build_tiny
 from fanlora.errors import FanLoRAError
 from fanlora.modules import discover_layout
-from fanlora.select import FanLoRASetting, ScoreRecord, parse_scores, select_setting, top_modules
+from fanlora.select import (
+    FanLoRASetting,
+    ScoreRecord,
+    engine_setting,
+    packed_modules,
+    parse_scores,
+    select_setting,
+    top_modules,
+)
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +227,71 @@ def test_kind_ranks_reach_peft_with_alpha_twice_each_rank(smollm2_layout):
         TrainConfig(method="fanlora", setting="s.json", rank_pattern={"q": 3})
     with pytest.raises(FanLoRAError, match="kinds"):
         build_peft_config(TrainConfig(method="lora", rank_pattern={"qq": 2}), smollm2_layout, 1)
+
+
+VLLM_UNITS = {
+    "q": "qkv",
+    "k": "qkv",
+    "v": "qkv",
+    "o": "o",
+    "gate": "gate_up",
+    "up": "gate_up",
+    "down": "down",
+}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_one_unit_per_kind_and_a_loose_budget_give_the_papers_setting(layout12, seed):
+    """packed_modules with each kind its own runtime module and B >= K_max is top_modules,
+    ties and negative scores included (scores drawn on a coarse grid so that ties occur; no
+    score of exactly 0, which the paper keeps and a packed budget leaves out: it costs a
+    wrapper and gains nothing)."""
+    rng = random.Random(seed)
+    recs = [
+        ScoreRecord(i, k, rng.choice([-1.0, 0.5, 1.0, 2.0]))
+        for i in range(layout12.num_layers)
+        for k in layout12.kinds
+    ]
+    identity = {k: k for k in layout12.kinds}
+    for k_max in (1, 2, 3):
+        expected = top_modules(recs, layout12, k_max)
+        assert packed_modules(recs, layout12, k_max, identity, budget=k_max) == expected
+        assert packed_modules(recs, layout12, k_max, identity, budget=7) == expected
+
+
+def test_a_packed_budget_keeps_the_best_scores_inside_one_wrapper(layout12):
+    recs = records(
+        {
+            # the paper keeps {v, up}: two vLLM wrappers; under one, {q, v} (1.5) beats
+            # {gate, up} (1.0)
+            0: {"q": 0.5, "k": 0.0, "v": 1.0, "o": 0.2, "gate": 0.1, "up": 0.9, "down": 0.3},
+            # negative scores stay out even when their wrapper is paid for
+            1: {"q": -0.1, "k": -0.2, "v": 1.0, "o": -0.3, "gate": -1, "up": 0.9, "down": -2},
+            # equal totals: the wrapper with fewer slices (o: 1) beats qkv_proj (3)
+            2: {"q": -1, "k": -1, "v": 1.0, "o": 1.0, "gate": -1, "up": -1, "down": -1},
+            3: {kind: -1.0 for kind in layout12.kinds},
+        }
+    )
+    assert top_modules(recs, layout12, 2)[:2] == [["v", "up"], ["v", "up"]]
+    kept = packed_modules(recs, layout12, 2, VLLM_UNITS, budget=1)
+    assert kept[:4] == [["q", "v"], ["v"], ["o"], []]
+    assert packed_modules(recs, layout12, 2, VLLM_UNITS, budget=2)[:2] == [["v", "up"]] * 2
+    with pytest.raises(FanLoRAError, match="budget must be an integer >= 1"):
+        packed_modules(recs, layout12, 2, VLLM_UNITS, budget=0)
+
+
+def test_an_engine_setting_records_its_engine_budget_and_cost(layout12):
+    recs = records({i: {"q": 0.5, "v": 1.0, "up": 0.9, "gate": 0.1} for i in range(12)})
+    paper = engine_setting(recs, layout12, 2)
+    vllm = engine_setting(recs, layout12, 2, engine="vllm")
+    assert paper.layers == [["v", "up"]] * 12 and "engine" not in paper.extra
+    assert vllm.layers == [["q", "v"]] * 12
+    assert vllm.extra["engine"] == "vllm" and vllm.extra["packed_budget"] == 1
+    assert paper.extra["cost"]["vllm"] == {"wrapped_modules": 24, "slices": 60}
+    assert vllm.extra["cost"]["vllm"] == {"wrapped_modules": 12, "slices": 36}
+    assert paper.extra["cost"]["peft"] == vllm.extra["cost"]["peft"]
+    with pytest.raises(FanLoRAError, match="needs an engine"):
+        engine_setting(recs, layout12, 2, budget=1)
+    gpt2 = discover_layout(build_tiny("gpt2"))
+    with pytest.raises(FanLoRAError, match="does not know vLLM's module names"):
+        engine_setting([ScoreRecord(0, "qkv", 1.0)], gpt2, 2, engine="vllm")

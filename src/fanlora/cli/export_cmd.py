@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fanlora.engines import describe_cost, engine_cost
 from fanlora.errors import FanLoRAError
 from fanlora.models import resolve_model
 from fanlora.select import FanLoRASetting
@@ -23,8 +24,6 @@ from fanlora.serve.vllm_export import (
     Deployment,
     adapter_modules,
     check_adapters,
-    describe_cost,
-    engine_cost,
     max_rank_for,
     runtime_modules,
 )

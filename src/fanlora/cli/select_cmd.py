@@ -1,12 +1,18 @@
-"""``fanlora select --scores SCORES.json --k-max 2 --out SETTING.json``: step 3."""
+"""``fanlora select --scores SCORES.json --k-max 2 --out SETTING.json``: step 3.
+
+Examples::
+
+    fanlora select --scores scores.json --out setting.json              # the paper's setting
+    fanlora select --scores scores.json --engine vllm --out vllm.json   # 1 vLLM wrapper/layer
+"""
 
 from __future__ import annotations
 
+from fanlora.engines import ENGINES, describe_cost
 from fanlora.errors import FanLoRAError
 from fanlora.models import load_config
 from fanlora.modules.discovery import ModuleLayout, layout_from_config
-from fanlora.select import parse_scores, select_setting
-from fanlora.serve.vllm_export import describe_cost, engine_cost
+from fanlora.select import engine_setting, parse_scores
 from fanlora.utils.io import read_json
 
 
@@ -17,6 +23,18 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="where to write the setting JSON")
     p.add_argument(
         "--model", help="model the scores belong to (default: the scores file's layout/model)"
+    )
+    p.add_argument(
+        "--engine",
+        choices=list(ENGINES),
+        help="select for this serving engine's cost: the best scores under --packed-budget "
+        "wrapped runtime modules per layer (vllm packs q/k/v and gate/up; default: the "
+        "paper's top K_max per layer)",
+    )
+    p.add_argument(
+        "--packed-budget",
+        type=int,
+        help="wrapped runtime modules per layer with --engine (default 1)",
     )
     p.set_defaults(func=run)
 
@@ -38,15 +56,13 @@ def run(args) -> int:
     doc = read_json(args.scores, "scores file")
     layout, model = layout_for_scores(doc, args.model)
     records = parse_scores(doc, layout)
-    setting = select_setting(records, layout, args.k_max, model=model)
+    setting = engine_setting(records, layout, args.k_max, model, args.engine, args.packed_budget)
     setting.extra["scores_file"] = str(args.scores)
-    cost = engine_cost(layout, setting.layers)
-    setting.extra["cost"] = cost
     setting.save(args.out)
     counts = ", ".join(f"{k} {n}" for k, n in setting.kind_counts().items())
     print(
         f"kept {setting.num_modules} of {layout.num_layers * len(layout.kinds)} modules "
         f"(K_max {args.k_max}); layers per kind: {counts}; cost per token: "
-        f"{describe_cost(cost)}; wrote {args.out}"
+        f"{describe_cost(setting.extra['cost'])}; wrote {args.out}"
     )
     return 0

@@ -75,8 +75,6 @@ VLLM_MODULES: dict[str, dict[str, str]] = {
         "down": "mlp.down_proj",
     },
 }
-# slices a packed vLLM module computes (the others: 1)
-VLLM_SLICES = {"self_attn.qkv_proj": 3, "mlp.gate_up_proj": 2}
 
 
 def kinds_for(model_type: str) -> dict[str, str] | None:

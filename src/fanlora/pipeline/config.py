@@ -25,6 +25,7 @@ from pathlib import Path
 
 from fanlora.config import from_mapping, load_yaml, require_positive
 from fanlora.data.registry import TASKS, USER_SUFFIXES
+from fanlora.engines import ENGINES
 from fanlora.errors import FanLoRAError
 from fanlora.evaluate.run import EvalConfig
 from fanlora.models.loading import DTYPE_NAMES
@@ -95,6 +96,17 @@ class RunConfig(DeviceOptions):
     methods: list[str] = field(
         default_factory=lambda: ["fanlora", "lora"], metadata={"help": "methods tuned per task"}
     )
+    engine: str | None = field(
+        default=None,
+        metadata={
+            "help": "select the setting for this serving engine's cost: the best scores under "
+            "packed_budget wrapped runtime modules per layer (default: the paper's top K_max)",
+            "choices": list(ENGINES),
+        },
+    )
+    packed_budget: int | None = field(
+        default=None, metadata={"help": "wrapped runtime modules per layer with engine (1)"}
+    )
     budget: str = field(
         default="matched",
         metadata={
@@ -114,7 +126,11 @@ class RunConfig(DeviceOptions):
 
     def __post_init__(self) -> None:
         self.runtime()  # a device this machine lacks, or fp16 on a CPU, is refused here
-        require_positive(self, "k_max")
+        require_positive(self, "k_max", "packed_budget")
+        if self.engine is not None and self.engine not in ENGINES:
+            raise FanLoRAError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.packed_budget is not None and self.engine is None:
+            raise FanLoRAError("packed_budget needs engine (whose runtime modules it counts)")
         bad = [m for m in self.methods if m not in downstream_methods()]
         if bad or not self.methods:
             raise FanLoRAError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fanlora.engines import describe_cost
 from fanlora.evaluate.run import EvalConfig, evaluate
 from fanlora.modules.discovery import ModuleLayout
 from fanlora.pipeline.config import RunConfig
@@ -32,7 +33,7 @@ from fanlora.run_layout import (
 )
 from fanlora.run_layout import eval_unit as eval_unit_name
 from fanlora.score.run import ScoreConfig, score
-from fanlora.select import FanLoRASetting, parse_scores, select_setting
+from fanlora.select import FanLoRASetting, engine_setting, parse_scores
 from fanlora.train.config import TrainConfig
 from fanlora.train.methods import get_method
 from fanlora.train.run import train
@@ -139,15 +140,22 @@ def setting_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
     def run(folder: Path) -> dict:
         doc = read_json(RunLayout(run_dir.path).scores, "scores file")
         layout = ModuleLayout.from_dict(doc["layout"])
-        setting = select_setting(parse_scores(doc, layout), layout, cfg.k_max, model=cfg.model)
+        records = parse_scores(doc, layout)
+        setting = engine_setting(
+            records, layout, cfg.k_max, cfg.model, cfg.engine, cfg.packed_budget
+        )
         setting.extra["scores_file"] = f"../{SCORES}/scores.json"
         setting.save(folder / "setting.json")
         _log(run_dir)(
-            f"setting: {setting.num_modules} modules; layers per kind {setting.kind_counts()}"
+            f"setting: {setting.num_modules} modules; layers per kind {setting.kind_counts()}; "
+            f"cost per token: {describe_cost(setting.extra['cost'])}"
         )
         return {"modules": setting.num_modules, "kind_counts": setting.kind_counts()}
 
-    return Unit(SETTING, "setting", {"k_max": cfg.k_max}, run, ("setting.json",), (SCORES,))
+    params = {"k_max": cfg.k_max}
+    if cfg.engine is not None:  # only then: the paper's setting keeps its unit key
+        params |= {"engine": cfg.engine, "packed_budget": cfg.packed_budget or 1}
+    return Unit(SETTING, "setting", params, run, ("setting.json",), (SCORES,))
 
 
 def eval_unit(cfg: RunConfig, run_dir: RunDir, task: str, method: str) -> Unit:

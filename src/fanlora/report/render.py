@@ -13,6 +13,7 @@ from pathlib import Path
 
 import markdown
 
+from fanlora.engines import engine_cost
 from fanlora.report.figures import draw_kind_counts, draw_setting
 from fanlora.run_layout import RunLayout
 from fanlora.score.heatmap import draw_heatmap
@@ -212,9 +213,26 @@ def setting_section(run: Path, figures: Path) -> tuple[str, list[str]]:
         + " and ".join(f"{k} ({counts[k]} layers)" for k in top)
         + "."
     )
+    if "engine" in setting.extra:
+        note += (
+            f" Selected for {setting.extra['engine']}: the best scores under "
+            f"{setting.extra['packed_budget']} wrapped runtime module(s) per layer."
+        )
+    cost = engine_cost(setting.layout, setting.layers)
+    everything = engine_cost(setting.layout, [list(setting.layout.kinds)] * len(setting.layers))
+    cost_rows = [
+        [name, c["wrapped_modules"], c["slices"], everything[name]["wrapped_modules"]]
+        for name, c in cost.items()
+    ]
+    cost_table = md_table(
+        ["engine", "wrapped modules", "LoRA slices", "all-module LoRA wraps"], cost_rows
+    )
     parts += [
         "### Setting (figure 6)\n\nSource: `3-setting/setting.json`.\n\n"
         "![setting](figures/setting.png)\n\n" + md_table(["layer", "modules"], rows),
+        "### Cost per generated token, by serving engine\n\nPEFT wraps each kept module; "
+        "vLLM wraps a packed module (q/k/v, gate/up) when it holds a kept kind and computes "
+        "all its slices.\n\n" + cost_table,
         "### Kinds per layer (figure 1)\n\n![kinds](figures/kinds.png)",
     ]
     return "\n\n".join(parts), [note]

@@ -6,9 +6,7 @@ full name at vLLM's packed granularity (``model.layers.N.self_attn.qkv_proj``,
 of its slices. An adapter with weights outside the wrapped modules is served as the base
 model there without a word, so the deployment is checked against its adapters.
 
-Cost of a setting (per generated token, unmerged): PEFT pays one LoRA product per kept
-module; vLLM pays one wrapper per packed module that holds a kept kind, computing all its
-slices (3 for qkv_proj, 2 for gate_up_proj).
+What a setting costs per engine: :mod:`fanlora.engines`.
 """
 
 from __future__ import annotations
@@ -19,56 +17,22 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from fanlora.engines.vllm import ENGINE as VLLM
 from fanlora.errors import FanLoRAError
 from fanlora.models.adapters import check_adapter_folder
-from fanlora.modules.architectures import VLLM_MODULES, VLLM_SLICES
 from fanlora.modules.discovery import ModuleLayout
 
 # vLLM's LoRAConfig accepts these max_lora_rank values (MaxLoRARanks in vllm/config/lora.py)
 VLLM_MAX_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-def vllm_paths(layout: ModuleLayout) -> dict[str, str]:
-    """Kind -> vLLM's runtime module path inside a layer; refused for an architecture the
-    table lacks."""
-    table = VLLM_MODULES.get(layout.model_type)
-    if table is None or set(table) != set(layout.kinds):
-        known = ", ".join(VLLM_MODULES)
-        raise FanLoRAError(
-            f"fanlora does not know vLLM's module names for {layout.model_type!r} "
-            f"({layout.model_class}); known architectures: {known}"
-        )
-    return table
-
-
 def runtime_modules(layout: ModuleLayout, layers: list[list[str]]) -> list[str]:
     """Full vLLM names of the packed modules holding the kept kinds, layer by layer."""
-    paths = vllm_paths(layout)
-    names: list[str] = []
-    for i, kinds in enumerate(layers):
-        for kind in layout.kinds:  # the table's order, each packed module once
-            name = f"{layout.layers_prefix}.{i}.{paths[kind]}"
-            if kind in kinds and name not in names:
-                names.append(name)
-    return names
-
-
-def engine_cost(layout: ModuleLayout, layers: list[list[str]]) -> dict:
-    """LoRA work per token: PEFT's modules; vLLM's wrapped packed modules and slices."""
-    wrapped = runtime_modules(layout, layers) if layout.model_type in VLLM_MODULES else None
-    cost = {"peft": {"modules": sum(len(kinds) for kinds in layers)}}
-    if wrapped is not None:
-        slices = sum(VLLM_SLICES.get(n.split(".", 3)[3], 1) for n in wrapped)
-        cost["vllm"] = {"wrapped_modules": len(wrapped), "slices": slices}
-    return cost
-
-
-def describe_cost(cost: dict) -> str:
-    text = f"PEFT {cost['peft']['modules']} LoRA modules"
-    if "vllm" in cost:
-        v = cost["vllm"]
-        text += f"; vLLM {v['wrapped_modules']} wrapped modules, {v['slices']} slices"
-    return text
+    return [
+        f"{layout.layers_prefix}.{i}.{unit}"
+        for i, kinds in enumerate(layers)
+        for unit in VLLM.wrapped(layout, kinds)
+    ]
 
 
 def adapter_modules(folder: str | Path) -> tuple[set[str], int]:
@@ -88,7 +52,7 @@ def adapter_modules(folder: str | Path) -> tuple[set[str], int]:
 
 def to_runtime(module: str, layout: ModuleLayout) -> str | None:
     """vLLM's runtime name of HF module path ``module``, or None when it is not a kind."""
-    paths = vllm_paths(layout)
+    paths = VLLM.units(layout)
     for kind, inner in layout.kinds.items():
         head, dot, tail = module.rpartition(f".{inner}")
         if dot and not tail and head.startswith(f"{layout.layers_prefix}."):

@@ -24,9 +24,10 @@ import time
 def main(request_path: str, out_path: str) -> None:
     # vLLM is imported here, in the script's own process: it is absent from fanlora's
     # environment, and vLLM spawns engine processes that re-import this module
-    from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
+
+    from vllm import LLM, SamplingParams
 
     with open(request_path, encoding="utf-8") as handle:
         request = json.load(handle)
