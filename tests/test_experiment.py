@@ -340,3 +340,90 @@ def test_graded_metrics_get_the_exact_sign_test(tmp_path):
     (test,) = found["per_seed"]
     assert test["test"] == "sign test" and (test["a_better"], test["b_better"]) == (3, 0)
     assert test["p"] == pytest.approx(0.25) and found["diff"] == pytest.approx(15.0)
+
+
+COSTS = {
+    "train_tokens_per_s": 1.0,
+    "forward_tokens_per_s": 1.0,
+    "modules": 28,
+    "mean_tokens": {"default": 50},
+    "score_s": {"ab_per_module_example": 1.0, "first_order_per_example": 1.0},
+    "eval_row_s": {"default": 1.0},
+    "decode_s": 1.0,
+}
+
+
+def test_the_plan_estimates_each_unit_left_and_refuses_a_grid_over_budget(
+    tasks_home, tmp_path, capsys
+):
+    """One seed of the tiny grid (fanlora and lora on yesno): step 1 = 4 steps x 4 examples
+    x 50 tokens at 1 token/s + 3 dev evaluations x 8 examples x 50 tokens = 2000 s, each
+    step 4 the same, scoring 28 modules x 8 examples x 1 s = 224 s, each evaluation 4 rows x
+    1 s: 6232 s in all."""
+    from fanlora.experiment.plan import plan, total_hours
+
+    costs = tmp_path / "costs.yaml"
+    costs.write_text(yaml.safe_dump(COSTS))
+    path = grid_file(tmp_path, {"seed": [0]})
+    _, out, points = load_experiment(path)
+    todo = plan(points, out, [], COSTS)
+    assert {p.unit.name: p.seconds for p in todo} == {
+        "1-full-lora": 2000,
+        "2-scores": 224,
+        "3-setting": 0,
+        "4-downstream/yesno/fanlora": 2000,
+        "4-downstream/yesno/lora": 2000,
+        "5-eval/yesno/fanlora": 4,
+        "5-eval/yesno/lora": 4,
+    }
+    assert total_hours(todo) == pytest.approx(6232 / 3600)
+    args = ["experiment", str(path), "--costs", str(costs)]
+    assert main([*args, "--budget-hours", "1"]) == 2
+    assert "estimated at 1.7 h, above the budget of 1 h" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    assert main([*args, "--plan"]) == 0
+    assert "downstream     2 unit(s)" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()
+    assert main([*args, "--budget-hours", "1", "--yes"]) == 0  # runs it regardless
+    assert plan(points, out, [], COSTS) == []  # nothing left: every unit is done
+
+
+def test_compare_pairs_each_value_of_a_grid_key_with_the_first_by_seed_and_row(
+    tasks_home, tmp_path
+):
+    """`compare: engine`: FanLoRA on the paper's setting against FanLoRA on the vLLM-aware
+    setting, the difference recomputed from the two runs' predictions."""
+    from fanlora.experiment.paired import values_by_example
+
+    path = grid_file(tmp_path, {"seed": [0], "engine": [None, "vllm"]}, methods=["fanlora"])
+    doc = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**doc, "compare": "engine"}, sort_keys=False))
+    results = run_experiment(path, log=lambda _: None)
+    (along,) = results["axis_paired"]
+    assert (along["a"], along["b"], along["method"], along["seeds"]) == (None, "vllm", "fanlora", 1)
+    runs = tmp_path / "runs"
+    a = values_by_example(runs / "engine=None/5-eval/yesno/fanlora/predictions.jsonl")
+    b = values_by_example(runs / "engine=vllm/5-eval/yesno/fanlora/predictions.jsonl")
+    expected = 100 * sum(a[u] - b[u] for u in a) / len(a)
+    assert along["diff"] == pytest.approx(expected, abs=0.01)
+    assert "## engine = None against each other engine" in (runs / "results.md").read_text()
+    bad = grid_file(tmp_path, {"seed": [0]})
+    bad.write_text(bad.read_text() + "compare: seed\n")
+    with pytest.raises(FanLoRAError, match="'compare' must name a grid key with 2 or more"):
+        load_experiment(bad)
+
+
+def test_a_pruned_grid_keeps_its_records_drops_its_weights_and_stays_done(tasks_home, tmp_path):
+    path = grid_file(tmp_path, {"seed": [0]})
+    path.write_text(path.read_text() + "prune: [downstream]\n")
+    logs = []
+    run_experiment(path, log=logs.append)
+    assert any(line.startswith("pruned 2 file(s)") for line in logs)
+    run = tmp_path / "runs" / "default"
+    assert not list(run.glob("4-downstream/*/*/adapter_model.safetensors"))
+    assert not list(run.glob("**/checkpoints"))
+    assert (run / "1-full-lora" / "adapter_model.safetensors").is_file()  # step 1 stays
+    seen = len((run / "pipeline.log").read_text())
+    run_experiment(path, log=lambda _: None)
+    again = (run / "pipeline.log").read_text()[seen:]
+    assert "skipped" in again and ": starts" not in again and ": resumes" not in again

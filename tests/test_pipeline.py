@@ -137,6 +137,29 @@ def test_an_engine_aware_setting_redoes_step_3_and_later_only(finished, tasks_ho
     assert "Selected for vllm" in report and "| vllm | " in report
 
 
+def test_pruned_weights_keep_a_unit_done_until_a_unit_that_must_run_reads_them(
+    finished, tasks_home, tmp_path
+):
+    from fanlora.pipeline.run import build_units
+    from fanlora.pipeline.stages import RunDir, assign_keys
+
+    out = copy_run(finished, tmp_path)
+    run_dir = RunDir(out)
+    units = {u.name: u for u in build_units(tiny_cfg(), run_dir)}
+    assign_keys(list(units.values()))
+    adapter = out / "4-downstream/yesno/fanlora/adapter_model.safetensors"
+    before = adapter.read_bytes()
+    assert run_dir.prune(units["4-downstream/yesno/fanlora"], ("adapter_model.safetensors",))
+    assert not adapter.exists() and not (adapter.parent / "checkpoints").exists()
+    _, ran = run_quiet(tiny_cfg(), out)
+    assert ran == []  # pruned on purpose: still done
+    data = tiny_data()
+    data["evaluation"]["limit"] = 3  # every evaluation must run, so the adapter is needed
+    _, ran = run_quiet(run_config_from(data, "test"), out)
+    assert "4-downstream/yesno/fanlora" in ran and "4-downstream/yesno/lora" not in ran
+    assert adapter.read_bytes() == before  # recomputed, the same weights
+
+
 def test_from_stage_forces_that_stage_and_later(finished, tasks_home, tmp_path):
     out = copy_run(finished, tmp_path)
     _, ran = run_quiet(tiny_cfg(), out, start_from="decode")

@@ -741,3 +741,49 @@ def test_first_order_ab_matches_exact_ab_where_the_loss_is_near_linear(
 def test_first_order_ab_refuses_the_accuracy_metric(tmp_path, adapter, data_file):
     with pytest.raises(FanLoRAError, match="scores the loss metric only"):
         run_score(tmp_path, adapter, data_file, method="first-order", metric="accuracy")
+
+
+def test_refined_first_order_recomputes_exactly_the_uncertain_modules(tmp_path, adapter, data_file):
+    """--refine: the modules near their layer's K_max boundary or near 0 get eq. 3's exact
+    score (equal to `ab`'s), the others keep V1; a margin covering everything gives the
+    exact scores of every module, a margin of 0 refines none but exact ties."""
+    from fanlora.score.first_order import uncertain
+
+    exact = by_key(run_score(tmp_path, adapter, data_file, "ab.json"))
+    first = by_key(run_score(tmp_path, adapter, data_file, "v1.json", method="first-order"))
+    refined = run_score(
+        tmp_path, adapter, data_file, "r.json", method="first-order", refine=True, k_max=2
+    )
+    assert refined["method"] == "first-order-refined"
+    picked = uncertain({k: r["score"] for k, r in first.items()}, 2, 0.25)
+    assert 0 < len(picked) < 28 and refined["refined_modules"] == len(picked)
+    for key, r in by_key(refined).items():
+        if key in picked:
+            assert r["refined"] and r["score"] == pytest.approx(exact[key]["score"], abs=1e-6)
+            assert r["first_order"] == pytest.approx(first[key]["score"], abs=1e-6)
+        else:
+            assert "refined" not in r and r["score"] == pytest.approx(first[key]["score"])
+    everything = run_score(
+        tmp_path,
+        adapter,
+        data_file,
+        "all.json",
+        method="first-order",
+        refine=True,
+        refine_margin=10.0,
+    )
+    assert everything["refined_modules"] == 28
+    got = by_key(everything)
+    assert max(abs(got[k]["score"] - exact[k]["score"]) for k in exact) <= 1e-6
+    with pytest.raises(FanLoRAError, match="--refine refines first-order scores"):
+        run_score(tmp_path, adapter, data_file, refine=True)
+
+
+def test_uncertain_modules_are_those_near_the_boundary_or_zero():
+    from fanlora.score.first_order import uncertain
+
+    scores = {(0, "a"): 1.0, (0, "b"): 0.9, (0, "c"): 0.5, (0, "d"): -0.02, (0, "e"): -1.0}
+    # K_max 2: boundary between 0.9 and 0.5 is 0.7; margin 0.25 x 1.0: [0.45, 0.95] and
+    # [-0.25, 0.25]
+    assert sorted(uncertain(scores, 2, 0.25)) == [(0, "b"), (0, "c"), (0, "d")]
+    assert uncertain(scores, 2, 0.0) == []

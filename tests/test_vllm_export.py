@@ -5,6 +5,7 @@ import json
 import pytest
 from peft import LoraConfig, get_peft_model
 
+from conftest import build_tiny
 from fanlora.cli.main import main
 from fanlora.engines import engine_cost
 from fanlora.errors import FanLoRAError
@@ -97,3 +98,65 @@ def test_a_setting_for_an_architecture_vllm_is_not_known_for_is_refused():
     with pytest.raises(FanLoRAError, match="does not know vLLM's module names for 'gpt2'"):
         runtime_modules(gpt2, [["qkv"]] * gpt2.num_layers)
     assert "vllm" not in engine_cost(gpt2, [["qkv"]] * gpt2.num_layers)
+
+
+def fake_vllm(calls):
+    """vllm_generate's stand-in: seconds per batch grow with the wrapped modules (all of
+    them when lora_target_modules is unset), so the ratios the benchmark reports are known."""
+
+    def generate(model, kwargs, prompts, adapters, new_tokens, repeats, batches, **_):
+        calls.append(kwargs)
+        wrapped = 0
+        if kwargs.get("enable_lora"):
+            wrapped = len(kwargs.get("lora_target_modules") or range(16))
+        return {"seconds": {str(n): [0.01 * n * (1 + wrapped / 4)] * repeats for n in batches}}
+
+    return generate
+
+
+def test_bench_vllm_writes_every_variant_its_ratios_a_table_and_a_plot(
+    tmp_path, layout, monkeypatch, capsys
+):
+    import fanlora.serve.vllm_bench as vb
+
+    calls = []
+    monkeypatch.setattr(vb, "vllm_generate", fake_vllm(calls))
+    monkeypatch.setattr("fanlora.cli.bench_cmd.vllm_python", lambda: "python")
+    path, _ = setting_file(tmp_path, layout, ["v", "up"])
+    engine = FanLoRASetting("tiny-random-llama", 2, layout, [["q", "v"]] * 4)
+    engine_path = str(engine.save(tmp_path / "engine.json"))
+    out = tmp_path / "vllm.json"
+    args = ["bench", "vllm", "--model", "tiny-random-llama", "--setting", path]
+    args += ["--engine-setting", engine_path, "--tenants", "1", "2", "--repeats", "1"]
+    args += ["--new-tokens", "2", "--prompt-tokens", "8", "--out", str(out)]
+    assert main(args) == 0
+    doc = json.loads(out.read_text())
+    assert {(r["engine"], r["variant"]) for r in doc["rows"]} == {
+        *(("vllm", v) for v in ("base", "lora", "fanlora", "fanlora-restricted")),
+        ("vllm", "engine-restricted"),
+        *((p, k) for p in ("peft", "batched") for k in ("lora", "fanlora")),
+    }
+    restricted = [c for c in calls if "lora_target_modules" in c]
+    assert [len(c["lora_target_modules"]) for c in restricted] == [8, 4]  # 2 and 1 per layer
+    assert all(c["enable_prefix_caching"] is False for c in calls)
+    # 16 wrapped: 5 units of time; 8: 3 units; 4: 2 units
+    assert doc["ratios"]["2"]["fanlora-restricted_vs_lora"] == pytest.approx(5 / 3)
+    assert doc["ratios"]["2"]["engine-restricted_vs_lora"] == pytest.approx(5 / 2)
+    assert doc["wrapped_modules"]["engine"] == {"wrapped_modules": 4, "slices": 12}
+    assert "(2.50x)" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_bench_vllm_refuses_before_any_work(tmp_path, layout, monkeypatch, capsys):
+    out = tmp_path / "vllm.json"
+    path, _ = setting_file(tmp_path, layout, ["v", "up"])
+    args = ["bench", "vllm", "--model", "tiny-random-llama", "--setting", path, "--out", str(out)]
+    monkeypatch.setenv("FANLORA_VLLM_PYTHON", str(tmp_path / "none" / "python"))
+    assert main(args) == 2
+    assert "make vllm" in capsys.readouterr().err
+    monkeypatch.setattr("fanlora.cli.bench_cmd.vllm_python", lambda: "python")
+    other = FanLoRASetting("smollm2-135m", 2, discover_layout(build_tiny("llama")), [["q"]] * 2)
+    bad = str(other.save(tmp_path / "other.json"))
+    assert main([*args, "--engine-setting", bad]) == 2
+    assert "the setting names modules this model lacks" in capsys.readouterr().err
+    assert not out.exists()

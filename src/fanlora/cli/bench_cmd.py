@@ -1,13 +1,15 @@
-"""``fanlora bench decode`` / ``fanlora bench tenants``: serving speed on this machine.
+"""``fanlora bench decode|tenants|vllm``: serving speed on this machine.
 
 Examples::
 
     fanlora bench decode --setting S.json --out bench/results/decode.json
     fanlora bench tenants --setting S.json --out bench/results/tenants.json
+    fanlora bench vllm --setting S.json --engine-setting V.json --out bench/results/vllm.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -21,8 +23,12 @@ from fanlora.models.loading import DTYPE_NAMES
 from fanlora.modules.discovery import layout_from_config
 from fanlora.select import FanLoRASetting
 from fanlora.serve.bench import Backbone, bench_decode, bench_goals, bench_sweep, plot_sweep
-from fanlora.train.methods import random_setting
-from fanlora.utils.devices import Runtime, resolve_device
+from fanlora.serve.vllm_bench import bench_vllm, plot
+from fanlora.serve.vllm_bench import markdown as vllm_markdown
+from fanlora.serve.vllm_export import runtime_modules
+from fanlora.serve.vllm_run import vllm_python
+from fanlora.train.methods import check_setting_matches, random_setting
+from fanlora.utils.devices import Runtime, native_bf16, resolve_device
 from fanlora.utils.io import atomic_write_json, atomic_write_text, md_table
 from fanlora.utils.versions import versions
 
@@ -36,13 +42,26 @@ def _common(p) -> None:
     p.add_argument("--rank", type=int, default=12, help="LoRA rank of every adapter")
     p.add_argument("--out", required=True, help="JSON to write (a .md table lands beside it)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="weights dtype")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=[*DTYPE_NAMES, "auto"],
+        help="weights dtype (auto: bfloat16 where the device computes it natively)",
+    )
+
+
+def weights_dtype(args) -> str:
+    """``--dtype``, with auto: bfloat16 where the device computes it natively, else float32;
+    a device this machine lacks is refused here, before any work."""
+    device = resolve_device(args.device)
+    if args.dtype != "auto":
+        return args.dtype
+    return "bfloat16" if native_bf16(device) else "float32"
 
 
 def backbone(args) -> Backbone:
-    """The benchmark's base model; a device this machine lacks is refused before any work."""
-    resolve_device(args.device)
-    return Backbone(args.model, args.dtype, args.device)
+    """The benchmark's base model (see :func:`weights_dtype`)."""
+    return Backbone(args.model, weights_dtype(args), args.device)
 
 
 def register(sub) -> None:
@@ -75,6 +94,23 @@ def register(sub) -> None:
     t.add_argument("--goal-new-tokens", type=int, default=32)
     t.add_argument("--goal-prompt-tokens", type=int, default=128)
     t.set_defaults(func=run_tenants)
+    v = bench.add_parser("vllm", help="vLLM: base, all-module LoRA, FanLoRA (un)restricted")
+    _common(v)
+    v.set_defaults(dtype="auto")
+    v.add_argument(
+        "--engine-setting", help="an engine-aware setting (fanlora select --engine vllm) to add"
+    )
+    v.add_argument("--tenants", type=int, nargs="+", default=[1, 8, 32])
+    v.add_argument("--repeats", type=int, default=3, help="timed batches after a warm-up")
+    v.add_argument("--new-tokens", type=int, default=32)
+    v.add_argument("--prompt-tokens", type=int, default=128)
+    v.add_argument(
+        "--hf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also PEFT and fanlora's batched path on the same batches",
+    )
+    v.set_defaults(func=run_vllm)
 
 
 def load_setting(args):
@@ -203,4 +239,36 @@ def run_tenants(args) -> int:
     ]
     table = md_table(["adapters", "tenants", "path", "tok/s", "s per batch"], rows) + "\n"
     write(args.out, doc, table)
+    return 0
+
+
+def run_vllm(args) -> int:
+    if min(args.tenants) < 1 or args.repeats < 1 or args.new_tokens < 1:
+        raise FanLoRAError("--tenants, --repeats and --new-tokens must be >= 1")
+    started = time.time()
+    vllm_python()  # not installed: the error says how, before any work
+    dtype = weights_dtype(args)
+    setting, source = load_setting(args)
+    other = FanLoRASetting.load(args.engine_setting) if args.engine_setting else None
+    layout = layout_from_config(load_config(args.model))
+    for s in (setting, other):
+        if s is not None:
+            check_setting_matches(s, layout)  # made for another model: refused
+            runtime_modules(s.layout, s.layers)  # an architecture vLLM lacks: refused
+    body = bench_vllm(
+        args.model,
+        setting,
+        other,
+        args.tenants,
+        args.repeats,
+        args.prompt_tokens,
+        args.new_tokens,
+        dtype,
+        args.rank,
+        args.hf,
+    )
+    doc = envelope(args, "vllm", started, source, body) | {"dtype": dtype}
+    doc["engine_setting"] = args.engine_setting
+    plot(doc, Path(args.out).with_suffix(".png"))
+    write(args.out, doc, vllm_markdown(doc))
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fanlora.experiment.grid import run_experiment
+from fanlora.experiment.grid import check_plan, load_experiment, reuse_folders, run_experiment
 
 
 def register(sub) -> None:
@@ -11,11 +11,29 @@ def register(sub) -> None:
     p.add_argument(
         "--aggregate-only", action="store_true", help="only collect what the grid's runs hold now"
     )
+    p.add_argument(
+        "--plan", action="store_true", help="print the units left and their cost, run nothing"
+    )
+    p.add_argument(
+        "--budget-hours",
+        type=float,
+        default=12.0,
+        help="refuse a grid whose remaining units are estimated above this (default 12)",
+    )
+    p.add_argument("--yes", action="store_true", help="run the grid whatever its estimate")
+    p.add_argument("--costs", help="measured unit costs (default configs/unit-costs.yaml)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    results = run_experiment(args.config, aggregate_only=args.aggregate_only)
+    if args.plan:
+        _, out, points = load_experiment(args.config)
+        check_plan(points, out, reuse_folders(args.config), None, args.costs)
+        return 0
+    budget = None if args.yes else args.budget_hours
+    results = run_experiment(
+        args.config, aggregate_only=args.aggregate_only, budget_hours=budget, costs_path=args.costs
+    )
     failed = {k: v for k, v in results["runs"].items() if v == "failed"}
     print(f"results: {len(results['rows'])} rows; runs {results['runs']}")
     if results["mixed_code_versions"]:

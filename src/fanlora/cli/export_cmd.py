@@ -17,16 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fanlora.engines import describe_cost, engine_cost
-from fanlora.errors import FanLoRAError
 from fanlora.models import resolve_model
 from fanlora.select import FanLoRASetting
-from fanlora.serve.vllm_export import (
-    Deployment,
-    adapter_modules,
-    check_adapters,
-    max_rank_for,
-    runtime_modules,
-)
+from fanlora.serve.vllm_export import deployment_for, parse_adapters
 from fanlora.utils.io import atomic_write_json, atomic_write_text
 
 
@@ -45,30 +38,12 @@ def register(sub) -> None:
     v.set_defaults(func=run)
 
 
-def parse_adapters(items: list[str]) -> dict[str, str]:
-    adapters = {}
-    for item in items:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not folder:
-            raise FanLoRAError(f"--adapter takes NAME=DIR, got {item!r}")
-        if name in adapters:
-            raise FanLoRAError(f"--adapter {name} is given twice")
-        adapters[name] = folder
-    return adapters
-
-
 def run(args) -> int:
     setting = FanLoRASetting.load(args.setting)
-    targets = runtime_modules(setting.layout, setting.layers)
     adapters = parse_adapters(args.adapter)
-    ranks = [adapter_modules(folder)[1] for folder in adapters.values()]
-    max_loras = args.max_loras if args.max_loras is not None else max(len(adapters), 1)
-    if max_loras < 1:
-        raise FanLoRAError(f"--max-loras must be >= 1, got {max_loras}")
     model = args.model or str(resolve_model(setting.model))
-    deployment = Deployment(model, targets, max_rank_for(ranks, args.max_lora_rank), max_loras)
-    deployment.adapters = adapters
-    check_adapters(deployment, setting.layout)
+    deployment = deployment_for(setting, adapters, model, args.max_loras, args.max_lora_rank)
+    targets = deployment.target_modules
     cost = engine_cost(setting.layout, setting.layers)
     out = Path(args.out)
     atomic_write_json(

@@ -32,6 +32,7 @@ COMMANDS = {
     "bench": "fanlora.cli.bench_cmd",
     "experiment": "fanlora.cli.experiment_cmd",
     "export": "fanlora.cli.export_cmd",
+    "serve": "fanlora.cli.serve_cmd",
 }
 
 

@@ -107,6 +107,14 @@ def split_counts() -> dict[str, dict[str, int]] | None:
     return manifest["counts"] if manifest else None
 
 
+def split_size(name: str, split: str) -> int:
+    """Rows of ``split`` of task ``name`` (from the manifest), or of a user's file."""
+    counts = split_counts()
+    if name in TASKS and counts and name in counts:
+        return counts[name][split]
+    return len(load_split(name, split))
+
+
 def load_split(name: str, split: str) -> list[Example]:
     """Every example of task ``name`` (or a local file) in ``split``, in file order; clear
     errors otherwise. For a subset use :func:`load_sample` (a seeded draw): a split file's

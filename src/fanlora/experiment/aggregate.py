@@ -12,7 +12,12 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from fanlora.experiment.paired import paired_markdown, paired_summary
+from fanlora.experiment.paired import (
+    axis_markdown,
+    axis_summary,
+    paired_markdown,
+    paired_summary,
+)
 from fanlora.modules.discovery import ModuleLayout
 from fanlora.pipeline.stages import RESULTS_VERSION
 from fanlora.report.render import decode_table
@@ -80,7 +85,7 @@ def summarize(rows: list[dict], grid_keys: list[str]) -> list[dict]:
     return out
 
 
-def aggregate(name: str, out: Path, points) -> dict:
+def aggregate(name: str, out: Path, points, axis: tuple[str, list] | None = None) -> dict:
     rows, status, codes, versions = [], {}, {}, {}
     for point in points:
         folder = out / point.name
@@ -105,6 +110,8 @@ def aggregate(name: str, out: Path, points) -> dict:
     agreement = score_agreement(out, points)
     distinct = sorted(set(codes.values()))
     paired = paired_summary(rows, out, group_keys(grid_keys))
+    seeds = [k for key in grid_keys if "seed" in key.split("+") for k in key.split("+")]
+    along = axis_summary(rows, out, group_keys(grid_keys), seeds, *axis) if axis else []
     return {
         "format": "fanlora-experiment",
         "experiment": name,
@@ -115,6 +122,7 @@ def aggregate(name: str, out: Path, points) -> dict:
         "rows": rows,
         "summary": summarize(rows, grid_keys),
         "paired": paired,
+        "axis_paired": along,
         "score_agreement": agreement,
         "decoding": decoding,
     }
@@ -182,6 +190,10 @@ def render_markdown(results: dict) -> str:
             )
     if results.get("paired"):
         lines += ["", *paired_markdown(results["paired"], varying_keys(summary))]
+    if results.get("axis_paired"):
+        axis = results["axis_paired"][0]["axis"]
+        keys = [k for k in varying_keys(summary) if k != axis]
+        lines += ["", *axis_markdown(results["axis_paired"], keys)]
     agree = results.get("score_agreement")
     if agree:
         lines += [

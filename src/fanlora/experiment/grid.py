@@ -7,6 +7,12 @@ An experiment file::
     out: results/runs/table1   # one run folder per grid point below this (relative to cwd)
     reuse: [runs/demo]         # optional: run folders (or other experiments' output folders)
                                # whose finished units are copied
+    compare: engine            # optional: a grid key whose first value each other value is
+                               # compared with, method by method, paired by seed and row
+    prune: [downstream]        # optional: once a point is finished, remove the adapter
+                               # weights of these stages (full-lora, downstream) and every
+                               # training checkpoint (hashes kept), so that the grid's
+                               # folders are small enough to commit
     grid:                      # every combination; keys are run-config keys, and
       seed: [0, 1, 2]          # "section.key" for a stage's option
       downstream.rank: [6, 12]
@@ -29,8 +35,10 @@ from pathlib import Path
 from fanlora.config import load_yaml
 from fanlora.errors import FanLoRAError
 from fanlora.experiment.aggregate import aggregate, write_results
+from fanlora.experiment.plan import COSTS_FILE, describe, load_costs, plan, total_hours
 from fanlora.pipeline.config import RunConfig, run_config_from
-from fanlora.pipeline.run import run_pipeline
+from fanlora.pipeline.run import build_units, run_pipeline
+from fanlora.pipeline.stages import RunDir, assign_keys
 
 
 @dataclass
@@ -99,6 +107,18 @@ def reuse_folders(path: str | Path) -> list[Path]:
     return [run for p in extra for run in run_folders(Path(p))]
 
 
+def compare_axis(path: str | Path) -> tuple[str, list] | None:
+    """(``compare:`` key, its grid values) of the experiment file, or None."""
+    doc = load_yaml(path)
+    axis = doc.get("compare")
+    if axis is None:
+        return None
+    values = (doc.get("grid") or {}).get(axis)
+    if not isinstance(values, list) or len(values) < 2 or "+" in str(axis):
+        raise FanLoRAError(f"{path}: 'compare' must name a grid key with 2 or more values")
+    return str(axis), values
+
+
 def run_folders(path: Path) -> list[Path]:
     """``path`` itself if it is a run folder; the run folders in it if it is another
     experiment's output folder (``reuse: [results/runs/table4-stability]``)."""
@@ -111,9 +131,12 @@ def load_experiment(path: str | Path) -> tuple[str, Path, list[Point]]:
     """(name, output folder, points), every point's config validated."""
     path = Path(path)
     doc = load_yaml(path)
-    unknown = sorted(set(doc) - {"name", "run", "out", "grid", "reuse"})
+    known = ("name", "run", "out", "grid", "reuse", "compare", "prune")
+    unknown = sorted(set(doc) - set(known))
     if unknown:
-        raise FanLoRAError(f"{path}: unknown key(s) {unknown}; known: name, run, out, grid, reuse")
+        raise FanLoRAError(f"{path}: unknown key(s) {unknown}; known: {', '.join(known)}")
+    compare_axis(path)  # a bad `compare` or `prune` fails before anything runs
+    prune_stages(path)
     name = str(doc.get("name") or path.stem)
     out = Path(doc.get("out") or f"results/runs/{name}")
     grid = doc.get("grid") or {}
@@ -133,12 +156,67 @@ def load_experiment(path: str | Path) -> tuple[str, Path, list[Point]]:
     return name, out, points
 
 
-def run_experiment(path: str | Path, log=print, aggregate_only: bool = False) -> dict:
-    """Run every point (skipping finished ones), then aggregate; return the results."""
+def check_plan(
+    points, out: Path, reuse: list[Path], budget_hours: float | None, costs_path=None, log=print
+) -> float | None:
+    """Print the units left and their estimated cost; refuse (before anything is created) a
+    grid estimated above ``budget_hours``. Returns the estimated hours (None: no costs)."""
+    path = Path(costs_path) if costs_path else COSTS_FILE
+    if not path.is_file():
+        log(f"no measured unit costs ({path}): the grid's cost is not estimated")
+        return None
+    todo = plan(points, out, reuse, load_costs(path))
+    log(f"plan: units left to compute, estimated from {path}:\n{describe(todo)}")
+    hours = total_hours(todo)
+    if budget_hours is not None and hours > budget_hours:
+        raise FanLoRAError(
+            f"the grid's remaining units are estimated at {hours:.1f} h, above the budget of "
+            f"{budget_hours:g} h: pass --yes to run it anyway, raise --budget-hours, or make "
+            "the grid smaller"
+        )
+    return hours
+
+
+TRAINING_STAGES = ("full-lora", "downstream")
+
+
+def prune_stages(path: str | Path) -> list[str]:
+    """The experiment file's ``prune:`` list of training stages (checked)."""
+    stages = load_yaml(path).get("prune") or []
+    if not isinstance(stages, list) or not set(stages) <= set(TRAINING_STAGES):
+        raise FanLoRAError(f"{path}: 'prune' must be a list of {', '.join(TRAINING_STAGES)}")
+    return stages
+
+
+def prune_point(point: Point, folder: Path, stages: list[str]) -> int:
+    """Remove a finished point's adapter weights of ``stages`` and its training checkpoints
+    (hashes stay in the records, :meth:`RunDir.prune`); the number of files removed."""
+    run_dir = RunDir(folder)
+    units = build_units(point.config, run_dir)
+    assign_keys(units)
+    removed = 0
+    for unit in units:
+        if unit.stage in TRAINING_STAGES:
+            weights = ("adapter_model.safetensors",) if unit.stage in stages else ()
+            removed += len(run_dir.prune(unit, weights))
+    return removed
+
+
+def run_experiment(
+    path: str | Path,
+    log=print,
+    aggregate_only: bool = False,
+    budget_hours: float | None = None,
+    costs_path=None,
+) -> dict:
+    """Run every point (skipping finished ones), then aggregate; return the results. With
+    ``budget_hours``, a grid whose remaining units are estimated above it is refused."""
     name, out, points = load_experiment(path)
     log(f"experiment {name}: {len(points)} run(s) under {out}")
     failures = {}
     folders = [out / p.name for p in points] + reuse_folders(path)
+    if not aggregate_only:
+        check_plan(points, out, reuse_folders(path), budget_hours, costs_path, log)
     for i, point in enumerate(points, 1):
         folder = out / point.name
         if aggregate_only:
@@ -146,12 +224,14 @@ def run_experiment(path: str | Path, log=print, aggregate_only: bool = False) ->
         log(f"=== [{i}/{len(points)}] {point.name}")
         try:
             run_pipeline(point.config, folder, reuse=folders)
+            if stages := prune_stages(path):
+                log(f"pruned {prune_point(point, folder, stages)} file(s) of {point.name}")
         except (FanLoRAError, RuntimeError, ValueError, OSError) as exc:
             failures[point.name] = f"{type(exc).__name__}: {exc}"
             (folder).mkdir(parents=True, exist_ok=True)
             (folder / "failure.txt").write_text(traceback.format_exc())
             log(f"run {point.name} failed, the grid goes on: {failures[point.name]}")
-    results = aggregate(name, out, points)
+    results = aggregate(name, out, points, compare_axis(path))
     results["failures_this_call"] = failures
     write_results(results, out)
     return results

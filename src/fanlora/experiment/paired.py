@@ -30,6 +30,7 @@ from fanlora.run_layout import RunLayout
 from fanlora.utils.io import md_table
 
 REFERENCE = "fanlora"
+PREDICTIONS = "predictions.jsonl"
 BOOTSTRAP_REPLICATES = 4000
 BOOTSTRAP_SEED = 0
 
@@ -91,16 +92,25 @@ def exact_test(x: np.ndarray) -> dict:
 def compare(folders: list[Path], other: str) -> dict | None:
     """Difference, interval and per-seed tests of FanLoRA against ``other`` over the eval
     folders of one task (one per seed); None when no seed has both predictions."""
+    pairs = [
+        (f / REFERENCE / "predictions.jsonl", f / other / "predictions.jsonl", f.parent.parent.name)
+        for f in folders
+    ]
+    return compare_pairs(pairs)
+
+
+def compare_pairs(pairs: list[tuple[Path, Path, str]]) -> dict | None:
+    """Difference, interval and per-seed tests of predictions A against B, one (A, B, run)
+    triple per seed; None when no seed has both."""
     diffs, tests = [], []
-    for folder in folders:
-        a = values_by_example(folder / REFERENCE / "predictions.jsonl")
-        b = values_by_example(folder / other / "predictions.jsonl")
+    for path_a, path_b, run in pairs:
+        a, b = values_by_example(path_a), values_by_example(path_b)
         if a is None or b is None:
             continue
         x = paired_differences(a, b)
         if len(x):
             diffs.append(x)
-            tests.append({"run": folder.parent.parent.name, **exact_test(x)})
+            tests.append({"run": run, **exact_test(x)})
     if not diffs:
         return None
     point, low, high = hierarchical_bootstrap(diffs)
@@ -112,6 +122,76 @@ def compare(folders: list[Path], other: str) -> dict | None:
         "examples_per_seed": [len(x) for x in diffs],
         "per_seed": tests,
     }
+
+
+def axis_summary(
+    rows: list[dict], out: Path, keys: list[str], seeds: list[str], axis: str, values: list
+) -> list[dict]:
+    """The same method at ``axis`` = ``values[0]`` (A) against each other value (B), paired
+    by seed and test row, within each group of the other grid values and task."""
+    others = [k for k in keys if k != axis]
+    groups: dict[tuple, dict[tuple, dict]] = {}
+    for row in rows:
+        group = tuple(str(row.get(k)) for k in [*others, "task", "method"])
+        replicate = tuple(str(row.get(k)) for k in seeds)
+        groups.setdefault(group, {}).setdefault(replicate, {})[str(row.get(axis))] = row
+    found = []
+    for by_seed in groups.values():
+        first = next(iter(next(iter(by_seed.values())).values()))
+        task, method = first["task"], first["method"]
+        for value in values[1:]:
+            pairs = [
+                (
+                    RunLayout(out / at[str(values[0])]["point"]).eval_task(task) / method,
+                    RunLayout(out / at[str(value)]["point"]).eval_task(task) / method,
+                    at[str(values[0])]["point"],
+                )
+                for at in by_seed.values()
+                if str(values[0]) in at and str(value) in at
+            ]
+            result = compare_pairs([(a / PREDICTIONS, b / PREDICTIONS, r) for a, b, r in pairs])
+            if result is not None:
+                found.append(
+                    {
+                        **{k: first.get(k) for k in others},
+                        "task": task,
+                        "method": method,
+                        "axis": axis,
+                        "a": values[0],
+                        "b": value,
+                        **result,
+                    }
+                )
+    return found
+
+
+def axis_markdown(paired: list[dict], keys: list[str]) -> list[str]:
+    """A table of :func:`axis_summary`."""
+    axis, reference = paired[0]["axis"], paired[0]["a"]
+    header = [*keys, "task", "method", f"{axis}={reference} vs", "seeds", "difference", "95% CI"]
+    body = [
+        [
+            *(str(p[k]) for k in keys),
+            p["task"],
+            p["method"],
+            str(p["b"]),
+            str(p["seeds"]),
+            f"{p['diff']:+.1f}",
+            f"[{p['ci_low']:+.1f}, {p['ci_high']:+.1f}] ("
+            + ", ".join(_p_text(t["p"]) for t in p["per_seed"])
+            + f"; {p['per_seed'][0]['test']})",
+        ]
+        for p in paired
+    ]
+    return [
+        f"## {axis} = {reference} against each other {axis}, same method and test rows",
+        "",
+        f"Difference = the method at {axis}={reference} minus at the other value, mean over "
+        "seeds of the mean over rows, in points; 95% interval from a bootstrap over seeds "
+        "then rows; per-seed exact p-values in brackets.",
+        "",
+        md_table(header, body),
+    ]
 
 
 def paired_summary(rows: list[dict], out: Path, keys: list[str]) -> list[dict]:

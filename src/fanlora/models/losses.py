@@ -9,6 +9,8 @@ AdaLoRA's losses incomparable with every other method's.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +32,39 @@ def sequence_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     losses = token_losses(logits, labels)
     count = (labels[:, 1:] != IGNORE).sum(1).to(losses.dtype)
     return torch.stack([losses.sum(1), count], dim=1)
+
+
+def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
+    """1-D positions t whose next label is scored in any row of the batch (the union over
+    rows; at least one). Only the logits there enter a loss: on the instruction set 5% of
+    tokens are labelled and the union over a micro-batch of 4 is 10% of its positions."""
+    keep = (labels[:, 1:] != IGNORE).any(0).nonzero()[:, 0]
+    return keep if keep.numel() else torch.zeros(1, dtype=torch.long, device=labels.device)
+
+
+def labelled_logits(model, base, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [B, K, V] at :func:`labelled_positions`, those K positions) of ``model``'s
+    forward on ``batch``. ``base`` (the unwrapped transformers model) says whether the
+    forward takes ``logits_to_keep`` as positions, which spares the output layer and the
+    softmax every other position; otherwise all logits are computed and the kept ones taken."""
+    keep = labelled_positions(batch["labels"])
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "logits_to_keep" in inspect.signature(base.forward).parameters:
+        return model(**inputs, logits_to_keep=keep).logits, keep
+    return model(**inputs).logits.index_select(1, keep), keep
+
+
+def kept_sequence_losses(
+    logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """:func:`sequence_losses` from logits taken at positions ``keep`` only (``logits[:, i]``
+    is position ``keep[i]``, predicting label ``keep[i] + 1``): the same [B, 2]."""
+    targets = labels[:, 1:].index_select(1, keep)
+    losses = F.cross_entropy(
+        logits.transpose(1, 2).float(), targets, ignore_index=IGNORE, reduction="none"
+    )
+    scored = targets != IGNORE
+    return torch.stack([(losses * scored).sum(1), scored.sum(1).to(losses.dtype)], dim=1)
 
 
 def last_labelled(losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -94,6 +94,14 @@ def unit_key(unit: Unit, dep_keys: list[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def assign_keys(units: list[Unit]) -> None:
+    """Set every unit's key, in order (a unit's deps come before it)."""
+    keys: dict[str, str] = {}
+    for unit in units:
+        unit.key = unit_key(unit, [keys[d] for d in unit.deps])
+        keys[unit.name] = unit.key
+
+
 class RunDir:
     """``RUN/run.json`` (format, version, config) and the units' folders and records."""
 
@@ -135,15 +143,37 @@ class RunDir:
         return read_json(path, "stage record") if path.is_file() else None
 
     def is_done(self, unit: Unit) -> bool:
-        """Finished with this key, and every output still as it was written."""
+        """Finished with this key, and every output still as it was written (or pruned on
+        purpose, see :meth:`prune`)."""
         rec = self.record(unit)
         if not rec or rec.get("status") != "finished" or rec.get("key") != unit.key:
             return False
-        folder = self.folder(unit)
+        folder, pruned = self.folder(unit), set(rec.get("pruned", []))
         return all(
-            (folder / p).is_file() and file_hash(folder / p) == h
+            p in pruned or ((folder / p).is_file() and file_hash(folder / p) == h)
             for p, h in rec.get("outputs", {}).items()
         )
+
+    def pruned(self, unit: Unit) -> list[str]:
+        """The outputs of a finished unit that were pruned (removed on purpose)."""
+        rec = self.record(unit)
+        return list(rec.get("pruned", [])) if rec and rec.get("key") == unit.key else []
+
+    def prune(self, unit: Unit, names: tuple[str, ...]) -> list[str]:
+        """Remove outputs ``names`` (and the ``checkpoints`` folder) of a done unit, keeping
+        their hashes: the unit stays done for the units that read it, and is recomputed
+        only if a unit that must run needs them (:func:`run_units`). Returns what went."""
+        if not self.is_done(unit):
+            return []
+        folder, rec = self.folder(unit), self.record(unit)
+        gone = [n for n in names if n in rec["outputs"] and (folder / n).is_file()]
+        for name in gone:
+            (folder / name).unlink()
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        if gone:
+            rec["pruned"] = sorted({*rec.get("pruned", []), *gone})
+            atomic_write_json(folder / "stage.json", rec)
+        return gone
 
     def prepare(self, unit: Unit, force: bool) -> str:
         """Clear a stale or forced unit folder; say whether the unit starts or resumes."""
@@ -229,14 +259,13 @@ def run_units(
         raise FanLoRAError(f"unknown stage {start_from!r} for --from; stages: {', '.join(STAGES)}")
     ranks = ranks or OneProcess()
     forced = set(STAGES[STAGES.index(start_from) :]) if start_from else set()
-    keys: dict[str, str] = {}
     records: dict[str, dict] = {}
     ran: set[str] = set()  # a unit whose input was just recomputed is recomputed too
+    assign_keys(units)
+    revive = revived(run_dir, units, forced)
     for i, unit in enumerate(units, 1):
-        unit.key = unit_key(unit, [keys[d] for d in unit.deps])
-        keys[unit.name] = unit.key
         head = f"[{i}/{len(units)}] {unit.name}"
-        redo = unit.stage in forced or any(d in ran for d in unit.deps)
+        redo = unit.stage in forced or unit.name in revive or any(d in ran for d in unit.deps)
         settled = None if redo else _settled(run_dir, unit, reuse, ranks)
         if settled is not None:
             records[unit.name] = run_dir.record(unit)
@@ -258,6 +287,30 @@ def run_units(
         ranks.wait_for_everyone()
         records[unit.name] = run_dir.record(unit)
     return records
+
+
+def revived(run_dir: RunDir, units: list[Unit], forced: set[str]) -> set[str]:
+    """Done units with pruned outputs that a unit which must run reads: recomputed first.
+    (Everything reading a recomputed unit is recomputed too, so this is a fixed point.)"""
+    by_name = {u.name: u for u in units}
+    revive: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for unit in units:
+            runs = (
+                unit.stage in forced
+                or unit.name in revive
+                or not run_dir.is_done(unit)
+                or any(d in revive for d in unit.deps)
+            )
+            if not runs:
+                continue
+            for dep in unit.deps:
+                if dep not in revive and run_dir.pruned(by_name[dep]):
+                    revive.add(dep)
+                    changed = True
+    return revive
 
 
 def _settled(run_dir: RunDir, unit: Unit, reuse: list[RunDir], ranks) -> str | None:

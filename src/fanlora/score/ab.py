@@ -52,6 +52,33 @@ def ab_record(key, s_all: float, s_none: float, without: float, only: float) -> 
     }
 
 
+def exact_unit(ctx: Context, key: str) -> dict:
+    """The journal entry of an exact unit: ``all``, ``none`` (per-sequence statistics of
+    M_all and M_null) or ``module:<layer>:<kind>`` (those of M_without and M_only)."""
+    every, last, evaluate = set(ctx.gates.keys), ctx.gates.layers[-1], ctx.evaluate
+    if key == "all":
+        return {"stats": evaluate(every, last, "on").tolist()}
+    if key == "none":
+        return {"stats": evaluate(set(), last, "off").tolist()}
+    module = parse_module_key(key)
+    without = evaluate(every - {module}, module[0], "on")
+    only = evaluate({module}, module[0], "off")
+    return {"without": without.tolist(), "only": only.tolist()}
+
+
+def exact_records(ctx: Context, keys) -> list[dict]:
+    """Eq. 3's records of modules ``keys`` from the journalled exact units."""
+    journal, valset, metric = ctx.journal, ctx.valset, ctx.cfg.metric
+    s = {name: score_of(stats_of(journal.get(name)), valset, metric) for name in ("all", "none")}
+    out = []
+    for key in keys:
+        entry = journal.get(module_key(key))
+        without = score_of(torch.tensor(entry["without"]), valset, metric)
+        only = score_of(torch.tensor(entry["only"]), valset, metric)
+        out.append(ab_record(key, s["all"], s["none"], without, only))
+    return out
+
+
 class AB(Scorer):
     """Exact AB-scores (fast or straightforward), or raced ones with ``--adaptive``."""
 
@@ -76,15 +103,10 @@ class AB(Scorer):
         return ["all", "none", *(module_key(k) for k in ctx.gates.keys)]
 
     def compute(self, ctx: Context, key: str) -> dict:
-        every, last, evaluate = set(ctx.gates.keys), ctx.gates.layers[-1], ctx.evaluate
-        if key == "all":
-            return {"stats": evaluate(every, last, "on").tolist()}
-        if key == "none":
-            return {"stats": evaluate(set(), last, "off").tolist()}
         if key.startswith("race:"):
             cfg = ctx.cfg
             records = adaptive_scores(
-                evaluate,
+                ctx.evaluate,
                 ctx.gates,
                 ctx.valset,
                 ctx.journal,
@@ -94,25 +116,12 @@ class AB(Scorer):
                 layers=[int(key.split(":")[1])],
             )
             return {"records": records}
-        module = parse_module_key(key)
-        without = evaluate(every - {module}, module[0], "on")
-        only = evaluate({module}, module[0], "off")
-        return {"without": without.tolist(), "only": only.tolist()}
+        return exact_unit(ctx, key)
 
     def records(self, ctx: Context) -> list[dict]:
-        journal, valset, metric = ctx.journal, ctx.valset, ctx.cfg.metric
         if ctx.notes["racing"]:
-            return [r for key in self.units(ctx) for r in journal.get(key)["records"]]
-        s = {
-            name: score_of(stats_of(journal.get(name)), valset, metric) for name in ("all", "none")
-        }
-        out = []
-        for key in ctx.gates.keys:
-            entry = journal.get(module_key(key))
-            without = score_of(torch.tensor(entry["without"]), valset, metric)
-            only = score_of(torch.tensor(entry["only"]), valset, metric)
-            out.append(ab_record(key, s["all"], s["none"], without, only))
-        return out
+            return [r for key in self.units(ctx) for r in ctx.journal.get(key)["records"]]
+        return exact_records(ctx, ctx.gates.keys)
 
     def label(self, ctx: Context) -> str:
         return "ab-adaptive" if ctx.notes["racing"] else "ab"

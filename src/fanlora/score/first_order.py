@@ -10,12 +10,19 @@ so ``V1(m) = dS/dg_m|g=1 + dS/dg_m|g=0``, with ``S = -L`` (the negative mean res
 loss over the validation set), scores every module, with its sign, from one forward and
 backward pass per batch at each end. It equals the exact AB-score when the loss is linear
 in each gate; how far a trained adapter is from that is what ``bench/`` measures.
+
+With ``--refine`` only the modules whose first-order score could change the setting get
+their exact (fast) AB-score: per layer, with ``s`` the V1 scores, ``M = max |s|`` and ``b``
+the midpoint between the K_max-th and the next score, module m is recomputed when
+``|s_m - b| <= margin M`` (near the boundary) or ``|s_m| <= margin M`` (near 0, where the
+sign decides). Their records carry the exact terms and ``refined: true``.
 """
 
 from __future__ import annotations
 
+from fanlora.score.ab import exact_records, exact_unit
 from fanlora.score.gates import Gates, Key
-from fanlora.score.scorer import Context, Scorer, module_key, register_scorer
+from fanlora.score.scorer import Context, Scorer, gated_evaluator, module_key, register_scorer
 from fanlora.score.sensitivity import gate_gradients, response_tokens
 
 ENDS = (1, 0)  # g = 1 (M_all) and g = 0 (M_null)
@@ -27,16 +34,52 @@ def score_gradients(model, gates: Gates, batch: dict, total: float, value: float
     return {module_key(k): -v for k, v in grads.items()}
 
 
+def uncertain(scores: dict[Key, float], k_max: int, margin: float) -> list[Key]:
+    """The modules near their layer's K_max boundary or near 0 (module docstring; pure)."""
+    layers: dict[int, list[Key]] = {}
+    for key in scores:
+        layers.setdefault(key[0], []).append(key)
+    picked = []
+    for keys in layers.values():
+        ranked = sorted((scores[k] for k in keys), reverse=True)
+        top = max(abs(v) for v in ranked) or 1.0
+        boundary = (ranked[k_max - 1] + ranked[k_max]) / 2 if len(ranked) > k_max else None
+        for k in keys:
+            near_zero = abs(scores[k]) <= margin * top
+            near_edge = boundary is not None and abs(scores[k] - boundary) <= margin * top
+            if near_zero or near_edge:
+                picked.append(k)
+    return picked
+
+
 class FirstOrder(Scorer):
-    """Units ``grad<end>:b<i>``: the gate gradients of batch i at g = end."""
+    """Units ``grad<end>:b<i>``: the gate gradients of batch i at g = end; with ``refine``,
+    then ``all``, ``none`` and ``module:<layer>:<kind>`` (exact AB) of the uncertain ones."""
+
+    def needs_cache(self, cfg) -> bool:
+        return bool(cfg.refine)
 
     def prepare(self, ctx: Context, log) -> None:
-        ctx.notes["response_tokens"] = response_tokens(ctx.valset)  # no gated evaluator
+        ctx.notes["response_tokens"] = response_tokens(ctx.valset)
+        if ctx.cfg.refine:  # the fast exact evaluator, for the refined modules
+            ctx.evaluate = gated_evaluator(ctx, True)
 
-    def units(self, ctx: Context) -> list[str]:
+    def gradient_units(self, ctx: Context) -> list[str]:
         return [f"grad{end}:b{i}" for end in ENDS for i in range(len(ctx.valset.batches))]
 
+    def units(self, ctx: Context) -> list[str]:
+        first = self.gradient_units(ctx)
+        if not ctx.cfg.refine or any(u not in ctx.journal for u in first):
+            return first
+        return [*first, "all", "none", *(module_key(k) for k in self.refined(ctx))]
+
+    def refined(self, ctx: Context) -> list[Key]:
+        scores = {k: r["score"] for k, r in self.first_order(ctx).items()}
+        return uncertain(scores, ctx.cfg.k_max, ctx.cfg.refine_margin)
+
     def compute(self, ctx: Context, key: str) -> dict:
+        if not key.startswith("grad"):
+            return exact_unit(ctx, key)
         end, batch = key.removeprefix("grad").split(":b")
         grads = score_gradients(
             ctx.model,
@@ -47,14 +90,27 @@ class FirstOrder(Scorer):
         )
         return {"grads": grads}
 
-    def records(self, ctx: Context) -> list[dict]:
+    def first_order(self, ctx: Context) -> dict[Key, dict]:
         sums = {end: dict.fromkeys(ctx.gates.keys, 0.0) for end in ENDS}
         for end in ENDS:
             for i in range(len(ctx.valset.batches)):
                 entry = ctx.journal.get(f"grad{end}:b{i}")["grads"]
                 for k in ctx.gates.keys:
                     sums[end][k] += entry[module_key(k)]
-        return [record(k, sums[1][k], sums[0][k]) for k in ctx.gates.keys]
+        return {k: record(k, sums[1][k], sums[0][k]) for k in ctx.gates.keys}
+
+    def records(self, ctx: Context) -> list[dict]:
+        out = self.first_order(ctx)
+        if ctx.cfg.refine:
+            refined = self.refined(ctx)
+            for exact in exact_records(ctx, refined):
+                key = (exact["layer"], exact["module"])
+                out[key] = {**out[key], **exact, "first_order": out[key]["score"], "refined": True}
+            ctx.notes["refined_modules"] = len(refined)
+        return list(out.values())
+
+    def label(self, ctx: Context) -> str:
+        return "first-order-refined" if ctx.cfg.refine else self.name
 
 
 def record(key: Key, at_all: float, at_none: float) -> dict:

@@ -84,6 +84,20 @@ class ScoreConfig(DeviceOptions):
     min_sequences: int = field(
         default=8, metadata={"help": "adaptive: sequences seen before a module may stop"}
     )
+    refine: bool = field(
+        default=False,
+        metadata={
+            "help": "first-order: recompute exact (fast) AB-scores of the modules that can "
+            "change the setting, those near their layer's K_max-th place or near 0"
+        },
+    )
+    refine_margin: float = field(
+        default=0.25,
+        metadata={
+            "help": "refine: a module is recomputed when its first-order score lies within "
+            "this share of its layer's largest |score| of the K_max boundary or of 0"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of the example draw and permutations"})
     dtype: str = field(
         default="float32",
@@ -108,6 +122,10 @@ class ScoreConfig(DeviceOptions):
             )
         if self.method == "shapley" and self.scope == "model" and self.budget < 1:
             raise FanLoRAError(f"--budget must be >= 1 permutation, got {self.budget}")
+        if self.refine and self.method != "first-order":
+            raise FanLoRAError("--refine refines first-order scores: use --method first-order")
+        if self.refine_margin < 0:
+            raise FanLoRAError(f"--refine-margin must be >= 0, got {self.refine_margin}")
         if self.adaptive and (self.method != "ab" or self.metric != "loss"):
             raise FanLoRAError("--adaptive races the AB-score with the loss metric only")
         if self.layers and not (self.method == "shapley" and self.scope == "layer"):
@@ -190,7 +208,7 @@ def memory_plan(cfg: ScoreConfig, scorer: Scorer, runtime: Runtime, valset) -> M
     element = DTYPES[cfg.dtype].itemsize
     adapter = (Path(cfg.adapter) / "adapter_model.safetensors").stat().st_size
     weights = parameter_count(config) * element + adapter
-    cached = scorer.uses_cache and (cfg.mode == "fast" or cfg.adaptive)
+    cached = scorer.needs_cache(cfg)
     layers, hidden = config.num_hidden_layers, config.hidden_size
     cache = cache_bytes(layers, valset.num_tokens, hidden, element) if cached else 0
     return plan_memory(runtime.device, weights, cache, *free_bytes(runtime.device), cfg.device_map)
@@ -237,21 +255,26 @@ def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
 
 
 def run_units(scorer: Scorer, ctx: Context, state) -> None:
-    """This process's share of the scorer's units; each finished one is journalled."""
-    units = scorer.units(ctx)
-    mine = units[state.process_index :: state.num_processes]
-    bar = tqdm(
-        total=len(mine),
-        unit=scorer.unit,
-        desc=f"score {scorer.name} ({ctx.cfg.mode})",
-        disable=not state.is_main_process,
-    )
-    for key in mine:
-        if key not in ctx.journal:
-            ctx.journal.write(key, **scorer.compute(ctx, key))
-        bar.update(1)
-    bar.close()
-    state.wait_for_everyone()
+    """This process's share of the scorer's units; each finished one is journalled. A
+    scorer whose units depend on earlier ones (first order, refined) lists more once those
+    are journalled: every process reloads the journal and asks again, until none are new."""
+    units: list[str] = []
+    while len(listed := scorer.units(ctx)) > len(units):
+        mine = listed[len(units) :][state.process_index :: state.num_processes]
+        bar = tqdm(
+            total=len(mine),
+            unit=scorer.unit,
+            desc=f"score {scorer.name} ({ctx.cfg.mode})",
+            disable=not state.is_main_process,
+        )
+        for key in mine:
+            if key not in ctx.journal:
+                ctx.journal.write(key, **scorer.compute(ctx, key))
+            bar.update(1)
+        bar.close()
+        state.wait_for_everyone()
+        ctx.journal.reload()
+        units = listed
 
 
 def write_scores(ctx: Context, method: str, out: Path, records, wall, log) -> dict:

@@ -50,6 +50,10 @@ class Scorer:
     uses_cache: bool = True  # whether the fast mode's layer-input cache is built (memory plan)
     metrics: tuple[str, ...] = ("loss", "accuracy")  # the S_val it can score
 
+    def needs_cache(self, cfg) -> bool:
+        """Whether this run builds the fast evaluator's layer-input cache (memory plan)."""
+        return self.uses_cache and (cfg.mode == "fast" or cfg.adaptive)
+
     def check(self, cfg, gates) -> None:
         """Refuse a config that does not fit the model, before the journal is opened."""
 
@@ -59,7 +63,8 @@ class Scorer:
         ctx.evaluate = gated_evaluator(ctx, ctx.cfg.mode == "fast")
 
     def units(self, ctx: Context) -> list[str]:
-        """The journal keys of the units of work, in order."""
+        """The journal keys of the units of work, in order. Asked again once the listed
+        ones are journalled: a scorer may then append units that depend on them."""
         raise NotImplementedError
 
     def compute(self, ctx: Context, key: str) -> dict:

@@ -116,6 +116,39 @@ def check_adapters(deployment: Deployment, layout: ModuleLayout) -> None:
             )
 
 
+def parse_adapters(items: list[str]) -> dict[str, str]:
+    """``NAME=DIR`` items as a name -> folder mapping; a malformed or repeated one refused."""
+    adapters = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise FanLoRAError(f"--adapter takes NAME=DIR, got {item!r}")
+        if name in adapters:
+            raise FanLoRAError(f"--adapter {name} is given twice")
+        adapters[name] = folder
+    return adapters
+
+
+def deployment_for(
+    setting,
+    adapters: dict[str, str],
+    model: str,
+    max_loras: int | None = None,
+    max_lora_rank: int | None = None,
+) -> Deployment:
+    """The deployment of ``setting`` serving ``adapters``, checked against them (adapters
+    outside it or above its rank refused, naming them) before anything starts."""
+    targets = runtime_modules(setting.layout, setting.layers)
+    ranks = [adapter_modules(folder)[1] for folder in adapters.values()]
+    max_loras = max_loras if max_loras is not None else max(len(adapters), 1)
+    if max_loras < 1:
+        raise FanLoRAError(f"--max-loras must be >= 1, got {max_loras}")
+    deployment = Deployment(model, targets, max_rank_for(ranks, max_lora_rank), max_loras)
+    deployment.adapters = dict(adapters)
+    check_adapters(deployment, setting.layout)
+    return deployment
+
+
 def max_rank_for(ranks: list[int], requested: int | None) -> int:
     """The smallest rank vLLM accepts that covers ``ranks`` (or ``requested``, checked)."""
     if requested is not None:

@@ -1,8 +1,10 @@
 """The fine-tuning loop shared by every method (paper appendix C defaults).
 
 One optimizer step takes ``batch_size`` examples (a length-grouped batch), split across
-processes and into micro-batches. The loss is the cross-entropy from the logits, summed over
-the step's response tokens on every process and divided by their *global* count N:
+processes and into micro-batches. Logits are computed only at positions that carry a label
+in some row of the micro-batch (:func:`~fanlora.models.losses.labelled_logits`). The loss is
+the cross-entropy from those logits, summed over the step's response tokens on every process
+and divided by their *global* count N:
 
     L = (1 / N) sum_{rank r} sum_{micro-batch b} sum_{t in b} CE_t
 
@@ -35,7 +37,7 @@ from transformers import get_linear_schedule_with_warmup
 from fanlora.data.formatting import collate, encode_all, length_grouped_batches
 from fanlora.data.registry import load_sample
 from fanlora.errors import FanLoRAError
-from fanlora.models.losses import sequence_losses
+from fanlora.models.losses import kept_sequence_losses, labelled_logits
 from fanlora.train.checkpoint import (
     TrainState,
     latest_checkpoint,
@@ -108,6 +110,7 @@ class Trainer:
             enable = getattr(model, "activation_checkpointing_enable", None)
             (enable or model.gradient_checkpointing_enable)({"use_reentrant": False})
         self.peft_model = get_peft_model(model, peft_config)
+        self.base = model  # the transformers model inside (its forward's signature)
         self.trainable = sum(p.numel() for p in self.peft_model.parameters() if p.requires_grad)
         params = [p for p in self.peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -146,10 +149,8 @@ class Trainer:
             last = i == len(chunks) - 1
             sync = nullcontext() if last else self.acc.no_sync(self.model)
             with sync, self.acc.autocast():
-                logits = self.model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
-                ce = sequence_losses(logits, batch["labels"])[:, 0].sum()
+                logits, keep = labelled_logits(self.model, self.base, batch)
+                ce = kept_sequence_losses(logits, batch["labels"], keep)[:, 0].sum()
                 loss = ce / n_items
                 if last:  # once per step, whatever the micro-batch split
                     penalty = self.method.step_loss(self.peft_model)
@@ -182,10 +183,8 @@ class Trainer:
             rows, mine, self.cfg.micro_batch_size, self.pad_id, self.acc.device
         ):
             with self.acc.autocast():
-                logits = self.model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
-            loss_sum += sequence_losses(logits, batch["labels"]).sum(0).cpu()
+                logits, keep = labelled_logits(self.model, self.base, batch)
+            loss_sum += kept_sequence_losses(logits, batch["labels"], keep).sum(0).cpu()
         loss_sum = self.acc.reduce(loss_sum.to(self.acc.device), reduction="sum").cpu()
         return float(loss_sum[0] / max(loss_sum[1], 1))
 

@@ -1,0 +1,159 @@
+"""Measured costs of one unit of each kind on this machine, for the grid planner.
+
+Writes ``configs/unit-costs.yaml``, which ``fanlora experiment`` reads to estimate a grid
+before running it (:mod:`fanlora.experiment.plan`):
+
+- ``train_tokens_per_s``: step 1 (full LoRA, rank 12, 210 modules) on `instruct`, batch 16 in
+  micro-batches of 4, ``--max-length`` 256: the median tokens/s of ``--train-steps`` steps
+  after the first (the engine's own metrics.jsonl);
+- ``forward_tokens_per_s``: the dev evaluations of that run;
+- ``mean_tokens``: the mean encoded length of 800 seeded training rows of every task;
+- ``eval_row_s``: evaluation of ``--eval-rows`` test rows of every task, seconds per row;
+- ``score_s``: exact fast AB-scores and first-order scores of the run's adapter on
+  ``--score-examples`` validation examples, per module-example and per example.
+
+    python bench/unit_costs.py --out configs/unit-costs.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from fanlora.data.formatting import collate, encode_all
+from fanlora.data.registry import TASKS, load_sample
+from fanlora.evaluate.run import EvalConfig, evaluate
+from fanlora.models.loading import load_model, load_tokenizer
+from fanlora.score.run import ScoreConfig, score
+from fanlora.train import TrainConfig
+from fanlora.train.run import train
+from fanlora.utils.versions import versions
+
+MODEL = "smollm2-135m"
+
+
+def mean_tokens(max_length: int) -> dict:
+    tokenizer = load_tokenizer(MODEL)
+    out = {}
+    for task in TASKS:
+        rows, _ = encode_all(tokenizer, load_sample(task, "train", 800, 0), max_length)
+        out[task] = round(statistics.mean(len(r["input_ids"]) for r in rows), 1)
+    out["default"] = max(out.values())
+    return out
+
+
+def train_rate(args, folder: Path) -> float:
+    """Median engine tokens/s of step 1's training steps after the first."""
+    cfg = TrainConfig(
+        model=MODEL,
+        data="instruct",
+        method="full-lora",
+        rank=12,
+        batch_size=16,
+        micro_batch_size=4,
+        max_length=args.max_length,
+        max_steps=args.train_steps,
+        eval_every=args.train_steps,
+        eval_examples=8,
+    )
+    train(cfg, str(folder), log=lambda _: None)
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(s["tokens_per_s"] for s in steps[1:])
+
+
+@torch.no_grad()
+def forward_rate(args) -> float:
+    """Tokens/s of the base model's forward on 4 x max_length `instruct` tokens (median of 3)."""
+    model, tokenizer = load_model(MODEL)
+    rows, _ = encode_all(tokenizer, load_sample("instruct", "dev", 64, 0), args.max_length)
+    rows = sorted(rows, key=lambda r: -len(r["input_ids"]))[:4]
+    batch = collate(rows, tokenizer.pad_token_id)
+    times = []
+    for _ in range(4):
+        started = time.perf_counter()
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        times.append(time.perf_counter() - started)
+    return int(batch["attention_mask"].sum()) / statistics.median(times[1:])
+
+
+def eval_rates(args) -> dict:
+    out = {}
+    for task in TASKS:
+        if task == "instruct":
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.time()
+            evaluate(
+                EvalConfig(model=MODEL, task=task, split="test", limit=args.eval_rows),
+                Path(tmp),
+                log=lambda _: None,
+            )
+            out[task] = round((time.time() - started) / args.eval_rows, 3)
+    out["default"] = max(out.values())
+    return out
+
+
+def score_rates(args, adapter: Path) -> dict:
+    out = {}
+    for method, key in (("ab", "ab_per_module_example"), ("first-order", "first_order")):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = ScoreConfig(
+                model=MODEL,
+                adapter=str(adapter),
+                val_examples=args.score_examples,
+                batch_size=2,
+                max_length=160,
+                method=method,
+            )
+            started = time.time()
+            doc = score(cfg, Path(tmp) / "scores.json", log=lambda _: None)
+            seconds = time.time() - started
+        if method == "ab":
+            out[key] = round(seconds / (len(doc["scores"]) * args.score_examples), 4)
+        else:
+            out[f"{key}_per_example"] = round(seconds / args.score_examples, 3)
+            out["sensitivity_per_example"] = round(seconds / args.score_examples / 2, 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train-steps", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--eval-rows", type=int, default=16)
+    parser.add_argument("--score-examples", type=int, default=2)
+    parser.add_argument("--out", default="configs/unit-costs.yaml")
+    args = parser.parse_args()
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = Path(tmp) / "step1"
+        costs = {
+            "train_tokens_per_s": round(train_rate(args, adapter), 1),
+            "forward_tokens_per_s": round(forward_rate(args), 1),
+            "modules": 210,
+            "mean_tokens": mean_tokens(args.max_length),
+            "score_s": score_rates(args, adapter),
+            "eval_row_s": eval_rates(args),
+            "decode_s": 52,
+        }
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+    header = (
+        "# Measured unit costs for the grid planner (fanlora experiment --plan), written by\n"
+        f"#   python bench/unit_costs.py {flags}\n"
+        f"# on SmolLM2-135M, fp32, in {time.time() - started:.0f} s.\n"
+        f"# versions: {json.dumps(versions())}\n"
+        "# decode_s: the pipeline's decoding unit (docs/demo-run/6-decode/stage.json).\n"
+    )
+    Path(args.out).write_text(header + yaml.safe_dump(costs, sort_keys=False))
+    print(Path(args.out).read_text())
+
+
+if __name__ == "__main__":
+    main()

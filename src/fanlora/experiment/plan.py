@@ -1,0 +1,129 @@
+"""The plan of a grid before it runs: the units still to compute and what they will cost.
+
+Every point's units are built (as the pipeline would) with their keys; a unit already done
+in its run folder or in a ``reuse`` folder, or shared with an earlier point (same key), is
+not counted. The rest are estimated from measured unit costs on this machine
+(``configs/unit-costs.yaml``, written by ``python bench/unit_costs.py``):
+
+- training (steps 1 and 4): examples x mean tokens / training tokens per second, plus the dev
+  evaluations: (steps / eval_every + 1) x eval_examples x mean tokens / forward tokens per s;
+- scoring: exact AB (fast, or racing that falls back) modules x validation examples x the
+  measured seconds per module-example; first order and sensitivity: validation examples x
+  their seconds per example; Shapley: not estimated (shown as unknown);
+- evaluation: test rows x the task's measured seconds per row;
+- decoding: its measured seconds; setting and report: nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from fanlora.config import load_yaml
+from fanlora.data.registry import split_size
+from fanlora.pipeline.run import build_units
+from fanlora.pipeline.stages import RunDir, Unit, assign_keys
+from fanlora.train.config import TrainConfig
+
+COSTS_FILE = Path(__file__).resolve().parents[3] / "configs" / "unit-costs.yaml"
+SCORE_METHODS_PER_EXAMPLE = {"first-order": "first_order", "sensitivity": "sensitivity"}
+
+
+@dataclass
+class PlannedUnit:
+    point: str
+    unit: Unit
+    seconds: float | None  # None: no estimate
+
+
+def load_costs(path: str | Path | None = None) -> dict:
+    return load_yaml(path or COSTS_FILE)
+
+
+def train_seconds(params: dict, costs: dict) -> float:
+    cfg = TrainConfig(**{k: v for k, v in params.items() if k != "budget"})
+    tokens = costs["mean_tokens"].get(cfg.data, costs["mean_tokens"]["default"])
+    tokens = min(tokens, cfg.max_length)
+    rows = split_size(cfg.data, "train")
+    if cfg.max_train_examples:
+        rows = min(rows, cfg.max_train_examples)
+    batch = cfg.effective_batch_size(rows)
+    steps = math.ceil(cfg.max_epochs * math.ceil(rows / batch))
+    if cfg.max_steps is not None:
+        steps = min(steps, cfg.max_steps)
+    evals = steps // cfg.eval_every + 1
+    train = steps * batch * tokens / costs["train_tokens_per_s"]
+    dev = evals * cfg.eval_examples * tokens / costs["forward_tokens_per_s"]
+    return train + dev
+
+
+def score_seconds(params: dict, costs: dict) -> float | None:
+    method = params.get("method", "ab")
+    examples = params.get("val_examples", 64)
+    per = costs["score_s"]
+    if method == "ab":
+        return costs["modules"] * examples * per["ab_per_module_example"]
+    if method in SCORE_METHODS_PER_EXAMPLE:
+        return examples * per[f"{SCORE_METHODS_PER_EXAMPLE[method]}_per_example"]
+    return None
+
+
+def eval_seconds(params: dict, costs: dict) -> float:
+    rows = split_size(params["task"], "test")
+    if params.get("limit"):
+        rows = min(rows, params["limit"])
+    per_row = costs["eval_row_s"].get(params["task"], costs["eval_row_s"]["default"])
+    return rows * per_row
+
+
+def unit_seconds(unit: Unit, costs: dict) -> float | None:
+    """The estimated seconds of one unit (see the module docstring)."""
+    if unit.stage in ("full-lora", "downstream"):
+        return train_seconds(unit.params, costs)
+    if unit.stage == "scores":
+        return score_seconds(unit.params, costs)
+    if unit.stage == "eval":
+        return eval_seconds(unit.params, costs)
+    if unit.stage == "decode":
+        return costs["decode_s"]
+    return 0.0
+
+
+def plan(points, out: Path, reuse: list[Path], costs: dict) -> list[PlannedUnit]:
+    """The units of ``points`` left to compute, each once, with their estimates."""
+    others = [RunDir(p) for p in reuse]
+    seen: set[str] = set()
+    todo = []
+    for point in points:
+        run_dir = RunDir(out / point.name)
+        units = build_units(point.config, run_dir)
+        assign_keys(units)
+        for unit in units:
+            if unit.key in seen or unit.stage == "report":
+                continue
+            seen.add(unit.key)
+            if run_dir.is_done(unit) or any(o.is_done(unit) for o in others):
+                continue
+            todo.append(PlannedUnit(point.name, unit, unit_seconds(unit, costs)))
+    return todo
+
+
+def describe(todo: list[PlannedUnit]) -> str:
+    """Per stage: units and estimated hours; the total; units with no estimate."""
+    count = Counter(p.unit.stage for p in todo)
+    hours: Counter = Counter()
+    for p in todo:
+        hours[p.unit.stage] += (p.seconds or 0) / 3600
+    lines = [f"  {stage:<11} {count[stage]:>4} unit(s)  {hours[stage]:7.1f} h" for stage in count]
+    unknown = [f"{p.point}/{p.unit.name}" for p in todo if p.seconds is None]
+    total = sum(hours.values())
+    lines.append(f"  {'total':<11} {len(todo):>4} unit(s)  {total:7.1f} h (estimate)")
+    if unknown:
+        lines.append(f"  not estimated (no measured cost): {', '.join(unknown[:5])}")
+    return "\n".join(lines)
+
+
+def total_hours(todo: list[PlannedUnit]) -> float:
+    return sum(p.seconds or 0 for p in todo) / 3600
