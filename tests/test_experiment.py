@@ -15,7 +15,10 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 def grid_file(tmp_path, grid, **run) -> Path:
     base = yaml.safe_load(TINY.read_text())
-    base.update(tasks=["yesno"], methods=["fanlora", "lora"], eval_base=False, decode=False, **run)
+    base.update(
+        **{"tasks": ["yesno"], "methods": ["fanlora", "lora"], "eval_base": False, "decode": False}
+        | run
+    )
     base["evaluation"]["limit"] = 4
     base["scoring"]["adaptive"] = False  # exact scores do not depend on K_max: shared
     path = tmp_path / "grid.yaml"

@@ -23,6 +23,7 @@ from fanlora.cli.main import main
 from fanlora.models import load_model
 from fanlora.modules import discover_layout
 from fanlora.select import FanLoRASetting
+from fanlora.serve.vllm_server import check_port_free
 
 FAKE_SERVER = r"""
 import http.server, json, os, subprocess, sys, time
@@ -73,7 +74,9 @@ def deployment(tmp_path_factory):
     path = setting.save(folder / "setting.json")
     config = LoraConfig(r=4, lora_alpha=8, target_modules=setting.target_modules)
     get_peft_model(base, config).save_pretrained(folder / "yesno")
-    wide = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    # o_proj lies outside the deployment ({v, down}: qkv_proj and down_proj wrapped); q_proj
+    # would not, since vLLM packs it with v in qkv_proj
+    wide = LoraConfig(r=4, lora_alpha=8, target_modules=["o_proj", "v_proj"])
     get_peft_model(load_model("tiny-random-llama")[0], wide).save_pretrained(folder / "wide")
     return str(path), str(folder / "yesno"), str(folder / "wide")
 
@@ -128,8 +131,7 @@ def test_serve_waits_for_health_prints_the_url_and_stops_everything_on_ctrl_c(
     assert "stopped vLLM" in out
     time.sleep(0.5)
     assert gone(child)  # the server's own children are stopped too
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # and the port is free again
+    check_port_free("127.0.0.1", port)  # and nothing listens on the port any more
 
 
 def test_a_server_that_fails_to_start_is_reported_with_its_log(
@@ -152,6 +154,7 @@ def test_a_server_that_never_answers_is_stopped_after_the_timeout(
     assert gone(int((fake_vllm / "child.pid").read_text()))
 
 
+@pytest.mark.timeout(120)
 def test_refusals_start_nothing(fake_vllm, deployment, tmp_path, monkeypatch, capsys):
     setting, _, wide = deployment
     with socket.socket() as busy:
