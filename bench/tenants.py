@@ -9,11 +9,8 @@ whole batch (``--goal-vs-one``, default within 5%); at the largest, whether the 
 """
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
-from fanlora.cli.main import main
+from goal_check import run_and_judge
 
 
 def judge(goals: dict, vs_peft: float, vs_one: float) -> dict:
@@ -45,14 +42,8 @@ if __name__ == "__main__":
     parser.add_argument("--goal-vs-one", type=float, default=0.95)
     parser.add_argument("--out", default="bench/results/tenants.json")
     goals, rest = parser.parse_known_args()
-    code = main(["bench", "tenants", "--out", goals.out, *rest])
-    if code == 0:
-        path = Path(goals.out)
-        doc = json.loads(path.read_text())
-        doc["goal_check"] = judge(doc.get("goals", {}), goals.goal_vs_peft, goals.goal_vs_one)
-        path.write_text(json.dumps(doc, indent=2))
-        md = path.with_suffix(".md")
-        lines = "".join(f"\n- {k}: {v}" for k, v in doc["goal_check"].items())
-        md.write_text(md.read_text() + lines + "\n")
-        print(lines)
-    sys.exit(code)
+    run_and_judge(
+        ["bench", "tenants", *rest],
+        goals.out,
+        lambda doc: judge(doc.get("goals", {}), goals.goal_vs_peft, goals.goal_vs_one),
+    )

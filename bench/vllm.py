@@ -11,11 +11,8 @@ default 1.4x) and the engine-aware setting likewise (``--goal-engine``, default 
 """
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
-from fanlora.cli.main import main
+from goal_check import run_and_judge
 
 
 def judge(ratios: dict, restricted: float, engine: float) -> dict:
@@ -36,14 +33,8 @@ if __name__ == "__main__":
     parser.add_argument("--goal-engine", type=float, default=2.0)
     parser.add_argument("--out", default="bench/results/vllm.json")
     goals, rest = parser.parse_known_args()
-    code = main(["bench", "vllm", "--out", goals.out, *rest])
-    if code == 0:
-        path = Path(goals.out)
-        doc = json.loads(path.read_text())
-        doc["goal_check"] = judge(doc["ratios"], goals.goal_restricted, goals.goal_engine)
-        path.write_text(json.dumps(doc, indent=2))
-        md = path.with_suffix(".md")
-        lines = "".join(f"\n- {k}: {v}" for k, v in doc["goal_check"].items())
-        md.write_text(md.read_text() + lines + "\n")
-        print(lines)
-    sys.exit(code)
+    run_and_judge(
+        ["bench", "vllm", *rest],
+        goals.out,
+        lambda doc: judge(doc["ratios"], goals.goal_restricted, goals.goal_engine),
+    )

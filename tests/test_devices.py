@@ -217,3 +217,17 @@ def test_the_gpu_benchmark_runs_its_code_on_a_tiny_shape_on_the_cpu(monkeypatch,
     assert variants == {
         (v, b) for v in ("base", "fanlora", "lora", "adalora", "ia3") for b in (1, 3)
     }
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_sharded_launches_are_refused_and_ddp_is_not(kind):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from fanlora.utils.devices import check_distributed
+
+    with pytest.raises(FanLoRAError, match="supports one process or DDP"):
+        check_distributed(SimpleNamespace(distributed_type=DistributedType[kind]))
+    for fine in ("NO", "MULTI_CPU", "MULTI_GPU"):
+        check_distributed(SimpleNamespace(distributed_type=DistributedType[fine]))

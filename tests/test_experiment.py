@@ -424,7 +424,7 @@ def test_a_pruned_grid_keeps_its_records_drops_its_weights_and_stays_done(tasks_
     assert any(line.startswith("pruned 2 file(s)") for line in logs)
     run = tmp_path / "runs" / "default"
     assert not list(run.glob("4-downstream/*/*/adapter_model.safetensors"))
-    assert not list(run.glob("**/checkpoints"))
+    assert not list(run.glob("**/checkpoints")) and not list(run.glob("**/best"))
     assert (run / "1-full-lora" / "adapter_model.safetensors").is_file()  # step 1 stays
     seen = len((run / "pipeline.log").read_text())
     run_experiment(path, log=lambda _: None)

@@ -160,6 +160,16 @@ def test_pruned_weights_keep_a_unit_done_until_a_unit_that_must_run_reads_them(
     assert adapter.read_bytes() == before  # recomputed, the same weights
 
 
+def test_method_lr_gives_each_method_its_own_step_4_learning_rate(tmp_path):
+    from fanlora.pipeline.run import build_units
+    from fanlora.pipeline.stages import RunDir
+
+    cfg = tiny_cfg(method_lr={"lora": 0.005})
+    units = {u.name: u for u in build_units(cfg, RunDir(tmp_path / "run"))}
+    assert units["4-downstream/yesno/lora"].params["lr"] == 0.005
+    assert units["4-downstream/yesno/fanlora"].params["lr"] == tiny_data()["downstream"]["lr"]
+
+
 def test_from_stage_forces_that_stage_and_later(finished, tasks_home, tmp_path):
     out = copy_run(finished, tmp_path)
     _, ran = run_quiet(tiny_cfg(), out, start_from="decode")
@@ -236,6 +246,7 @@ def test_a_run_folder_of_another_format_or_not_a_run_is_refused(finished, tmp_pa
         ({"decoding": {"beams": []}}, "decoding.beams"),
         ({"engine": "tgi"}, "engine must be one of peft, vllm"),
         ({"packed_budget": 1}, "packed_budget needs engine"),
+        ({"method_lr": {"adalora": 0.001}}, r"method_lr: \['adalora'\] are not methods"),
     ],
 )
 def test_bad_configs_fail_before_anything_runs(tmp_path, change, message):

@@ -36,10 +36,13 @@ def point_rows(point, folder: Path) -> list[dict]:
     for task in cfg.tasks:
         for method in (["base"] if cfg.eval_base else []) + cfg.methods:
             doc = read_json_if_present(RunLayout(folder).metrics(task, method))
-            if doc is None:
-                continue
             trained = RunLayout(folder).trained_run(task, method)
             trained = read_json_if_present(trained) or {}
+            if doc is None and cfg.until == "downstream" and "best_dev_loss" in trained:
+                # a sweep on dev (until: downstream): the best dev loss is the result
+                doc = {"metric": "dev_loss", "value": trained["best_dev_loss"], "examples": 0}
+            if doc is None:
+                continue
             rows.append(
                 {
                     "point": point.name,

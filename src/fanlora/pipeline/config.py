@@ -107,6 +107,14 @@ class RunConfig(DeviceOptions):
     packed_budget: int | None = field(
         default=None, metadata={"help": "wrapped runtime modules per layer with engine (1)"}
     )
+    method_lr: dict | None = field(
+        default=None,
+        metadata={
+            "help": "step 4's learning rate per method (method: lr), over downstream.lr: "
+            "each method at the rate its own sweep on dev chose",
+            "cli": False,
+        },
+    )
     budget: str = field(
         default="matched",
         metadata={
@@ -142,6 +150,12 @@ class RunConfig(DeviceOptions):
             raise FanLoRAError(
                 f"unknown task(s) {bad or '(none given)'}; known: "
                 f"{', '.join(TASKS)}, or a .jsonl/.json/.csv file"
+            )
+        lrs = self.method_lr or {}
+        bad = [m for m, lr in lrs.items() if m not in self.methods or not isinstance(lr, float)]
+        if bad:
+            raise FanLoRAError(
+                f"method_lr: {bad} are not methods of this run with a float learning rate"
             )
         if self.until not in STAGES:
             raise FanLoRAError(f"until must be one of {', '.join(STAGES)}, got {self.until!r}")

@@ -219,6 +219,8 @@ def build_units(cfg: RunConfig, run_dir: RunDir) -> list[Unit]:
     for task in cfg.tasks:
         for method in cfg.methods:
             section = {**cfg.section("downstream"), "data": task, "method": method}
+            if method in (cfg.method_lr or {}):
+                section["lr"] = cfg.method_lr[method]
             units.append(
                 train_unit(
                     cfg,

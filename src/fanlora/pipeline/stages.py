@@ -160,7 +160,8 @@ class RunDir:
         return list(rec.get("pruned", [])) if rec and rec.get("key") == unit.key else []
 
     def prune(self, unit: Unit, names: tuple[str, ...]) -> list[str]:
-        """Remove outputs ``names`` (and the ``checkpoints`` folder) of a done unit, keeping
+        """Remove outputs ``names`` (and the training folders ``checkpoints`` and ``best``,
+        which only a running unit needs) of a done unit, keeping
         their hashes: the unit stays done for the units that read it, and is recomputed
         only if a unit that must run needs them (:func:`run_units`). Returns what went."""
         if not self.is_done(unit):
@@ -169,7 +170,8 @@ class RunDir:
         gone = [n for n in names if n in rec["outputs"] and (folder / n).is_file()]
         for name in gone:
             (folder / name).unlink()
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        for scratch in ("checkpoints", "best"):
+            shutil.rmtree(folder / scratch, ignore_errors=True)
         if gone:
             rec["pruned"] = sorted({*rec.get("pruned", []), *gone})
             atomic_write_json(folder / "stage.json", rec)

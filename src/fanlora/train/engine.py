@@ -47,7 +47,7 @@ from fanlora.train.checkpoint import (
 from fanlora.train.config import TrainConfig
 from fanlora.train.methods import get_method
 from fanlora.train.outputs import RunFolder
-from fanlora.utils.devices import make_accelerator
+from fanlora.utils.devices import check_distributed, make_accelerator
 
 MAX_GRAD_NORM = 1.0
 
@@ -101,6 +101,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, folder: RunFolder, log=print):
         self.cfg, self.folder, self.log = cfg, folder, log
         self.acc = make_accelerator(cfg.runtime())
+        check_distributed(self.acc)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
 
     def setup(self, model, tokenizer, peft_config, data: Batches) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
-from accelerate.utils import send_to_device
+from accelerate.utils import DistributedType, send_to_device
 
 from fanlora.errors import FanLoRAError
 
@@ -189,6 +189,19 @@ def make_accelerator(runtime: Runtime) -> Accelerator:
     # accelerate picks gloo for CPU ranks only when told cpu=True; without it a machine with
     # no GPU silently runs each torchrun rank alone
     return Accelerator(mixed_precision=mixed, cpu=runtime.device.type == "cpu")
+
+
+def check_distributed(accelerator) -> None:
+    """Refuse a launch fanlora's engine cannot serve yet: FSDP or DeepSpeed shard the
+    weights, and the engine saves adapters and checkpoints from the unwrapped PEFT model
+    (shards, not the gathered weights). DDP and one process are supported."""
+    kind = accelerator.distributed_type
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise FanLoRAError(
+            f"accelerate launched this run with {kind.value}: fanlora's training engine "
+            "supports one process or DDP (torchrun, or accelerate launch without an FSDP or "
+            "DeepSpeed config) for now"
+        )
 
 
 def process_state(runtime: Runtime) -> tuple[PartialState, Runtime]:
