@@ -37,21 +37,54 @@ from fanlora.utils.plotting import pyplot, save_figure
 VLLM_RANKS = (8, 16, 32, 64)  # max_lora_rank values vLLM accepts that a benchmark may need
 
 
-def variants(setting, engine_setting, folders: dict, common: dict, plain: dict) -> dict:
-    """Variant name -> (LLM kwargs, adapter folders)."""
+def variants(setting, engine_setting, common: dict, plain: dict) -> dict:
+    """Variant name -> (LLM kwargs, which adapters: lora, fanlora, engine or none)."""
     out = {
-        "base": (plain, []),
-        "lora": (common, folders["lora"]),
-        "fanlora": (common, folders["fanlora"]),
+        "base": (plain, None),
+        "lora": (common, "lora"),
+        "fanlora": (common, "fanlora"),
         "fanlora-restricted": (
             {**common, "lora_target_modules": runtime_modules(setting.layout, setting.layers)},
-            folders["fanlora"],
+            "fanlora",
         ),
     }
     if engine_setting is not None:
         targets = runtime_modules(engine_setting.layout, engine_setting.layers)
-        out["engine-restricted"] = ({**common, "lora_target_modules": targets}, folders["engine"])
+        out["engine-restricted"] = ({**common, "lora_target_modules": targets}, "engine")
     return out
+
+
+def tenant_folders(base, layout, setting, engine_setting, rank, count, tmp: Path) -> dict:
+    """``count`` seeded adapters each of all-module LoRA, FanLoRA on ``setting`` and, when
+    given, FanLoRA on ``engine_setting``, as PEFT folders."""
+    kinds = {"lora": ("lora", setting), "fanlora": ("fanlora", setting)}
+    if engine_setting is not None:
+        kinds["engine"] = ("fanlora", engine_setting)
+    return {
+        name: write_tenants(base, method_config(method, layout, s, rank), tmp / name, count)
+        for name, (method, s) in kinds.items()
+    }
+
+
+def vllm_rows(model, name, kwargs, paths, prompt, new_tokens, repeats, tenants, log) -> list:
+    """One vLLM variant's tokens/s at each tenant count (batches of distinct tenants)."""
+    out = vllm_generate(
+        str(resolve_model(model)),
+        kwargs,
+        [prompt],
+        {f"t{i}": str(p) for i, p in enumerate(paths)},
+        new_tokens,
+        repeats=repeats,
+        batches=list(tenants),
+        tokens=False,
+        timeout=7200,
+    )
+    rows = []
+    for n, seconds in out["seconds"].items():
+        speed = int(n) * new_tokens / statistics.median(seconds)
+        rows.append({"engine": "vllm", "variant": name, "tenants": int(n), "tokens_per_s": speed})
+        log(f"vllm {name:<20} {n:>3} tenants {speed:7.1f} tok/s")
+    return rows
 
 
 def bench_vllm(
@@ -81,40 +114,24 @@ def bench_vllm(
     lora_rank = next(r for r in VLLM_RANKS if r >= rank)
     common = {**plain, "enable_lora": True, "max_lora_rank": lora_rank, "max_loras": count}
     common["max_cpu_loras"] = count
-    rows = []
+    engine_kwargs = variants(setting, engine_setting, common, plain)
     with tempfile.TemporaryDirectory() as tmp:
-        kinds = {"lora": setting, "fanlora": setting, "engine": engine_setting}
-        folders = {
-            name: write_tenants(
-                base,
-                method_config("lora" if name == "lora" else "fanlora", layout, s, rank),
-                Path(tmp) / name,
-                count,
-            )
-            for name, s in kinds.items()
-            if s is not None
-        }
-        for name, (kwargs, paths) in variants(
-            setting, engine_setting, folders, common, plain
-        ).items():
-            adapters = {f"t{i}": str(p) for i, p in enumerate(paths)}
-            out = vllm_generate(
-                str(resolve_model(model)),
+        folders = tenant_folders(base, layout, setting, engine_setting, rank, count, Path(tmp))
+        rows = [
+            row
+            for name, (kwargs, kind) in engine_kwargs.items()
+            for row in vllm_rows(
+                model,
+                name,
                 kwargs,
-                [prompt],
-                adapters,
+                folders.get(kind, []),
+                prompt,
                 new_tokens,
-                repeats=repeats,
-                batches=list(tenants),
-                tokens=False,
-                timeout=7200,
+                repeats,
+                tenants,
+                log,
             )
-            for n, seconds in out["seconds"].items():
-                speed = int(n) * new_tokens / statistics.median(seconds)
-                rows.append(
-                    {"engine": "vllm", "variant": name, "tenants": int(n), "tokens_per_s": speed}
-                )
-                log(f"vllm {name:<20} {n:>3} tenants {speed:7.1f} tok/s")
+        ]
     if hf:
         rows += hf_rows(
             model, setting, list(tenants), rank, repeats, new_tokens, prompt_tokens, log
