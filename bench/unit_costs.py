@@ -1,6 +1,6 @@
 """Measured costs of one unit of each kind on this machine, for the grid planner.
 
-Writes ``configs/unit-costs.yaml``, which ``fanlora experiment`` reads to estimate a grid
+Writes ``configs/measured/unit-costs.yaml``, which ``fanlora experiment`` reads to estimate a grid
 before running it (:mod:`fanlora.experiment.plan`):
 
 - ``train_tokens_per_s``: step 1 (full LoRA, rank 12, 210 modules) on `instruct`, batch 16 in
@@ -12,7 +12,7 @@ before running it (:mod:`fanlora.experiment.plan`):
 - ``score_s``: exact fast AB-scores and first-order scores of the run's adapter on
   ``--score-examples`` validation examples, per module-example and per example.
 
-    python bench/unit_costs.py --out configs/unit-costs.yaml
+    python bench/unit_costs.py --out configs/measured/unit-costs.yaml
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-rows", type=int, default=16)
     parser.add_argument("--score-examples", type=int, default=2)
-    parser.add_argument("--out", default="configs/unit-costs.yaml")
+    parser.add_argument("--out", default="configs/measured/unit-costs.yaml")
     args = parser.parse_args()
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:

@@ -356,7 +356,7 @@ COSTS = {
 }
 
 
-def test_the_plan_estimates_each_unit_left_and_refuses_a_grid_over_budget(
+def test_the_plan_refuses_a_grid_over_budget_and_a_pruned_grid_stays_done(
     tasks_home, tmp_path, capsys
 ):
     """One seed of the tiny grid (fanlora and lora on yesno): step 1 = 4 steps x 4 examples
@@ -368,6 +368,7 @@ def test_the_plan_estimates_each_unit_left_and_refuses_a_grid_over_budget(
     costs = tmp_path / "costs.yaml"
     costs.write_text(yaml.safe_dump(COSTS))
     path = grid_file(tmp_path, {"seed": [0]})
+    path.write_text(path.read_text() + "prune: [downstream]\n")
     _, out, points = load_experiment(path)
     todo = plan(points, out, [], COSTS)
     assert {p.unit.name: p.seconds for p in todo} == {
@@ -389,6 +390,15 @@ def test_the_plan_estimates_each_unit_left_and_refuses_a_grid_over_budget(
     assert not (tmp_path / "runs").exists()
     assert main([*args, "--budget-hours", "1", "--yes"]) == 0  # runs it regardless
     assert plan(points, out, [], COSTS) == []  # nothing left: every unit is done
+    # prune: [downstream]: step-4 weights and every checkpoint gone, the units still done
+    run = out / "default"
+    assert not list(run.glob("4-downstream/*/*/adapter_model.safetensors"))
+    assert not list(run.glob("**/checkpoints")) and not list(run.glob("**/best"))
+    assert (run / "1-full-lora" / "adapter_model.safetensors").is_file()  # step 1 stays
+    seen = len((run / "pipeline.log").read_text())
+    run_experiment(path, log=lambda _: None)
+    again = (run / "pipeline.log").read_text()[seen:]
+    assert "skipped" in again and ": starts" not in again and ": resumes" not in again
 
 
 def test_compare_pairs_each_value_of_a_grid_key_with_the_first_by_seed_and_row(
@@ -414,19 +424,3 @@ def test_compare_pairs_each_value_of_a_grid_key_with_the_first_by_seed_and_row(
     bad.write_text(bad.read_text() + "compare: seed\n")
     with pytest.raises(FanLoRAError, match="'compare' must name a grid key with 2 or more"):
         load_experiment(bad)
-
-
-def test_a_pruned_grid_keeps_its_records_drops_its_weights_and_stays_done(tasks_home, tmp_path):
-    path = grid_file(tmp_path, {"seed": [0]})
-    path.write_text(path.read_text() + "prune: [downstream]\n")
-    logs = []
-    run_experiment(path, log=logs.append)
-    assert any(line.startswith("pruned 2 file(s)") for line in logs)
-    run = tmp_path / "runs" / "default"
-    assert not list(run.glob("4-downstream/*/*/adapter_model.safetensors"))
-    assert not list(run.glob("**/checkpoints")) and not list(run.glob("**/best"))
-    assert (run / "1-full-lora" / "adapter_model.safetensors").is_file()  # step 1 stays
-    seen = len((run / "pipeline.log").read_text())
-    run_experiment(path, log=lambda _: None)
-    again = (run / "pipeline.log").read_text()[seen:]
-    assert "skipped" in again and ": starts" not in again and ": resumes" not in again

@@ -21,7 +21,7 @@ def register(sub) -> None:
         help="refuse a grid whose remaining units are estimated above this (default 12)",
     )
     p.add_argument("--yes", action="store_true", help="run the grid whatever its estimate")
-    p.add_argument("--costs", help="measured unit costs (default configs/unit-costs.yaml)")
+    p.add_argument("--costs", help="measured unit costs (default configs/measured/unit-costs.yaml)")
     p.set_defaults(func=run)
 
 

