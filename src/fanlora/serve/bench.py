@@ -31,7 +31,7 @@ from fanlora.serve.adapters import method_config, write_tenants
 from fanlora.serve.decode import Variant, fixed_prompt, measure, unmerged_variants
 from fanlora.serve.multitenant import TenantServer
 from fanlora.utils.devices import resolve_device
-from fanlora.utils.plotting import pyplot, save_figure
+from fanlora.utils.plotting import tenant_curves
 
 
 def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
@@ -266,20 +266,18 @@ def bench_sweep(
 
 
 def plot_sweep(rows: list[dict], path: Path) -> Path:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for kind in sorted({r["kind"] for r in rows}):
-        for p, style in (("peft", "--o"), ("batched", "-s")):
-            pts = sorted(
+    curves = [
+        (
+            f"{kind}, {p}",
+            style,
+            [
                 (r["tenants"], r["tokens_per_s_median"])
                 for r in rows
-                if r["kind"] == kind and r["path"] == p
-            )
-            ax.plot(*zip(*pts, strict=True), style, label=f"{kind}, {p}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("distinct tenants in the batch")
-    ax.set_ylabel("tokens / s")
-    ax.set_title("mixed-tenant batch: PEFT adapter_names vs batched path", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)
+                if (r["kind"], r["path"]) == (kind, p)
+            ],
+        )
+        for kind in sorted({r["kind"] for r in rows})
+        for p, style in (("peft", "--o"), ("batched", "-s"))
+    ]
+    title = "mixed-tenant batch: PEFT adapter_names vs batched path"
+    return tenant_curves(curves, path, "tokens / s", title)

@@ -32,7 +32,7 @@ from fanlora.serve.bench import Backbone, bench_sweep, prompt_texts
 from fanlora.serve.decode import fixed_prompt
 from fanlora.serve.vllm_export import runtime_modules
 from fanlora.serve.vllm_run import vllm_generate
-from fanlora.utils.plotting import pyplot, save_figure
+from fanlora.utils.plotting import tenant_curves
 
 VLLM_RANKS = (8, 16, 32, 64)  # max_lora_rank values vLLM accepts that a benchmark may need
 
@@ -213,20 +213,10 @@ def markdown(doc: dict) -> str:
 
 
 def plot(doc: dict, path: Path) -> Path:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for engine, variant in dict.fromkeys((r["engine"], r["variant"]) for r in doc["rows"]):
-        pts = sorted(
-            (r["tenants"], r["tokens_per_s"])
-            for r in doc["rows"]
-            if (r["engine"], r["variant"]) == (engine, variant)
-        )
-        style = "-o" if engine == "vllm" else "--s"
-        ax.plot(*zip(*pts, strict=True), style, label=f"{engine}: {variant}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("distinct tenants in the batch")
-    ax.set_ylabel("generated tokens / s")
-    ax.set_title("multi-tenant decoding, adapters unmerged", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    curves = {}
+    for r in doc["rows"]:
+        label = f"{r['engine']}: {r['variant']}"
+        style = "-o" if r["engine"] == "vllm" else "--s"
+        curves.setdefault(label, (label, style, []))[2].append((r["tenants"], r["tokens_per_s"]))
+    title = "multi-tenant decoding, adapters unmerged"
+    return tenant_curves(list(curves.values()), path, "generated tokens / s", title)
