@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from fanlora.cli.main import main
+from fanlora.utils.io import atomic_write_json
 
 
 def run_and_judge(command: list[str], out: str, judge) -> None:
@@ -15,7 +16,7 @@ def run_and_judge(command: list[str], out: str, judge) -> None:
         path = Path(out)
         doc = json.loads(path.read_text())
         doc["goal_check"] = judge(doc)
-        path.write_text(json.dumps(doc, indent=2))
+        atomic_write_json(path, doc)
         md = path.with_suffix(".md")
         lines = "".join(f"\n- {k}: {v}" for k, v in doc["goal_check"].items())
         md.write_text(md.read_text() + lines + "\n")

@@ -79,13 +79,17 @@ class Deployment:
             "max_loras": self.max_loras,
         }
 
-    def serve_command(self) -> list[str]:
-        command = ["vllm", "serve", self.model, "--enable-lora"]
-        command += ["--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras)]
-        command += ["--lora-target-modules", *self.target_modules]
+    def serve_options(self) -> list[str]:
+        """The server's LoRA options (what follows the model in ``vllm serve MODEL``)."""
+        options = ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank)]
+        options += ["--max-loras", str(self.max_loras)]
+        options += ["--lora-target-modules", *self.target_modules]
         if self.adapters:
-            command += ["--lora-modules", *(f"{n}={p}" for n, p in self.adapters.items())]
-        return command
+            options += ["--lora-modules", *(f"{n}={p}" for n, p in self.adapters.items())]
+        return options
+
+    def serve_command(self) -> list[str]:
+        return ["vllm", "serve", self.model, *self.serve_options()]
 
     def serve_script(self) -> str:
         return (

@@ -48,11 +48,10 @@ def server_command(deployment: Deployment, host: str, port: int, extra: list[str
     there before it parses anything. The server module takes the same options, the model as
     ``--model``.
     """
-    options = deployment.serve_command()[3:]  # after "vllm serve MODEL"
     python = str(vllm_python())
     where = ["--host", host, "--port", str(port)]
     module = ["-m", "vllm.entrypoints.openai.api_server", "--model", deployment.model]
-    return [python, *module, *options, *where, *extra]
+    return [python, *module, *deployment.serve_options(), *where, *extra]
 
 
 class VLLMServer:
