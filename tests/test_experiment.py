@@ -72,6 +72,42 @@ def test_grid_runs_reuse_shared_units_and_aggregate_medians(tasks_home, tmp_path
     )
 
 
+def test_scoring_methods_are_set_against_the_exact_ab_score_of_the_same_adapter(
+    tasks_home, tmp_path
+):
+    """A grid over scorers: table 4's agreement takes the exact AB files only, and every
+    other scorer is compared with the AB file of its own step-1 adapter (seed)."""
+    methods = [["ab", False], ["first-order", True]]
+    grid = {"until": ["setting"], "seed": [0, 1], "scoring.method+scoring.refine": methods}
+    results = run_experiment(grid_file(tmp_path, grid), log=lambda _: None)
+    assert set(results["runs"].values()) == {"finished"}
+    agreement = results["score_agreement"]["files"]
+    assert len(agreement) == 2 and all("=ab+False" in name for name in agreement)
+    rows = {(r["seed"], r["method"]): r for r in results["scorers"]}
+    assert set(rows) == {(0, "first-order-refined"), (1, "first-order-refined")}
+    runs = tmp_path / "runs"
+    for (seed, method), row in rows.items():
+        ab = json.loads(
+            (runs / f"seed={seed},{grid_key(methods[0])}/2-scores/scores.json").read_text()
+        )
+        n = len(ab["scores"])
+        assert row["straightforward_s"] == pytest.approx(
+            (2 * n + 2) * ab["compute"]["full_evaluation_s"], rel=1e-3, abs=0.1
+        )
+        assert row["x_exact"] == pytest.approx(
+            ab["compute"]["unit_seconds"] / row["unit_seconds"], rel=0.01
+        )
+        assert -1 <= row["spearman"] <= 1 and 0 <= row["same_setting"] <= 1
+        assert row["refined_modules"] > 0 and method == "first-order-refined"
+    text = (runs / "results.md").read_text()
+    assert "## Scoring methods against the exact AB-score" in text
+    assert text.count("| first-order-refined |") == 3  # two seeds and their median
+
+
+def grid_key(pair) -> str:
+    return "scoring.method+scoring.refine=" + "+".join(str(v) for v in pair)
+
+
 def test_a_crashing_run_is_reported_and_the_grid_goes_on(tasks_home, tmp_path, monkeypatch):
     import fanlora.experiment.grid as grid_mod
 

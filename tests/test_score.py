@@ -213,6 +213,13 @@ def test_resume_recomputes_nothing_finished(tmp_path, adapter, data_file, monkey
     resumed = run_score(tmp_path, adapter, data_file, "killed.json")
     assert calls["n"] == 2 * (28 - 8)  # only the modules the journal lacked, two models each
     assert [r["score"] for r in resumed["scores"]] == [r["score"] for r in straight["scores"]]
+    # the cost counts the units of both sittings, not the resumed one's wall time only
+    cost, entries = resumed["compute"], [json.loads(line) for line in lines[1:]]
+    assert cost["units"] == 2 + 28 and cost["untimed_units"] == 0
+    assert cost["unit_seconds"] > sum(e["seconds"] for e in entries) > 0
+    assert cost["full_evaluation_s"] == pytest.approx(
+        (entries[0]["seconds"] + entries[1]["seconds"]) / 2, abs=1e-3
+    )
 
 
 def test_journal_of_another_run_is_refused(tmp_path, adapter, data_file):

@@ -18,6 +18,7 @@ from fanlora.experiment.paired import (
     paired_markdown,
     paired_summary,
 )
+from fanlora.experiment.scorers import REFERENCE, scorer_markdown, scorer_rows
 from fanlora.modules.discovery import ModuleLayout
 from fanlora.pipeline.stages import RESULTS_VERSION
 from fanlora.report.render import decode_table
@@ -111,6 +112,7 @@ def aggregate(name: str, out: Path, points, axis: tuple[str, list] | None = None
         p.name: doc for p in points if (doc := read_json_if_present(RunLayout(out / p.name).decode))
     }
     agreement = score_agreement(out, points)
+    k_max = points[0].config.k_max if points else 2
     distinct = sorted(set(codes.values()))
     paired = paired_summary(rows, out, group_keys(grid_keys))
     seeds = [k for key in grid_keys if "seed" in key.split("+") for k in key.split("+")]
@@ -127,24 +129,31 @@ def aggregate(name: str, out: Path, points, axis: tuple[str, list] | None = None
         "paired": paired,
         "axis_paired": along,
         "score_agreement": agreement,
+        "k_max": k_max,
+        "scorers": scorer_rows(out, points, k_max),
         "decoding": decoding,
     }
 
 
 def score_agreement(out: Path, points) -> dict | None:
     """Pairwise Spearman / Kendall / top-K agreement of the runs' step-2 scores (the
-    paper's table 4 across seeds), when at least two runs have distinct scores."""
-    files, layout, seen = {}, None, set()
+    paper's table 4 across seeds), when at least two runs have distinct scores. A grid
+    that varies the scoring method compares the exact AB-score's files only (the other
+    scorers are set against it in ``scorers.py``)."""
+    docs, seen = {}, set()
     for point in points:
         stage = read_json_if_present(RunLayout(out / point.name).stage_record(SCORES))
         doc = read_json_if_present(RunLayout(out / point.name).scores)
         if not doc or not stage or stage.get("key") in seen:
             continue
         seen.add(stage["key"])
-        layout = ModuleLayout.from_dict(doc["layout"])
-        files[point.name] = parse_scores(doc, layout)
-    if len(files) < 2:
+        docs[point.name] = doc
+    if len({doc["method"] for doc in docs.values()}) > 1:
+        docs = {name: doc for name, doc in docs.items() if doc["method"] == REFERENCE}
+    if len(docs) < 2:
         return None
+    layout = ModuleLayout.from_dict(next(iter(docs.values()))["layout"])
+    files = {name: parse_scores(doc, layout) for name, doc in docs.items()}
     return compare(files, layout, points[0].config.k_max)
 
 
@@ -205,6 +214,8 @@ def render_markdown(results: dict) -> str:
             "",
             *agreement_tables(agree),
         ]
+    if results.get("scorers"):
+        lines += ["", *scorer_markdown(results["scorers"], results.get("k_max", 2))]
 
     for name, doc in results.get("decoding", {}).items():
         text, notes = decode_table(doc)

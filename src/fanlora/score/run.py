@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -269,7 +270,9 @@ def run_units(scorer: Scorer, ctx: Context, state) -> None:
         )
         for key in mine:
             if key not in ctx.journal:
-                ctx.journal.write(key, **scorer.compute(ctx, key))
+                started = time.perf_counter()
+                values = scorer.compute(ctx, key)
+                ctx.journal.write(key, **values, seconds=round(time.perf_counter() - started, 4))
             bar.update(1)
         bar.close()
         state.wait_for_everyone()
@@ -296,6 +299,7 @@ def write_scores(ctx: Context, method: str, out: Path, records, wall, log) -> di
         },
         "seed": cfg.seed,
         "wall_time_s": round(wall, 2),
+        "compute": compute_cost(ctx.journal),
         "config": asdict(cfg),
         "layout": layout.to_dict(),
         "scores": records,
@@ -311,3 +315,25 @@ def write_scores(ctx: Context, method: str, out: Path, records, wall, log) -> di
     )
     log(f"scored {len(records)} modules in {wall:.1f} s; wrote {out} and {png}")
     return doc
+
+
+def compute_cost(journal: Journal) -> dict:
+    """What the journalled units took, summed over every sitting of a resumed run (the
+    wall time covers the last one only): ``unit_seconds`` in all, and
+    ``full_evaluation_s``, the median time of one evaluation of the whole validation set
+    (the exact units ``all`` and ``none``), from which a straightforward AB-score's
+    ``2N + 2`` evaluations are costed. Units journalled before timing was recorded are
+    counted in ``untimed_units``."""
+    entries = list(journal.entries.values())
+    timed = [e["seconds"] for e in entries if "seconds" in e]
+    full = [
+        journal.get(k)["seconds"]
+        for k in ("all", "none")
+        if "seconds" in journal.entries.get(k, {})
+    ]
+    return {
+        "units": len(entries),
+        "untimed_units": len(entries) - len(timed),
+        "unit_seconds": round(sum(timed), 2),
+        "full_evaluation_s": round(statistics.median(full), 3) if full else None,
+    }

@@ -1,0 +1,173 @@
+"""Scoring methods against the exact AB-score of the same step-1 adapter (issue 19's
+first-order goal, the scorers of paper table 6).
+
+Runs are grouped by their step-1 unit (its key): within a group the ``ab`` score file
+(exact, fast) is the reference, and every other scorer's file is compared with it:
+
+    spearman       Spearman rho over all modules
+    same_setting   share of layers whose kept set (top K_max, never negative) is the same
+    straightforward_s = (2N + 2) * t_eval        N modules, t_eval one evaluation of D_val
+    x_straightforward = straightforward_s / unit_seconds
+    x_exact           = unit_seconds(ab) / unit_seconds
+
+``unit_seconds`` is the sum of the scorer's journalled units (every sitting of a resumed
+run), and t_eval the median time of the exact units ``all`` and ``none`` (scores.json's
+``compute``); the straightforward AB-score is costed, not run: it is 2N + 2 evaluations of
+that same cost.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from scipy.stats import spearmanr
+
+from fanlora.modules.discovery import ModuleLayout
+from fanlora.run_layout import FULL_LORA, SCORES, RunLayout
+from fanlora.score.compare import aligned, topk_agreement, within_layer_spearman
+from fanlora.select import parse_scores
+from fanlora.utils.io import md_table, read_json_if_present
+
+REFERENCE = "ab"  # the exact (fast) AB-score's label in scores.json
+STATS = ("spearman", "within_layer_spearman", "same_setting", "x_straightforward", "x_exact")
+
+
+def score_files(out: Path, points) -> dict[str, dict[str, tuple[str, dict]]]:
+    """{step-1 unit key: {scorer label: (run name, scores doc)}} of the finished scores."""
+    groups: dict[str, dict[str, tuple[str, dict]]] = {}
+    for point in points:
+        layout = RunLayout(out / point.name)
+        stage = read_json_if_present(layout.stage_record(SCORES))
+        train = read_json_if_present(layout.stage_record(FULL_LORA))
+        doc = read_json_if_present(layout.scores)
+        if stage and train and doc:
+            groups.setdefault(train["key"], {}).setdefault(doc["method"], (point.name, doc))
+    return groups
+
+
+def cost(doc: dict, key: str):
+    return (doc.get("compute") or {}).get(key)
+
+
+def ratio(numerator, denominator) -> float | None:
+    return round(numerator / denominator, 2) if numerator and denominator else None
+
+
+def compare_scorer(reference: dict, doc: dict, k_max: int) -> dict:
+    """One scorer's file against the reference's, on the same adapter (module docstring)."""
+    layout = ModuleLayout.from_dict(reference["layout"])
+    ref, other = parse_scores(reference, layout), parse_scores(doc, layout)
+    t_eval = cost(reference, "full_evaluation_s") or cost(doc, "full_evaluation_s")
+    straightforward = (2 * len(ref) + 2) * t_eval if t_eval else None
+    seconds = cost(doc, "unit_seconds")
+    return {
+        "method": doc["method"],
+        "seed": doc.get("seed"),
+        "spearman": round(float(spearmanr(*aligned(ref, other)).statistic), 4),
+        "within_layer_spearman": round(within_layer_spearman(ref, other), 4),
+        "same_setting": round(topk_agreement(ref, other, layout, k_max), 4),
+        "refined_modules": doc.get("refined_modules"),
+        "unit_seconds": seconds,
+        "exact_seconds": cost(reference, "unit_seconds"),
+        "straightforward_s": round(straightforward, 1) if straightforward else None,
+        "x_straightforward": ratio(straightforward, seconds),
+        "x_exact": ratio(cost(reference, "unit_seconds"), seconds),
+    }
+
+
+def scorer_rows(out: Path, points, k_max: int) -> list[dict]:
+    """``compare_scorer`` for every non-reference file of every group with a reference."""
+    rows = []
+    for members in score_files(out, points).values():
+        if REFERENCE in members:
+            reference = members[REFERENCE][1]
+            rows += [
+                {"run": name, **compare_scorer(reference, doc, k_max)}
+                for label, (name, doc) in members.items()
+                if label != REFERENCE
+            ]
+    return rows
+
+
+def scorer_summary(rows: list[dict]) -> list[dict]:
+    """Median, min and max of each statistic over the groups (seeds), per scorer."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        group = [r for r in rows if r["method"] == method]
+        entry = {"method": method, "runs": len(group)}
+        for stat in STATS:
+            values = [r[stat] for r in group if r[stat] is not None]
+            entry[stat] = (
+                {"median": statistics.median(values), "min": min(values), "max": max(values)}
+                if values
+                else None
+            )
+        out.append(entry)
+    return out
+
+
+def _cell(value, fmt: str = "{:.3f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _spread(stat: dict | None, fmt: str) -> str:
+    if stat is None:
+        return "-"
+    return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}-{fmt.format(stat['max'])})"
+
+
+def scorer_markdown(rows: list[dict], k_max: int) -> list[str]:
+    """The per-run table and the summary over seeds, as markdown lines."""
+    header = [
+        "run",
+        "scorer",
+        "Spearman",
+        "within-layer Spearman",
+        f"same setting (K_max {k_max})",
+        "refined modules",
+        "compute s",
+        "x cheaper than straightforward",
+        "x cheaper than exact fast",
+    ]
+    table = [
+        [
+            r["run"],
+            r["method"],
+            _cell(r["spearman"]),
+            _cell(r["within_layer_spearman"]),
+            _cell(r["same_setting"]),
+            _cell(r["refined_modules"], "{}"),
+            _cell(r["unit_seconds"], "{:.0f}"),
+            _cell(r["x_straightforward"], "{:.1f}"),
+            _cell(r["x_exact"], "{:.1f}"),
+        ]
+        for r in rows
+    ]
+    summary = scorer_summary(rows)
+    totals = [
+        [
+            s["method"],
+            str(s["runs"]),
+            _spread(s["spearman"], "{:.3f}"),
+            _spread(s["same_setting"], "{:.2f}"),
+            _spread(s["x_straightforward"], "{:.1f}"),
+            _spread(s["x_exact"], "{:.1f}"),
+        ]
+        for s in summary
+    ]
+    return [
+        "## Scoring methods against the exact AB-score of the same step-1 adapter",
+        "",
+        "Straightforward = 2N + 2 evaluations of the validation set, each costed at the "
+        "measured time of the exact scorer's `all` and `none` evaluations.",
+        "",
+        md_table(header, table),
+        "",
+        "Median (min-max) over the step-1 adapters:",
+        "",
+        md_table(
+            ["scorer", "runs", "Spearman", "same setting", "x straightforward", "x exact fast"],
+            totals,
+        ),
+    ]
