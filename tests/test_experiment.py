@@ -99,8 +99,10 @@ def test_scoring_methods_are_set_against_the_exact_ab_score_of_the_same_adapter(
         )
         assert -1 <= row["spearman"] <= 1 and 0 <= row["same_setting"] <= 1
         assert row["refined_modules"] > 0 and method == "first-order-refined"
+        assert len(row["pairs"]) == n  # each module's (exact, first-order) scores: the figure
     text = (runs / "results.md").read_text()
     assert "## Scoring methods against the exact AB-score" in text
+    assert (runs / "scorers.png").read_bytes()[:4] == b"\x89PNG"
     assert text.count("| first-order-refined |") == 3  # two seeds and their median
 
 
@@ -460,3 +462,41 @@ def test_compare_pairs_each_value_of_a_grid_key_with_the_first_by_seed_and_row(
     bad.write_text(bad.read_text() + "compare: seed\n")
     with pytest.raises(FanLoRAError, match="'compare' must name a grid key with 2 or more"):
         load_experiment(bad)
+
+
+def test_a_scorer_is_costed_against_2n_plus_2_evaluations_and_exact_fast(tmp_path):
+    """compare_scorer's arithmetic on hand-made files: 6 modules, one evaluation of D_val
+    took 2 s, so straightforward is (2 x 6 + 2) x 2 = 28 s; exact fast took 10 s in units."""
+    from fanlora.experiment.scorers import compare_scorer, plot_scorers, scorer_summary
+    from fanlora.modules.discovery import ModuleLayout
+
+    layout = ModuleLayout("M", "llama", "model.layers", 2, {"q": "q", "k": "k", "v": "v"})
+    keys = [(layer, kind) for layer in range(2) for kind in "qkv"]
+
+    def doc(method, scores, **compute):
+        records = [
+            {"layer": l_, "module": k, "score": s} for (l_, k), s in zip(keys, scores, strict=True)
+        ]
+        return {
+            "method": method,
+            "seed": 0,
+            "layout": layout.to_dict(),
+            "scores": records,
+            "compute": compute,
+        }
+
+    exact = doc("ab", [3.0, 2.0, -1.0, 1.0, 2.0, 3.0], unit_seconds=10.0, full_evaluation_s=2.0)
+    # same order everywhere but layer 1, where the second and third swap: same top 2 there
+    first = doc("first-order", [3.1, 1.9, -0.9, 1.0, 3.5, 2.5], unit_seconds=0.5)
+    row = compare_scorer(exact, first, k_max=2)
+    assert row["straightforward_s"] == 28.0 and row["x_straightforward"] == 56.0
+    assert row["x_exact"] == 20.0 and row["same_setting"] == 1.0
+    assert row["within_layer_spearman"] == pytest.approx(0.75)  # layer 0: 1, layer 1: 0.5
+    flipped = doc("first-order", [-3.0, 2.0, 1.0, 1.0, 2.0, 3.0])  # layer 0 keeps k, v now
+    row2 = compare_scorer(exact, flipped, k_max=2)
+    assert row2["same_setting"] == 0.5 and row2["x_exact"] is None  # no timing: no ratio
+    summary = scorer_summary([row, row2])
+    assert summary[0]["same_setting"] == {"median": 0.75, "min": 0.5, "max": 1.0}
+    assert summary[0]["x_exact"] == {"median": 20.0, "min": 20.0, "max": 20.0}
+    assert len(row["pairs"]) == 6 and [2.0, 3.5] in row["pairs"]  # layer 1's k: (exact, V1)
+    assert plot_scorers([row, row2], tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

@@ -18,7 +18,7 @@ from fanlora.experiment.paired import (
     paired_markdown,
     paired_summary,
 )
-from fanlora.experiment.scorers import REFERENCE, scorer_markdown, scorer_rows
+from fanlora.experiment.scorers import REFERENCE, plot_scorers, scorer_markdown, scorer_rows
 from fanlora.modules.discovery import ModuleLayout
 from fanlora.pipeline.stages import RESULTS_VERSION
 from fanlora.report.render import decode_table
@@ -309,3 +309,5 @@ def write_results(results: dict, out: Path) -> None:
     plot(results, out / "results.png")
     if results.get("score_agreement"):
         plot_agreement(results["score_agreement"], out / "agreement.png")
+    if results.get("scorers"):
+        plot_scorers(results["scorers"], out / "scorers.png")

@@ -28,6 +28,7 @@ from fanlora.run_layout import FULL_LORA, SCORES, RunLayout
 from fanlora.score.compare import aligned, topk_agreement, within_layer_spearman
 from fanlora.select import parse_scores
 from fanlora.utils.io import md_table, read_json_if_present
+from fanlora.utils.plotting import pyplot, save_figure
 
 REFERENCE = "ab"  # the exact (fast) AB-score's label in scores.json
 STATS = ("spearman", "within_layer_spearman", "same_setting", "x_straightforward", "x_exact")
@@ -61,10 +62,11 @@ def compare_scorer(reference: dict, doc: dict, k_max: int) -> dict:
     t_eval = cost(reference, "full_evaluation_s") or cost(doc, "full_evaluation_s")
     straightforward = (2 * len(ref) + 2) * t_eval if t_eval else None
     seconds = cost(doc, "unit_seconds")
+    x, y = aligned(ref, other)
     return {
         "method": doc["method"],
         "seed": doc.get("seed"),
-        "spearman": round(float(spearmanr(*aligned(ref, other)).statistic), 4),
+        "spearman": round(float(spearmanr(x, y).statistic), 4),
         "within_layer_spearman": round(within_layer_spearman(ref, other), 4),
         "same_setting": round(topk_agreement(ref, other, layout, k_max), 4),
         "refined_modules": doc.get("refined_modules"),
@@ -73,6 +75,7 @@ def compare_scorer(reference: dict, doc: dict, k_max: int) -> dict:
         "straightforward_s": round(straightforward, 1) if straightforward else None,
         "x_straightforward": ratio(straightforward, seconds),
         "x_exact": ratio(cost(reference, "unit_seconds"), seconds),
+        "pairs": [[round(a, 6), round(b, 6)] for a, b in zip(x, y, strict=True)],
     }
 
 
@@ -171,3 +174,24 @@ def scorer_markdown(rows: list[dict], k_max: int) -> list[str]:
             totals,
         ),
     ]
+
+
+def plot_scorers(rows: list[dict], path: Path) -> Path:
+    """One panel per scorer: each module's score against its exact AB-score, a colour per
+    step-1 adapter (seed), with the line y = x (where first order lands when the loss is
+    linear in every gate)."""
+    plt = pyplot()
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.4), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        for row in (r for r in rows if r["method"] == method):
+            x, y = zip(*row["pairs"], strict=True)
+            ax.scatter(x, y, s=6, alpha=0.6, label=f"seed {row['seed']}: rho {row['spearman']:.2f}")
+        low, high = ax.get_xlim()
+        ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
+        ax.set_xlabel("exact AB-score", fontsize=8)
+        ax.set_ylabel(f"{method} score", fontsize=8)
+        ax.set_title(method, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path)
