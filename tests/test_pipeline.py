@@ -381,3 +381,23 @@ def test_device_and_precision_are_set_at_the_top_level_only(tmp_path):
     data["scoring"]["precision"] = "bf16"
     with pytest.raises(FanLoRAError, match="set model, seed, k_max, device and precision"):
         run_config_from(data, "test")
+
+
+def test_code_version_names_the_last_commit_that_changed_the_source():
+    """Committing results or docs between two sittings keeps the code version: it is the
+    last commit under src/, not HEAD."""
+    import subprocess
+
+    import fanlora
+    from fanlora.pipeline.stages import code_version
+
+    root = Path(fanlora.__file__).resolve().parents[2]
+    last = subprocess.run(
+        ["git", "-C", str(root), "log", "-1", "--format=%h", "--", "src"],
+        capture_output=True,
+        text=True,
+    )
+    if last.returncode or not last.stdout.strip():
+        pytest.skip("not a git checkout")
+    version = code_version()
+    assert version.removesuffix("-dirty") == f"{fanlora.__version__}+{last.stdout.strip()}"

@@ -58,11 +58,13 @@ class Unit:
 
 
 def code_version() -> str:
-    """fanlora's version plus the git commit of its source tree when there is one."""
+    """fanlora's version plus the last git commit that changed its source tree (``src``),
+    when there is one: committing results, configs or docs between two sittings of a grid
+    does not make its runs look like the work of different code."""
     root = Path(__file__).resolve().parents[3]
     try:
         commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(root), "log", "-1", "--format=%h", "--", "src"],
             capture_output=True,
             text=True,
             timeout=5,
@@ -74,6 +76,8 @@ def code_version() -> str:
             text=True,
             timeout=5,
         ).stdout.strip()
+        if not commit.stdout.strip():  # a repository that does not hold this source
+            return __version__
         return f"{__version__}+{commit.stdout.strip()}" + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return __version__
