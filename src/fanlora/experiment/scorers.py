@@ -120,44 +120,32 @@ def _spread(stat: dict | None, fmt: str) -> str:
     return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}-{fmt.format(stat['max'])})"
 
 
+# (header, row key, format) of the per-run table and of the summary over seeds
+ROW_COLUMNS = (
+    ("run", "run", "{}"),
+    ("scorer", "method", "{}"),
+    ("Spearman", "spearman", "{:.3f}"),
+    ("within-layer Spearman", "within_layer_spearman", "{:.3f}"),
+    ("same setting (K_max {k})", "same_setting", "{:.3f}"),
+    ("refined modules", "refined_modules", "{}"),
+    ("compute s", "unit_seconds", "{:.0f}"),
+    ("x cheaper than straightforward", "x_straightforward", "{:.1f}"),
+    ("x cheaper than exact fast", "x_exact", "{:.1f}"),
+)
+SUMMARY_COLUMNS = (
+    ("Spearman", "spearman", "{:.3f}"),
+    ("same setting", "same_setting", "{:.2f}"),
+    ("x straightforward", "x_straightforward", "{:.1f}"),
+    ("x exact fast", "x_exact", "{:.1f}"),
+)
+
+
 def scorer_markdown(rows: list[dict], k_max: int) -> list[str]:
     """The per-run table and the summary over seeds, as markdown lines."""
-    header = [
-        "run",
-        "scorer",
-        "Spearman",
-        "within-layer Spearman",
-        f"same setting (K_max {k_max})",
-        "refined modules",
-        "compute s",
-        "x cheaper than straightforward",
-        "x cheaper than exact fast",
-    ]
-    table = [
-        [
-            r["run"],
-            r["method"],
-            _cell(r["spearman"]),
-            _cell(r["within_layer_spearman"]),
-            _cell(r["same_setting"]),
-            _cell(r["refined_modules"], "{}"),
-            _cell(r["unit_seconds"], "{:.0f}"),
-            _cell(r["x_straightforward"], "{:.1f}"),
-            _cell(r["x_exact"], "{:.1f}"),
-        ]
-        for r in rows
-    ]
-    summary = scorer_summary(rows)
+    table = [[_cell(r[key], fmt) for _, key, fmt in ROW_COLUMNS] for r in rows]
     totals = [
-        [
-            s["method"],
-            str(s["runs"]),
-            _spread(s["spearman"], "{:.3f}"),
-            _spread(s["same_setting"], "{:.2f}"),
-            _spread(s["x_straightforward"], "{:.1f}"),
-            _spread(s["x_exact"], "{:.1f}"),
-        ]
-        for s in summary
+        [s["method"], str(s["runs"]), *(_spread(s[key], fmt) for _, key, fmt in SUMMARY_COLUMNS)]
+        for s in scorer_summary(rows)
     ]
     return [
         "## Scoring methods against the exact AB-score of the same step-1 adapter",
@@ -165,14 +153,11 @@ def scorer_markdown(rows: list[dict], k_max: int) -> list[str]:
         "Straightforward = 2N + 2 evaluations of the validation set, each costed at the "
         "measured time of the exact scorer's `all` and `none` evaluations.",
         "",
-        md_table(header, table),
+        md_table([h.format(k=k_max) for h, _, _ in ROW_COLUMNS], table),
         "",
         "Median (min-max) over the step-1 adapters:",
         "",
-        md_table(
-            ["scorer", "runs", "Spearman", "same setting", "x straightforward", "x exact fast"],
-            totals,
-        ),
+        md_table(["scorer", "runs", *(h for h, _, _ in SUMMARY_COLUMNS)], totals),
     ]
 
 
