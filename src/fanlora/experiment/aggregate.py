@@ -18,11 +18,17 @@ from fanlora.experiment.paired import (
     paired_markdown,
     paired_summary,
 )
-from fanlora.experiment.scorers import REFERENCE, plot_scorers, scorer_markdown, scorer_rows
+from fanlora.experiment.scorers import (
+    REFERENCE,
+    finished_scores,
+    plot_scorers,
+    scorer_markdown,
+    scorer_rows,
+)
 from fanlora.modules.discovery import ModuleLayout
 from fanlora.pipeline.stages import RESULTS_VERSION
 from fanlora.report.render import decode_table
-from fanlora.run_layout import REPORT, SCORES, RunLayout
+from fanlora.run_layout import REPORT, RunLayout
 from fanlora.score.compare import agreement_tables, compare, plot_agreement
 from fanlora.select import parse_scores
 from fanlora.utils.io import atomic_write_json, atomic_write_text, read_json_if_present
@@ -111,8 +117,9 @@ def aggregate(name: str, out: Path, points, axis: tuple[str, list] | None = None
     decoding = {
         p.name: doc for p in points if (doc := read_json_if_present(RunLayout(out / p.name).decode))
     }
-    agreement = score_agreement(out, points)
     k_max = points[0].config.k_max if points else 2
+    scores = finished_scores(out, points)
+    agreement = score_agreement(scores, k_max)
     distinct = sorted(set(codes.values()))
     paired = paired_summary(rows, out, group_keys(grid_keys))
     seeds = [k for key in grid_keys if "seed" in key.split("+") for k in key.split("+")]
@@ -130,31 +137,28 @@ def aggregate(name: str, out: Path, points, axis: tuple[str, list] | None = None
         "axis_paired": along,
         "score_agreement": agreement,
         "k_max": k_max,
-        "scorers": scorer_rows(out, points, k_max),
+        "scorers": scorer_rows(scores, k_max),
         "decoding": decoding,
     }
 
 
-def score_agreement(out: Path, points) -> dict | None:
+def score_agreement(scores: list[dict], k_max: int) -> dict | None:
     """Pairwise Spearman / Kendall / top-K agreement of the runs' step-2 scores (the
-    paper's table 4 across seeds), when at least two runs have distinct scores. A grid
-    that varies the scoring method compares the exact AB-score's files only (the other
-    scorers are set against it in ``scorers.py``)."""
+    paper's table 4 across seeds), when at least two runs have distinct scores (``scores``
+    from :func:`finished_scores`). A grid that varies the scoring method compares the
+    exact AB-score's files only (the other scorers are set against it in ``scorers.py``)."""
     docs, seen = {}, set()
-    for point in points:
-        stage = read_json_if_present(RunLayout(out / point.name).stage_record(SCORES))
-        doc = read_json_if_present(RunLayout(out / point.name).scores)
-        if not doc or not stage or stage.get("key") in seen:
-            continue
-        seen.add(stage["key"])
-        docs[point.name] = doc
+    for entry in scores:
+        if entry["scores_key"] not in seen:
+            seen.add(entry["scores_key"])
+            docs[entry["run"]] = entry["doc"]
     if len({doc["method"] for doc in docs.values()}) > 1:
         docs = {name: doc for name, doc in docs.items() if doc["method"] == REFERENCE}
     if len(docs) < 2:
         return None
     layout = ModuleLayout.from_dict(next(iter(docs.values()))["layout"])
     files = {name: parse_scores(doc, layout) for name, doc in docs.items()}
-    return compare(files, layout, points[0].config.k_max)
+    return compare(files, layout, k_max)
 
 
 def render_markdown(results: dict) -> str:

@@ -34,17 +34,26 @@ REFERENCE = "ab"  # the exact (fast) AB-score's label in scores.json
 STATS = ("spearman", "within_layer_spearman", "same_setting", "x_straightforward", "x_exact")
 
 
-def score_files(out: Path, points) -> dict[str, dict[str, tuple[str, dict]]]:
-    """{step-1 unit key: {scorer label: (run name, scores doc)}} of the finished scores."""
-    groups: dict[str, dict[str, tuple[str, dict]]] = {}
+def finished_scores(out: Path, points) -> list[dict]:
+    """Each run's finished step-2 file, read once for table 4 and for the scorers:
+    ``{"run", "scores_key", "adapter_key", "doc"}`` (the keys of its scores and step-1
+    units; runs that share a unit share its key)."""
+    found = []
     for point in points:
         layout = RunLayout(out / point.name)
         stage = read_json_if_present(layout.stage_record(SCORES))
-        train = read_json_if_present(layout.stage_record(FULL_LORA))
         doc = read_json_if_present(layout.scores)
-        if stage and train and doc:
-            groups.setdefault(train["key"], {}).setdefault(doc["method"], (point.name, doc))
-    return groups
+        if stage and doc:
+            train = read_json_if_present(layout.stage_record(FULL_LORA)) or {}
+            found.append(
+                {
+                    "run": point.name,
+                    "scores_key": stage.get("key"),
+                    "adapter_key": train.get("key"),
+                    "doc": doc,
+                }
+            )
+    return found
 
 
 def cost(doc: dict, key: str):
@@ -79,10 +88,16 @@ def compare_scorer(reference: dict, doc: dict, k_max: int) -> dict:
     }
 
 
-def scorer_rows(out: Path, points, k_max: int) -> list[dict]:
-    """``compare_scorer`` for every non-reference file of every group with a reference."""
+def scorer_rows(scores: list[dict], k_max: int) -> list[dict]:
+    """``compare_scorer`` for every non-reference file of each step-1 adapter that has a
+    reference file (``scores`` from :func:`finished_scores`)."""
+    groups: dict[str, dict[str, tuple[str, dict]]] = {}
+    for entry in scores:
+        if entry["adapter_key"]:
+            group = groups.setdefault(entry["adapter_key"], {})
+            group.setdefault(entry["doc"]["method"], (entry["run"], entry["doc"]))
     rows = []
-    for members in score_files(out, points).values():
+    for members in groups.values():
         if REFERENCE in members:
             reference = members[REFERENCE][1]
             rows += [

@@ -326,11 +326,7 @@ def compute_cost(journal: Journal) -> dict:
     counted in ``untimed_units``."""
     entries = list(journal.entries.values())
     timed = [e["seconds"] for e in entries if "seconds" in e]
-    full = [
-        journal.get(k)["seconds"]
-        for k in ("all", "none")
-        if "seconds" in journal.entries.get(k, {})
-    ]
+    full = [e["seconds"] for k in ("all", "none") if "seconds" in (e := journal.entries.get(k, {}))]
     return {
         "units": len(entries),
         "untimed_units": len(entries) - len(timed),
