@@ -328,11 +328,11 @@ def compute_cost(journal: Journal, full_pass_s: float | None = None) -> dict:
     entries = list(journal.entries.values())
     timed = [e["seconds"] for e in entries if "seconds" in e]
     full = [e["seconds"] for k in ("all", "none") if "seconds" in (e := journal.entries.get(k, {}))]
+    if full_pass_s is None and full:
+        full_pass_s = round(statistics.median(full), 3)
     return {
         "units": len(entries),
         "untimed_units": len(entries) - len(timed),
         "unit_seconds": round(sum(timed), 2),
-        "full_evaluation_s": full_pass_s
-        if full_pass_s is not None
-        else (round(statistics.median(full), 3) if full else None),
+        "full_evaluation_s": full_pass_s,
     }
