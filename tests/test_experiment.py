@@ -499,4 +499,14 @@ def test_a_scorer_is_costed_against_2n_plus_2_evaluations_and_exact_fast(tmp_pat
     assert summary[0]["same_setting"] == {"median": 0.75, "min": 0.5, "max": 1.0}
     assert summary[0]["x_exact"] == {"median": 20.0, "min": 20.0, "max": 20.0}
     assert len(row["pairs"]) == 6 and [2.0, 3.5] in row["pairs"]  # layer 1's k: (exact, V1)
+    # a scorer that built the fast evaluator also pays its two capture passes
+    refined = doc(
+        "first-order-refined",
+        [3.1, 1.9, -0.9, 1.0, 3.5, 2.5],
+        unit_seconds=0.5,
+        capture_seconds=1.5,
+    )
+    row3 = compare_scorer(exact, refined, k_max=2)
+    assert row3["unit_seconds"] == 2.0 and row3["x_straightforward"] == 14.0
+    assert row3["x_exact"] == 5.0
     assert plot_scorers([row, row2], tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

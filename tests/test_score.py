@@ -220,7 +220,7 @@ def test_resume_recomputes_nothing_finished(tmp_path, adapter, data_file, monkey
     assert cost["units"] == 2 + 28 and cost["untimed_units"] == 0
     assert cost["unit_seconds"] > sum(e["seconds"] for e in entries) > 0
     # one full pass is half the captures' time, not a fast `all`/`none` unit (last layers)
-    assert cost["full_evaluation_s"] >= 0.5
+    assert cost["full_evaluation_s"] >= 0.5 and cost["capture_seconds"] >= 1.0
     assert straight["compute"]["full_evaluation_s"] < 0.5  # the same run without the 1 s
 
 
@@ -759,11 +759,15 @@ def test_refined_first_order_recomputes_exactly_the_uncertain_modules(tmp_path, 
     from fanlora.score.first_order import uncertain
 
     exact = by_key(run_score(tmp_path, adapter, data_file, "ab.json"))
-    first = by_key(run_score(tmp_path, adapter, data_file, "v1.json", method="first-order"))
+    first_doc = run_score(tmp_path, adapter, data_file, "v1.json", method="first-order")
+    first = by_key(first_doc)
     refined = run_score(
         tmp_path, adapter, data_file, "r.json", method="first-order", refine=True, k_max=2
     )
     assert refined["method"] == "first-order-refined"
+    # only the refined run builds the fast evaluator, and pays its captures
+    assert first_doc["compute"]["capture_seconds"] is None
+    assert refined["compute"]["capture_seconds"] > 0
     picked = uncertain({k: r["score"] for k, r in first.items()}, 2, 0.25)
     assert 0 < len(picked) < 28 and refined["refined_modules"] == len(picked)
     for key, r in by_key(refined).items():
