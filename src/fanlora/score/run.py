@@ -299,7 +299,7 @@ def write_scores(ctx: Context, method: str, out: Path, records, wall, log) -> di
         },
         "seed": cfg.seed,
         "wall_time_s": round(wall, 2),
-        "compute": compute_cost(ctx.journal, ctx.full_evaluation_s, ctx.capture_s),
+        "compute": compute_cost(ctx.journal, ctx.capture_s),
         "config": asdict(cfg),
         "layout": layout.to_dict(),
         "scores": records,
@@ -317,21 +317,20 @@ def write_scores(ctx: Context, method: str, out: Path, records, wall, log) -> di
     return doc
 
 
-def compute_cost(
-    journal: Journal, full_pass_s: float | None = None, capture_s: float | None = None
-) -> dict:
+def compute_cost(journal: Journal, capture_s: float | None = None) -> dict:
     """What the journalled units took, summed over every sitting of a resumed run (the
     wall time covers the last one only): ``unit_seconds`` in all; ``capture_seconds``, the
     fast evaluator's two capture passes (``capture_s``, None when it was not built), which
     the scorer pays once besides its units; and ``full_evaluation_s``, the time of one
     evaluation of the whole validation set, from which a straightforward AB-score's
-    ``2N + 2`` evaluations are costed: ``full_pass_s`` when the fast evaluator timed its
-    captures (its own ``all`` and ``none`` run only the last layers), else the median of
-    the straightforward units ``all`` and ``none``. Units journalled before timing was
+    ``2N + 2`` evaluations are costed: half the captures when the fast evaluator was built
+    (its own ``all`` and ``none`` run only the last layers), else the median of the
+    straightforward units ``all`` and ``none``. Units journalled before timing was
     recorded are counted in ``untimed_units``."""
     entries = list(journal.entries.values())
     timed = [e["seconds"] for e in entries if "seconds" in e]
     full = [e["seconds"] for k in ("all", "none") if "seconds" in (e := journal.entries.get(k, {}))]
+    full_pass_s = round(capture_s / 2, 3) if capture_s else None
     if full_pass_s is None and full:
         full_pass_s = round(statistics.median(full), 3)
     return {

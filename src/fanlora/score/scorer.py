@@ -31,22 +31,19 @@ class Context:
     evaluate: Evaluate | None = None
     notes: dict = field(default_factory=dict)  # written into the scores file
     store: Any = None  # where the fast evaluator's layer cache lives (None: the device)
-    full_evaluation_s: float | None = None  # one full pass over the validation set, timed
     capture_s: float | None = None  # the fast evaluator's two capture passes, timed
 
 
 def gated_evaluator(ctx: Context, use_cache: bool) -> Evaluate:
     """The fast exact evaluator (layer inputs cached on ``ctx.store``) or the
     straightforward one. Building the fast one runs two full passes over the validation
-    set (the ``on`` and ``off`` layer-input captures). Their time is recorded as
-    ``ctx.capture_s`` (a cost of the scorer that is no journalled unit) and half of it as
-    ``ctx.full_evaluation_s``, since the fast units themselves (``all`` and ``none``
-    included) rerun only the layers after a module and cost far less than a full pass."""
+    set (the ``on`` and ``off`` layer-input captures); their time is recorded as
+    ``ctx.capture_s``, a cost of the scorer that is no journalled unit, and half of it is
+    the time of one full evaluation (:func:`~fanlora.score.run.compute_cost`)."""
     if use_cache:
         start = time.perf_counter()
         evaluate = fast(ctx.model, ctx.gates, ctx.valset, ctx.store)
         ctx.capture_s = round(time.perf_counter() - start, 3)
-        ctx.full_evaluation_s = round(ctx.capture_s / 2, 3)
         return evaluate
     return straightforward(ctx.model, ctx.gates, ctx.valset)
 
