@@ -764,7 +764,14 @@ def test_refined_first_order_recomputes_exactly_the_uncertain_modules(tmp_path, 
     first_doc = run_score(tmp_path, adapter, data_file, "v1.json", method="first-order")
     first = by_key(first_doc)
     refined = run_score(
-        tmp_path, adapter, data_file, "r.json", method="first-order", refine=True, k_max=2
+        tmp_path,
+        adapter,
+        data_file,
+        "r.json",
+        method="first-order",
+        refine=True,
+        k_max=2,
+        refine_margin=0.25,
     )
     assert refined["method"] == "first-order-refined"
     # only the refined run builds the fast evaluator, and pays its captures
@@ -798,7 +805,11 @@ def test_uncertain_modules_are_those_near_the_boundary_or_zero():
     from fanlora.score.first_order import uncertain
 
     scores = {(0, "a"): 1.0, (0, "b"): 0.9, (0, "c"): 0.5, (0, "d"): -0.02, (0, "e"): -1.0}
-    # K_max 2: boundary between 0.9 and 0.5 is 0.7; margin 0.25 x 1.0: [0.45, 0.95] and
-    # [-0.25, 0.25]
-    assert sorted(uncertain(scores, 2, 0.25)) == [(0, "b"), (0, "c"), (0, "d")]
+    # K_max 2: boundary between 0.9 and 0.5 is 0.7; margin 0.25 x 1.0: [0.45, 0.95]. d is
+    # near 0 but fourth: no sign of it can bring it into the top 2, so it is not refined
+    assert sorted(uncertain(scores, 2, 0.25)) == [(0, "b"), (0, "c")]
     assert uncertain(scores, 2, 0.0) == []
+    # layer 1: b is second and near 0 (its sign decides whether it is kept); the boundary
+    # (0.1 - 0.5) / 2 = -0.2 is 0.3 from both b and c, outside the margin
+    scores = {(1, "a"): 1.0, (1, "b"): 0.1, (1, "c"): -0.5, (1, "d"): -0.9}
+    assert uncertain(scores, 2, 0.25) == [(1, "b")]

@@ -14,8 +14,11 @@ in each gate; how far a trained adapter is from that is what ``bench/`` measures
 With ``--refine`` only the modules whose first-order score could change the setting get
 their exact (fast) AB-score: per layer, with ``s`` the V1 scores, ``M = max |s|`` and ``b``
 the midpoint between the K_max-th and the next score, module m is recomputed when
-``|s_m - b| <= margin M`` (near the boundary) or ``|s_m| <= margin M`` (near 0, where the
-sign decides). Their records carry the exact terms and ``refined: true``.
+``|s_m - b| <= margin M`` (near the boundary, where the rank decides) or when m is among
+the layer's K_max best and ``|s_m| <= margin M`` (near 0, where the sign decides whether it
+is kept). A module below the K_max-th place that is near 0 but far from ``b`` cannot enter
+the setting whatever its sign, so it is not recomputed. Their records carry the exact terms
+and ``refined: true``.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ def uncertain(scores: dict[Key, float], k_max: int, margin: float) -> list[Key]:
         layers.setdefault(key[0], []).append(key)
     picked = []
     for keys in layers.values():
-        ranked = sorted((scores[k] for k in keys), reverse=True)
-        top = max(abs(v) for v in ranked) or 1.0
-        boundary = (ranked[k_max - 1] + ranked[k_max]) / 2 if len(ranked) > k_max else None
-        for k in keys:
-            near_zero = abs(scores[k]) <= margin * top
-            near_edge = boundary is not None and abs(scores[k] - boundary) <= margin * top
+        ranked = sorted(keys, key=lambda k: scores[k], reverse=True)
+        top = max(abs(scores[k]) for k in keys) or 1.0
+        edge = None
+        if len(keys) > k_max:
+            edge = (scores[ranked[k_max - 1]] + scores[ranked[k_max]]) / 2
+        for place, k in enumerate(ranked):
+            near_zero = place < k_max and abs(scores[k]) <= margin * top
+            near_edge = edge is not None and abs(scores[k] - edge) <= margin * top
             if near_zero or near_edge:
                 picked.append(k)
     return picked
