@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
@@ -43,6 +44,17 @@ def build_tiny(model_type: str, vocab_size: int = 300, seed: int = 0, **override
     config = AutoConfig.for_model(model_type, **params)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def interruptible_children():
+    """Tests that stop a child with SIGINT (Ctrl-C) need it not to be ignored: a shell
+    that starts pytest in the background (`cmd &`) sets SIGINT to SIG_IGN, which children
+    inherit, and Python then installs no KeyboardInterrupt handler. A handled signal is
+    reset to the default at exec, so handling it here restores it in every child."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(autouse=True, scope="session")
