@@ -170,6 +170,18 @@ def test_method_lr_gives_each_method_its_own_step_4_learning_rate(tmp_path):
     assert units["4-downstream/yesno/fanlora"].params["lr"] == tiny_data()["downstream"]["lr"]
 
 
+def test_a_methods_revision_keys_its_units_and_no_other(tmp_path):
+    """The random placement's matched rank (revision 1) changed what its units train, so
+    their keys changed; every other unit keeps the key it had."""
+    from fanlora.pipeline.run import build_units
+    from fanlora.pipeline.stages import RunDir
+
+    cfg = tiny_cfg(methods=["fanlora", "lora", "random"])
+    units = {u.name: u for u in build_units(cfg, RunDir(tmp_path / "run"))}
+    assert units["4-downstream/yesno/random"].params["method_revision"] == 1
+    assert not any("method_revision" in u.params for n, u in units.items() if "random" not in n)
+
+
 def test_from_stage_forces_that_stage_and_later(finished, tasks_home, tmp_path):
     out = copy_run(finished, tmp_path)
     _, ran = run_quiet(tiny_cfg(), out, start_from="decode")

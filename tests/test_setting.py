@@ -207,6 +207,26 @@ def test_random_placement_is_drawn_under_fanloras_budget(smollm2_layout, seed):
     assert placed.layers == random_setting(setting, seed=seed).layers
 
 
+def test_random_placement_of_an_mlp_setting_matches_the_budget_by_its_rank(smollm2_layout):
+    """A trained step 1's settings are mostly MLP modules (grid 1's seed 0: 48 of 60), which
+    no uniform draw of kinds costs within 5% of at the same rank (the random placement of
+    v2-lr-sweep trained 12% under FanLoRA's budget); the matched placement trains at the
+    common rank that comes within it. A setting a draw can match keeps FanLoRA's rank."""
+    from fanlora.select.budget import kinds_params
+    from fanlora.train.methods import get_method, random_setting
+
+    method = get_method("random")
+    setting = FanLoRASetting("m", 2, smollm2_layout, [["gate", "up"]] * 30)
+    placed = random_setting(setting, seed=0)
+    assert not placed.extra["budget_match"]["within_tolerance"]
+    options, match = method.match_budget(setting, 12 * setting.params_per_rank(), 0)
+    assert options["rank"] > 12 and match.within, match.describe("random")
+    assert match.got == options["rank"] * kinds_params(smollm2_layout, placed.layers, 1)
+    balanced = a_setting(smollm2_layout, 1)
+    options, match = method.match_budget(balanced, 12 * balanced.params_per_rank(), 1)
+    assert options == {"rank": 12} and match.within
+
+
 def test_adalora_starts_at_one_and_a_half_times_its_matched_target_rank(smollm2_layout):
     from fanlora.select.budget import adalora_ranks, per_rank
 

@@ -69,6 +69,8 @@ def train_unit(
         } | {"method": tc.method, "rank": tc.rank, "data": tc.data}
 
     key_params = {**params, "budget": cfg.budget} if setting_unit else params
+    if revision := get_method(section.get("method", "")).revision:
+        key_params = {**key_params, "method_revision": revision}
     deps = (setting_unit,) if setting_unit else ()
     return Unit(name, stage, key_params, run, TRAIN_OUTPUTS, deps, collective=True)
 
@@ -81,13 +83,14 @@ def placed(cfg: RunConfig) -> dict:
 def matched_ranks(cfg: RunConfig, section: dict, setting_path: str | None, log=print) -> dict:
     """With budget "matched", the options that give the method FanLoRA's trainable parameters
     at rank r1 (the section's ``rank``), by the method's own rule (:meth:`Method.match_budget`:
-    LoRA ranks per module kind, AdaLoRA's average target rank)."""
+    LoRA ranks per module kind, AdaLoRA's average target rank, the random placement's
+    rank)."""
     method = get_method(section.get("method", ""))
     if cfg.budget != "matched" or not method.matched or not setting_path:
         return {}
     setting = FanLoRASetting.load(setting_path)
     target = section.get("rank", TrainConfig.rank) * setting.params_per_rank()
-    matched = method.match_budget(setting.layout, target)
+    matched = method.match_budget(setting, target, cfg.seed)
     if matched is None:
         return {}
     options, match = matched

@@ -9,7 +9,9 @@ parameters, so FanLoRA at rank r1 trains ``P* = r1 sum_{kept (l, k)} (d_in_k + d
   kinds at r + 1 chosen by trying every subset (2^7 for LLaMA), closest to P*.
 - **Random placement**: per layer as many modules as the setting keeps, of kinds drawn at
   random; draws whose count is outside +-5% of P* are redrawn (seeded), else the closest of
-  ``tries`` draws is used and the match says so.
+  ``tries`` draws is used at the common rank closest to P* (a setting of mostly MLP
+  modules costs more per module than uniform kinds: on SmolLM2, FanLoRA's 60-module
+  setting of a trained step 1 is 14% above every one of 2,000 uniform draws).
 - **AdaLoRA**: its budget is an average *target* rank spread unevenly over the modules, so
   only the target total is matched: target rank = round(P* / sum_all (d_in + d_out)),
   starting from 1.5x that (the paper's convention: start at 1.5-2x the target).
@@ -103,6 +105,13 @@ def draw_random_kinds(
             return layers, match
     assert best is not None
     return best
+
+
+def common_rank(per_rank: int, target: int) -> tuple[int, Match]:
+    """The one rank r whose ``r x per_rank`` parameters come closest to ``target``:
+    r = max(1, round(target / per_rank)); the match says how close."""
+    rank = max(1, round(target / per_rank))
+    return rank, Match(target, rank * per_rank)
 
 
 def adalora_ranks(layout: ModuleLayout, target: int) -> tuple[int, int, Match]:

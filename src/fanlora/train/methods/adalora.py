@@ -42,8 +42,8 @@ class AdaLoRA(Method):
             deltaT=max(1, total_steps // 50),
         )
 
-    def match_budget(self, layout, target):
-        init, rank, match = adalora_ranks(layout, target)
+    def match_budget(self, setting, target, seed):
+        init, rank, match = adalora_ranks(setting.layout, target)
         return {"adalora_target_rank": rank, "adalora_init_rank": init}, match
 
     def step_loss(self, peft_model):

@@ -35,6 +35,8 @@ class Method:
     downstream: bool = True  # a step-4 method (a pipeline's `methods`)
     kind_ranks: bool = False  # accepts ``rank_pattern`` (a rank per module kind)
     matched: bool = False  # with budget "matched", :meth:`match_budget` sets its options
+    revision: int = 0  # raised when a change of rule changes what the method trains: it
+    # joins a pipeline unit's key when above 0, so units of the earlier rule are not reused
     step_loss_name: str = "step_loss"  # metrics.jsonl key of :meth:`step_loss`
     batched_serving: bool = True  # fanlora's batched multi-tenant path serves it
     vllm_serving: bool = True  # vLLM serves it (LoRA weights on linear modules)
@@ -50,9 +52,12 @@ class Method:
         ``cfg.alpha`` wins)."""
         return cfg.alpha if cfg.alpha is not None else 2 * cfg.rank
 
-    def match_budget(self, layout: ModuleLayout, target: int) -> tuple[dict, Match] | None:
+    def match_budget(
+        self, setting: FanLoRASetting, target: int, seed: int
+    ) -> tuple[dict, Match] | None:
         """With budget "matched": the TrainConfig options that give ``target`` trainable
-        parameters, and how close they come; None when the method's budget is its own."""
+        parameters (FanLoRA's, on ``setting`` at rank r1), and how close they come; None
+        when the method's budget is its own. ``seed`` is the run's (drawn placements)."""
         return None
 
     def step_loss(self, peft_model) -> torch.Tensor | None:

@@ -45,8 +45,8 @@ class AllModulesLoRA(Method):
             **kind_patterns(cfg, layout),
         )
 
-    def match_budget(self, layout, target):
-        ranks, match = match_kind_ranks(layout, target)
+    def match_budget(self, setting, target, seed):
+        ranks, match = match_kind_ranks(setting.layout, target)
         return {"rank": min(ranks.values()), "rank_pattern": ranks}, match
 
 

@@ -1,10 +1,13 @@
-"""The control the paper lacks: as many modules per layer as the setting, kinds at random."""
+"""The control the paper lacks: as many modules per layer as the setting, kinds at random.
+
+With budget "matched", a draw whose kinds cannot cost within 5% of the setting's at the
+same rank trains at the common rank that comes closest (:func:`match_budget`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fanlora.select.budget import draw_random_kinds
+from fanlora.select.budget import Match, common_rank, draw_random_kinds, kinds_params
 from fanlora.select.setting import FanLoRASetting
 from fanlora.train.methods.base import Method, register, require_setting
 
@@ -28,9 +31,23 @@ class RandomPlacement(Method):
         placed = random_setting(require_setting(self, setting, layout), cfg.seed)
         return placed.to_lora_config(r=cfg.rank, alpha=self.alpha(cfg), dropout=cfg.dropout)
 
+    def match_budget(self, setting, target, seed):
+        """FanLoRA's rank r1 when the draw's kinds cost within 5% of ``target`` at r1 (the
+        same rank, as the draw tries for), else the common rank closest to ``target``."""
+        per_rank = kinds_params(setting.layout, random_setting(setting, seed).layers, 1)
+        same = target // setting.params_per_rank()
+        if Match(target, same * per_rank).within:
+            return {"rank": same}, Match(target, same * per_rank)
+        rank, match = common_rank(per_rank, target)
+        return {"rank": rank}, match
+
 
 register(
     RandomPlacement(
-        "random", "the setting's modules per layer, kinds drawn at random", needs_setting=True
+        "random",
+        "the setting's modules per layer, kinds drawn at random",
+        needs_setting=True,
+        matched=True,
+        revision=1,
     )
 )
