@@ -209,6 +209,29 @@ def test_results_markdown_shows_varying_columns_and_decoding():
     assert "## Decoding speed, run seed=0" in md and "fanlora 80%" in md
 
 
+def test_an_lr_sweep_on_dev_shows_losses_to_the_thousandth_and_each_methods_best_rate():
+    """v2-lr-sweep's dev losses differ in the second decimal (FanLoRA: 0.3165 at 1e-3,
+    0.3266 at 3e-3), which one decimal showed as 0.3 for every rate and method; a best rate
+    at the edge of the sweep is flagged."""
+    from fanlora.experiment.aggregate import best_on_dev, render_markdown
+
+    losses = {("fanlora", 3e-4): 0.3487, ("fanlora", 1e-3): 0.3165063, ("fanlora", 3e-3): 0.3266}
+    losses |= {("ia3", 3e-4): 0.8572, ("ia3", 1e-3): 0.3681, ("ia3", 3e-3): 0.3161}
+    summary = [
+        {"downstream.lr": lr, "task": "mc", "method": m, "metric": "dev_loss", "median": v}
+        | {"min": v, "max": v, "runs": 1, "values": [v], "trainable_params": 10}
+        for (m, lr), v in losses.items()
+    ]
+    best = {b["method"]: b for b in best_on_dev(summary)}
+    assert (best["fanlora"]["lr"], best["fanlora"]["at_edge"]) == (1e-3, False)
+    assert (best["ia3"]["lr"], best["ia3"]["at_edge"]) == (3e-3, True)
+    base = {"experiment": "t", "mixed_code_versions": False, "runs": {}, "decoding": {}}
+    md = render_markdown({**base, "score_agreement": None, "summary": summary})
+    assert "| 0.001 | mc | fanlora | 10 | dev_loss | 0.317 | 0.317-0.317 | 1 |" in md
+    assert "| mc | ia3 | 0.003 | 0.316 | 0.0003, 0.001, 0.003 | **yes** |" in md
+    assert best_on_dev([{**summary[0], "metric": "accuracy"}]) == []  # test scores: no choice
+
+
 def test_results_of_an_older_results_version_are_marked_stale():
     from fanlora.experiment.aggregate import render_markdown
     from fanlora.pipeline.stages import RESULTS_VERSION

@@ -35,6 +35,33 @@ from fanlora.utils.io import atomic_write_json, atomic_write_text, read_json_if_
 from fanlora.utils.plotting import pyplot, save_figure
 
 STATS = ("median", "min", "max", "runs", "values", "metric", "trainable_params")
+LR_KEY = "downstream.lr"
+LOSS_METRICS = ("dev_loss",)
+
+
+def shown(value: float, metric: str) -> str:
+    """A metric for the tables: test scores (percent) to 0.1, losses to 0.001."""
+    return f"{value:.3f}" if metric in LOSS_METRICS else f"{value:.1f}"
+
+
+def best_on_dev(summary: list[dict]) -> list[dict]:
+    """Per (task, method) of a sweep of ``downstream.lr`` on dev: the rate of the lowest
+    median dev loss, and whether it is the lowest or highest rate swept (``at_edge``: the
+    optimum may lie beyond it, so the sweep should go further before the rate is used)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in summary:
+        if row["metric"] in LOSS_METRICS and row.get(LR_KEY) is not None:
+            groups.setdefault((row["task"], row["method"]), []).append(row)
+    out = []
+    for (task, method), rows in groups.items():
+        best = min(rows, key=lambda r: r["median"])
+        rates = sorted(r[LR_KEY] for r in rows)
+        edge = len(rates) > 1 and best[LR_KEY] in (rates[0], rates[-1])
+        out.append(
+            {"task": task, "method": method, "lr": best[LR_KEY], "dev_loss": best["median"]}
+            | {"rates": rates, "at_edge": edge}
+        )
+    return out
 
 
 def point_rows(point, folder: Path) -> list[dict]:
@@ -197,13 +224,15 @@ def render_markdown(results: dict) -> str:
                         *(str(s[c]) for c in cols),
                         f"{s['trainable_params']:,}",
                         s["metric"],
-                        f"{s['median']:.1f}",
-                        f"{s['min']:.1f}-{s['max']:.1f}",
+                        shown(s["median"], s["metric"]),
+                        f"{shown(s['min'], s['metric'])}-{shown(s['max'], s['metric'])}",
                         str(s["runs"]),
                     ]
                 )
                 + " |"
             )
+    if best := best_on_dev(summary):
+        lines += ["", *best_markdown(best)]
     if results.get("paired"):
         lines += ["", *paired_markdown(results["paired"], varying_keys(summary))]
     if results.get("axis_paired"):
@@ -225,6 +254,23 @@ def render_markdown(results: dict) -> str:
         text, notes = decode_table(doc)
         lines += ["", f"## Decoding speed, run {name} (table 3)", "", text, "", " ".join(notes)]
     return "\n".join(lines) + "\n"
+
+
+def best_markdown(best: list[dict]) -> list[str]:
+    """The sweep's choice per method (:func:`best_on_dev`), for ``method_lr``."""
+    lines = [
+        "Best learning rate on dev (lowest median dev loss; `method_lr` of the grids that",
+        "use it). A rate at the edge of the sweep may not be the optimum: sweep further.",
+        "",
+        "| task | method | lr | dev loss | rates swept | at the edge |",
+        "|---|---|---|---|---|---|",
+    ]
+    for b in best:
+        rates = ", ".join(f"{r:g}" for r in b["rates"])
+        edge = "**yes**" if b["at_edge"] else "no"
+        cells = [b["task"], b["method"], f"{b['lr']:g}", f"{b['dev_loss']:.3f}", rates, edge]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def varying_keys(summary: list[dict]) -> list[str]:
