@@ -416,6 +416,17 @@ COSTS = {
 }
 
 
+def test_the_plan_costs_the_random_placement_as_any_other_step_4_method(tasks_home, tmp_path):
+    """A unit's key may hold more than a TrainConfig takes (the random placement's
+    ``method_revision``); the plan reads its schedule alone, as for LoRA."""
+    from fanlora.experiment.plan import plan
+
+    path = grid_file(tmp_path, {"seed": [0]}, methods=["fanlora", "lora", "random"])
+    _, out, points = load_experiment(path)
+    todo = {p.unit.name: p.seconds for p in plan(points, out, [], COSTS)}
+    assert todo["4-downstream/yesno/random"] == todo["4-downstream/yesno/lora"] == 2000
+
+
 def test_the_plan_refuses_a_grid_over_budget_and_a_pruned_grid_stays_done(
     tasks_home, tmp_path, capsys
 ):

@@ -44,7 +44,7 @@ def load_costs(path: str | Path | None = None) -> dict:
 
 def train_seconds(params: dict, costs: dict) -> float:
     # the schedule does not depend on the method: read it as full LoRA's (no setting needed)
-    skip = ("budget", "method", "setting", "rank_pattern")
+    skip = ("budget", "method", "method_revision", "setting", "rank_pattern")
     cfg = TrainConfig(**{k: v for k, v in params.items() if k not in skip}, method="full-lora")
     tokens = costs["mean_tokens"].get(cfg.data, costs["mean_tokens"]["default"])
     tokens = min(tokens, cfg.max_length)
