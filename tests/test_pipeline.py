@@ -170,6 +170,22 @@ def test_method_lr_gives_each_method_its_own_step_4_learning_rate(tmp_path):
     assert units["4-downstream/yesno/fanlora"].params["lr"] == tiny_data()["downstream"]["lr"]
 
 
+def test_a_report_that_must_run_does_not_revive_pruned_units(finished, tasks_home, tmp_path):
+    """The report reads records, not weights: when it reruns (here forced, as when a new
+    unit's key changes its deps), pruned step-4 units stay pruned (session 18's resume of
+    v2-lr-sweep retrained a pruned FanLoRA unit because the report had to run)."""
+    from fanlora.pipeline.run import build_units
+    from fanlora.pipeline.stages import RunDir, assign_keys
+
+    out = copy_run(finished, tmp_path)
+    run_dir = RunDir(out)
+    units = {u.name: u for u in build_units(tiny_cfg(), run_dir)}
+    assign_keys(list(units.values()))
+    assert run_dir.prune(units["4-downstream/yesno/fanlora"], ("adapter_model.safetensors",))
+    _, ran = run_quiet(tiny_cfg(), out, start_from="report")
+    assert ran == ["report"]
+
+
 def test_a_methods_revision_keys_its_units_and_no_other(tmp_path):
     """The random placement's matched rank (revision 1) changed what its units train, so
     their keys changed; every other unit keeps the key it had."""

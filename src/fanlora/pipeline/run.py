@@ -208,7 +208,10 @@ def report_unit(run_dir: RunDir, deps: list[str]) -> Unit:
         return {"files": [str(p.relative_to(folder)) for p in paths]}
 
     outputs = ("report.md", "report.html")
-    return Unit(REPORT, "report", {"report_version": 1}, run, outputs, tuple(deps))
+    # it renders records and JSON files, never adapter weights: pruned units stay pruned
+    return Unit(
+        REPORT, "report", {"report_version": 1}, run, outputs, tuple(deps), reads_weights=False
+    )
 
 
 def build_units(cfg: RunConfig, run_dir: RunDir) -> list[Unit]:

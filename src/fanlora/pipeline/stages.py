@@ -54,6 +54,7 @@ class Unit:
     outputs: tuple[str, ...]
     deps: tuple[str, ...] = ()
     collective: bool = False  # run by every process (training, scoring), else the main one
+    reads_weights: bool = True  # reads its deps' files; False: their records only (report)
     key: str = field(default="", init=False)
 
 
@@ -310,7 +311,7 @@ def revived(run_dir: RunDir, units: list[Unit], forced: set[str]) -> set[str]:
                 or not run_dir.is_done(unit)
                 or any(d in revive for d in unit.deps)
             )
-            if not runs:
+            if not runs or not unit.reads_weights:
                 continue
             for dep in unit.deps:
                 if dep not in revive and run_dir.pruned(by_name[dep]):
