@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from fanlora.config import load_yaml
@@ -43,9 +43,10 @@ def load_costs(path: str | Path | None = None) -> dict:
 
 
 def train_seconds(params: dict, costs: dict) -> float:
-    # the schedule does not depend on the method: read it as full LoRA's (no setting needed)
-    skip = ("budget", "method", "method_revision", "setting", "rank_pattern")
-    cfg = TrainConfig(**{k: v for k, v in params.items() if k not in skip}, method="full-lora")
+    # the schedule does not depend on the method: read it as full LoRA's (no setting needed);
+    # a unit's key may hold more than TrainConfig takes (budget, method_revision)
+    schedule = {f.name for f in fields(TrainConfig)} - {"method", "setting", "rank_pattern"}
+    cfg = TrainConfig(**{k: v for k, v in params.items() if k in schedule}, method="full-lora")
     tokens = costs["mean_tokens"].get(cfg.data, costs["mean_tokens"]["default"])
     tokens = min(tokens, cfg.max_length)
     rows = split_size(cfg.data, "train")

@@ -35,10 +35,10 @@ class RandomPlacement(Method):
         """FanLoRA's rank r1 when the draw's kinds cost within 5% of ``target`` at r1 (the
         same rank, as the draw tries for), else the common rank closest to ``target``."""
         per_rank = kinds_params(setting.layout, random_setting(setting, seed).layers, 1)
-        same = target // setting.params_per_rank()
-        if Match(target, same * per_rank).within:
-            return {"rank": same}, Match(target, same * per_rank)
-        rank, match = common_rank(per_rank, target)
+        rank = target // setting.params_per_rank()
+        match = Match(target, rank * per_rank)
+        if not match.within:
+            rank, match = common_rank(per_rank, target)
         return {"rank": rank}, match
 
 
