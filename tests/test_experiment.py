@@ -128,7 +128,9 @@ def test_a_crashing_run_is_reported_and_the_grid_goes_on(tasks_home, tmp_path, m
 
 
 @pytest.mark.parametrize(
-    "path", sorted((TINY.parent / "experiments").glob("*.yaml")), ids=lambda p: p.name
+    "path",
+    sorted((TINY.parent / "experiments").rglob("*.yaml")),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
 )
 def test_every_shipped_experiment_parses(path):
     _, _, points = load_experiment(path)
