@@ -2,8 +2,9 @@
 numerical drift fails (the invariant tests elsewhere, such as resume == uninterrupted and
 fast == straightforward, pass under a drift that keeps the invariants).
 
-The values were produced by this code on torch 2.13 (CPU, fp32) and are compared with a
-relative tolerance of 1e-4. A change that alters them on purpose (a fix to training or
+The values were produced by this code on torch 2.13 (CPU, fp32, an AVX2 host) and are
+compared with a relative tolerance of 1e-4 (the AB-scores, differences of losses, with an
+absolute one: see below). A change that alters them on purpose (a fix to training or
 scoring) updates them here and bumps RESULTS_VERSION (fanlora/pipeline/stages.py).
 """
 
@@ -81,7 +82,10 @@ def test_ab_scores_of_the_tiny_preset(tmp_path):
     )
     doc = score(cfg, tmp_path / "s.json", log=lambda _: None)
     by = {(r["layer"], r["module"]): r for r in doc["scores"]}
+    # V is a sum of four losses near 5.5, so its rounding error is a few float32 ulps of
+    # those losses (4.8e-7 each), whatever V's size: an AVX512 host gave (3, "o") 9.5e-7
+    # from the AVX2 host's value, 1.7e-4 of V. Hence an absolute tolerance at that scale.
     for key, value in AB_SCORES.items():
-        assert by[key]["score"] == pytest.approx(value, rel=1e-4, abs=1e-7), key
+        assert by[key]["score"] == pytest.approx(value, rel=1e-4, abs=1e-5), key
     assert by[(0, "q")]["s_all"] == pytest.approx(S_ALL, rel=1e-5)
     assert by[(0, "q")]["s_none"] == pytest.approx(S_NONE, rel=1e-5)
