@@ -9,7 +9,13 @@ from fanlora.errors import FanLoRAError
 from fanlora.models import loading
 from fanlora.score.evaluator import moved
 from fanlora.score.memory import GB, cache_bytes, plan_memory
-from fanlora.utils.devices import Runtime, check_precision, make_accelerator, resolve_device
+from fanlora.utils.devices import (
+    Runtime,
+    check_precision,
+    end_processes,
+    make_accelerator,
+    resolve_device,
+)
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
@@ -231,3 +237,26 @@ def test_sharded_launches_are_refused_and_ddp_is_not(kind):
         check_distributed(SimpleNamespace(distributed_type=DistributedType[kind]))
     for fine in ("NO", "MULTI_CPU", "MULTI_GPU"):
         check_distributed(SimpleNamespace(distributed_type=DistributedType[fine]))
+
+
+@pytest.fixture
+def process_group(tmp_path):
+    """A one-process gloo group, as torchrun's ranks hold one (destroyed after the test)."""
+    store = f"file://{tmp_path / 'store'}"
+    torch.distributed.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def test_a_finished_command_destroys_the_process_group(process_group, capsys):
+    # left to interpreter exit, gloo's threads can abort a rank after its work is done
+    assert main(["modules", "--model", "tiny-random-llama"]) == 0
+    assert not torch.distributed.is_initialized()
+    end_processes()  # nothing left to destroy, as with one process: no error
+
+
+def test_a_failed_command_leaves_the_process_group(process_group, capsys):
+    # a rank still in a collective would make the destroy hang: errors exit as they are
+    assert main(["modules", "--model", "nobody/no-such-model"]) == 2
+    assert torch.distributed.is_initialized()

@@ -17,6 +17,7 @@ import sys
 
 from fanlora import __version__
 from fanlora.errors import FanLoRAError
+from fanlora.utils.devices import end_processes
 
 # Subcommand name -> module under fanlora.cli exposing register(subparsers).
 COMMANDS = {
@@ -68,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline:  # read by fanlora's model resolution, and by huggingface_hub's children
         os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except FanLoRAError as exc:
         print(f"fanlora {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fanlora {args.command}: interrupted", file=sys.stderr)
         return 130
+    end_processes()
+    return code
 
 
 if __name__ == "__main__":

@@ -191,6 +191,19 @@ def make_accelerator(runtime: Runtime) -> Accelerator:
     return Accelerator(mixed_precision=mixed, cpu=runtime.device.type == "cpu")
 
 
+def end_processes() -> None:
+    """Destroy the process group of a multi-process run (no-op for one process).
+
+    Called once a command has finished without error, while the interpreter is still whole:
+    left to interpreter exit, gloo's worker threads are torn down in no fixed order and a
+    rank can abort after its work is done ("terminate called without an active
+    exception", pytorch/pytorch#190489), which fails the whole torchrun launch. Not called
+    after an error: a rank still inside a collective would make the destroy hang
+    (pytorch/torchtitan#1342)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def check_distributed(accelerator) -> None:
     """Refuse a launch fanlora's engine cannot serve yet: FSDP or DeepSpeed shard the
     weights, and the engine saves adapters and checkpoints from the unwrapped PEFT model
