@@ -61,11 +61,13 @@ def test_grid_runs_reuse_shared_units_and_aggregate_medians(tasks_home, tmp_path
     # seeds 0 and 1 score differently: their agreement is tabled and drawn
     assert results["score_agreement"]["files"] == ["seed=0,k_max=1", "seed=1,k_max=1"]
     assert (runs / "agreement.png").read_bytes()[:4] == b"\x89PNG"
-    # aggregating runs made by different code versions is flagged
-    run_json = runs / "seed=0,k_max=1" / "run.json"
-    doc = json.loads(run_json.read_text())
-    run_json.write_text(json.dumps({**doc, "code": "0.0.1+other"}))
+    # one run's units made by one code version, the others' by another: flagged
+    assert not results["mixed_code_versions"]
+    record = runs / "seed=0,k_max=1" / "5-eval" / "yesno" / "lora" / "stage.json"
+    doc = json.loads(record.read_text())
+    record.write_text(json.dumps({**doc, "code": "0.0.1+other"}))
     again = run_experiment(path, log=logs.append, aggregate_only=True)
+    assert "0.0.1+other" in again["code_versions"]["seed=0,k_max=1"]
     assert (
         again["mixed_code_versions"]
         and "different code versions" in (runs / "results.md").read_text()

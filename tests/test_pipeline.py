@@ -341,6 +341,42 @@ def test_units_of_an_older_results_version_are_recomputed_and_never_reused(tmp_p
     assert record["results_version"] == 2 and any("starts" in line for line in lines)
 
 
+def test_a_run_resumed_by_newer_code_keeps_the_code_of_each_unit(tmp_path, monkeypatch):
+    """Reopening a run does not relabel it: run.json keeps the code that created it, each
+    unit's record the code that computed it (a record made before records carried one
+    falls back to run.json's), and a unit copied by `reuse:` keeps its source's code."""
+    import fanlora.pipeline.stages as stages
+    from fanlora.experiment.aggregate import point_codes
+
+    def unit(name):
+        def run(folder):
+            (folder / "x.txt").write_text(name)
+            return {}
+
+        return stages.Unit(name, "scores", {"n": name}, run, ("x.txt",))
+
+    def sitting(path, code, names, reuse=()):
+        monkeypatch.setattr(stages, "code_version", lambda: code)
+        run_dir = stages.RunDir(path)
+        run_dir.open({})
+        stages.run_units(run_dir, [unit(n) for n in names], log=lambda _: None, reuse=reuse)
+        return run_dir
+
+    first = sitting(tmp_path / "a", "v1", ["old", "new"])
+    old_record = first.path / "old" / "stage.json"
+    legacy = {k: v for k, v in json.loads(old_record.read_text()).items() if k != "code"}
+    old_record.write_text(json.dumps(legacy))  # as written before records carried a code
+    assert point_codes(first.path, json.loads(first.run_json.read_text())) == ["v1"]
+    again = sitting(tmp_path / "a", "v2", ["old", "new", "later"])
+    run = json.loads(again.run_json.read_text())
+    assert (run["code"], run["opened_by"]) == ("v1", "v2")
+    assert json.loads((again.path / "new" / "stage.json").read_text())["code"] == "v1"
+    assert point_codes(again.path, run) == ["v1", "v2"]
+    copy = sitting(tmp_path / "b", "v3", ["old"], reuse=[again])
+    assert json.loads((copy.path / "old" / "stage.json").read_text())["code"] == "v1"
+    assert "code" not in json.loads(old_record.read_text())  # the source is left as it was
+
+
 @pytest.mark.slow
 def test_the_pipeline_on_two_processes_equals_one(tasks_home_dir, tmp_path):
     """torchrun: training units run on both processes (DDP), scoring shares its modules,

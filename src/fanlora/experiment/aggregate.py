@@ -4,7 +4,8 @@ Rows: one per (grid point, task, method) with the test metric (from
 ``5-eval/TASK/METHOD/metrics.json``) and trainable parameters. Summary: rows grouped by
 everything but the seed; median, min and max over seeds. Paired: FanLoRA against each
 other method on the same test examples (``paired.py``). Runs made by different code
-versions (``run.json``'s ``code``) are flagged, and so are unfinished or failed runs.
+versions (each finished unit's ``code``, see :func:`point_codes`) are flagged, and so are
+unfinished or failed runs.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def aggregate(name: str, out: Path, points, axis: tuple[str, list] | None = None
             else "not finished"
         )
         if run:
-            codes[point.name] = run.get("code", run.get("fanlora", "?"))
+            codes[point.name] = point_codes(folder, run)
         if report:  # a stage record without the field was made before RESULTS_VERSION
             versions[point.name] = report.get("results_version", 1)
         rows += point_rows(point, folder)
@@ -147,7 +148,7 @@ def aggregate(name: str, out: Path, points, axis: tuple[str, list] | None = None
     k_max = points[0].config.k_max if points else 2
     scores = finished_scores(out, points)
     agreement = score_agreement(scores, k_max)
-    distinct = sorted(set(codes.values()))
+    distinct = sorted({code for point in codes.values() for code in point})
     paired = paired_summary(rows, out, group_keys(grid_keys))
     seeds = [k for key in grid_keys if "seed" in key.split("+") for k in key.split("+")]
     along = axis_summary(rows, out, group_keys(grid_keys), seeds, *axis) if axis else []
@@ -167,6 +168,18 @@ def aggregate(name: str, out: Path, points, axis: tuple[str, list] | None = None
         "scorers": scorer_rows(scores, k_max),
         "decoding": decoding,
     }
+
+
+def point_codes(folder: Path, run: dict) -> list[str]:
+    """The code versions that computed a run's finished units: each unit record's
+    ``code``, or, for a record made before units carried one, ``run.json``'s (the code
+    that created the run). A run resumed across a change of code shows both."""
+    fallback = run.get("code", run.get("fanlora", "?"))
+    records = (read_json_if_present(path) for path in folder.rglob("stage.json"))
+    codes = {
+        rec.get("code", fallback) for rec in records if rec and rec.get("status") == "finished"
+    }
+    return sorted(codes or {fallback})
 
 
 def score_agreement(scores: list[dict], k_max: int) -> dict | None:
@@ -204,7 +217,7 @@ def render_markdown(results: dict) -> str:
     if results["mixed_code_versions"]:
         lines += [
             "**Warning: these runs were made by different code versions: "
-            + ", ".join(sorted(set(results["code_versions"].values())))
+            + ", ".join(sorted({c for point in results["code_versions"].values() for c in point}))
             + ".**",
             "",
         ]

@@ -24,6 +24,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from fanlora import __version__
@@ -108,16 +109,26 @@ def assign_keys(units: list[Unit]) -> None:
 
 
 class RunDir:
-    """``RUN/run.json`` (format, version, config) and the units' folders and records."""
+    """``RUN/run.json`` (format, version, config) and the units' folders and records.
+
+    ``run.json``'s ``code`` is the code version that created the run and is kept when
+    the run is opened again; each unit's record carries the ``code`` that computed it
+    (:meth:`finish`), which is what tells a grid resumed across a change apart."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.run_json = self.path / "run.json"
 
+    @cached_property
+    def code(self) -> str:
+        return code_version()
+
     def open(self, config: dict) -> None:
         """Create the folder, or check an existing one was made by a compatible fanlora."""
+        created = self.code
         if self.run_json.is_file():
             doc = read_json(self.run_json, "run.json")
+            created = doc.get("code", created)
             if doc.get("format") != RUN_FORMAT or doc.get("format_version") != RUN_FORMAT_VERSION:
                 raise FanLoRAError(
                     f"{self.path} was made by fanlora {doc.get('fanlora', '?')} (run format "
@@ -135,7 +146,8 @@ class RunDir:
                 "format": RUN_FORMAT,
                 "format_version": RUN_FORMAT_VERSION,
                 "fanlora": __version__,
-                "code": code_version(),
+                "code": created,
+                "opened_by": self.code,
                 "config": config,
             },
         )
@@ -209,6 +221,7 @@ class RunDir:
             "outputs": {p: file_hash(folder / p) for p in unit.outputs},
             "wall_time_s": round(wall, 2),
             "fanlora": __version__,
+            "code": self.code,
             "results_version": RESULTS_VERSION,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "summary": summary,
@@ -228,6 +241,10 @@ def reuse_unit(run_dir: RunDir, unit: Unit, others: list[RunDir]) -> str | None:
             tmp = target.with_name(f".tmp-{target.name}")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(other.folder(unit), tmp, copy_function=_link_or_copy)
+            record = read_json(tmp / "stage.json", "stage record")
+            if "code" not in record:  # made before units carried their code
+                code = read_json(other.run_json, "run.json").get("code", "?")
+                atomic_write_json(tmp / "stage.json", {**record, "code": code})
             tmp.rename(target)
             return str(other.folder(unit))
     return None
