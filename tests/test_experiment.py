@@ -431,6 +431,16 @@ def test_the_plan_costs_the_random_placement_as_any_other_step_4_method(tasks_ho
     assert todo["4-downstream/yesno/random"] == todo["4-downstream/yesno/lora"] == 2000
 
 
+def test_the_plan_costs_refined_first_order_with_the_exact_units_it_recomputes():
+    """Refined first order = first order (8 examples x 1 s) + 0.28 of the 28 modules
+    recomputed exactly (x 8 examples x 1 s per module-example)."""
+    from fanlora.experiment.plan import score_seconds
+
+    first = {"method": "first-order", "val_examples": 8}
+    assert score_seconds(first, COSTS) == 8
+    assert score_seconds({**first, "refine": True}, COSTS) == pytest.approx(8 + 0.28 * 28 * 8)
+
+
 def test_the_plan_refuses_a_grid_over_budget_and_a_pruned_grid_stays_done(
     tasks_home, tmp_path, capsys
 ):

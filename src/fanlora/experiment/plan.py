@@ -9,7 +9,8 @@ not counted. The rest are estimated from measured unit costs on this machine
   evaluations: (steps / eval_every + 1) x eval_examples x mean tokens / forward tokens per s;
 - scoring: exact AB (fast, or racing that falls back) modules x validation examples x the
   measured seconds per module-example; first order and sensitivity: validation examples x
-  their seconds per example; Shapley: not estimated (shown as unknown);
+  their seconds per example; refined first order adds exact AB's cost for the share of
+  modules it recomputes (:data:`REFINED_SHARE`); Shapley: not estimated (shown as unknown);
 - evaluation: test rows x the task's measured seconds per row;
 - decoding: its measured seconds; setting and report: nothing.
 """
@@ -29,6 +30,9 @@ from fanlora.train.config import TrainConfig
 
 COSTS_FILE = Path(__file__).resolve().parents[3] / "configs" / "measured" / "unit-costs.yaml"
 SCORE_METHODS_PER_EXAMPLE = {"first-order": "first_order", "sensitivity": "sensitivity"}
+# Refined first order recomputes exactly the modules near a layer's K_max-th place or 0:
+# 55-59 of 210 on grid 1's three 400-step adapters (results/README.md), so about 0.28.
+REFINED_SHARE = 0.28
 
 
 @dataclass
@@ -69,7 +73,9 @@ def score_seconds(params: dict, costs: dict) -> float | None:
     if method == "ab":
         return costs["modules"] * examples * per["ab_per_module_example"]
     if method in SCORE_METHODS_PER_EXAMPLE:
-        return examples * per[f"{SCORE_METHODS_PER_EXAMPLE[method]}_per_example"]
+        first = examples * per[f"{SCORE_METHODS_PER_EXAMPLE[method]}_per_example"]
+        refined = REFINED_SHARE * costs["modules"] * examples * per["ab_per_module_example"]
+        return first + (refined if params.get("refine") else 0.0)
     return None
 
 
