@@ -148,7 +148,6 @@ def aggregate(name: str, out: Path, points, axis: tuple[str, list] | None = None
     k_max = points[0].config.k_max if points else 2
     scores = finished_scores(out, points)
     agreement = score_agreement(scores, k_max)
-    distinct = sorted({code for point in codes.values() for code in point})
     paired = paired_summary(rows, out, group_keys(grid_keys))
     seeds = [k for key in grid_keys if "seed" in key.split("+") for k in key.split("+")]
     along = axis_summary(rows, out, group_keys(grid_keys), seeds, *axis) if axis else []
@@ -157,7 +156,7 @@ def aggregate(name: str, out: Path, points, axis: tuple[str, list] | None = None
         "experiment": name,
         "runs": status,
         "code_versions": codes,
-        "mixed_code_versions": len(distinct) > 1,
+        "mixed_code_versions": len(distinct_codes(codes)) > 1,
         "results_versions": versions,
         "rows": rows,
         "summary": summarize(rows, grid_keys),
@@ -180,6 +179,11 @@ def point_codes(folder: Path, run: dict) -> list[str]:
         rec.get("code", fallback) for rec in records if rec and rec.get("status") == "finished"
     }
     return sorted(codes or {fallback})
+
+
+def distinct_codes(codes: dict[str, list[str]]) -> list[str]:
+    """Every code version of the runs' units (``codes``: run -> :func:`point_codes`)."""
+    return sorted({code for run in codes.values() for code in run})
 
 
 def score_agreement(scores: list[dict], k_max: int) -> dict | None:
@@ -217,7 +221,7 @@ def render_markdown(results: dict) -> str:
     if results["mixed_code_versions"]:
         lines += [
             "**Warning: these runs were made by different code versions: "
-            + ", ".join(sorted({c for point in results["code_versions"].values() for c in point}))
+            + ", ".join(distinct_codes(results["code_versions"]))
             + ".**",
             "",
         ]

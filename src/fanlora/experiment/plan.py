@@ -73,9 +73,10 @@ def score_seconds(params: dict, costs: dict) -> float | None:
     if method == "ab":
         return costs["modules"] * examples * per["ab_per_module_example"]
     if method in SCORE_METHODS_PER_EXAMPLE:
-        first = examples * per[f"{SCORE_METHODS_PER_EXAMPLE[method]}_per_example"]
-        refined = REFINED_SHARE * costs["modules"] * examples * per["ab_per_module_example"]
-        return first + (refined if params.get("refine") else 0.0)
+        seconds = examples * per[f"{SCORE_METHODS_PER_EXAMPLE[method]}_per_example"]
+        if params.get("refine"):
+            seconds += REFINED_SHARE * costs["modules"] * examples * per["ab_per_module_example"]
+        return seconds
     return None
 
 
