@@ -8,7 +8,8 @@ import yaml
 
 from fanlora.cli.main import main
 from fanlora.errors import FanLoRAError
-from fanlora.experiment.grid import load_experiment, run_experiment
+from fanlora.experiment.grid import compare_axis, load_experiment, run_experiment
+from fanlora.experiment.paired import axis_markdown, axis_summary, values_by_example
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
@@ -491,8 +492,6 @@ def test_compare_pairs_each_value_of_a_grid_key_with_the_first_by_seed_and_row(
 ):
     """`compare: engine`: FanLoRA on the paper's setting against FanLoRA on the vLLM-aware
     setting, the difference recomputed from the two runs' predictions."""
-    from fanlora.experiment.paired import values_by_example
-
     path = grid_file(tmp_path, {"seed": [0], "engine": [None, "vllm"]}, methods=["fanlora"])
     doc = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**doc, "compare": "engine"}, sort_keys=False))
@@ -509,6 +508,47 @@ def test_compare_pairs_each_value_of_a_grid_key_with_the_first_by_seed_and_row(
     bad.write_text(bad.read_text() + "compare: seed\n")
     with pytest.raises(FanLoRAError, match="'compare' must name a grid key with 2 or more"):
         load_experiment(bad)
+
+
+def test_compare_a_linked_key_against_a_chosen_reference_value(tmp_path):
+    """Figure 3's axis: `compare: k_max+downstream.rank` with `compare_reference: [2, 12]`
+    pairs K_max 2 against K_max 1 by seed and test row, whatever the order in the grid."""
+    grid = {"seed": [0, 1], "k_max+downstream.rank": [[1, 24], [2, 12]]}
+    doc = {"name": "t", "run": {}, "out": str(tmp_path / "runs"), "grid": grid}
+    doc |= {"compare": "k_max+downstream.rank", "compare_reference": [2, 12]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    axis = compare_axis(path)
+    assert axis == ("k_max+downstream.rank", [[2, 12], [1, 24]])
+    # seed s, K_max k: right on rows 0..3 except the rows listed
+    wrong = {(0, 2): [3], (0, 1): [2, 3], (1, 2): [], (1, 1): [0]}
+    rows = []
+    for (seed, k_max), misses in wrong.items():
+        point = f"seed={seed},k_max={k_max}"
+        folder = tmp_path / "runs" / point / "5-eval" / "mc" / "fanlora"
+        folder.mkdir(parents=True)
+        lines = [{"uid": str(i), "values": {"accuracy": float(i not in misses)}} for i in range(4)]
+        (folder / "predictions.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        rank = 12 if k_max == 2 else 24
+        row = {"point": point, "seed": seed, "k_max": k_max, "downstream.rank": rank}
+        rows.append(row | {"task": "mc", "method": "fanlora"})
+    keys = ["k_max", "downstream.rank"]
+    (along,) = axis_summary(rows, tmp_path / "runs", keys, ["seed"], *axis)
+    assert (along["a"], along["b"], along["seeds"]) == ([2, 12], [1, 24], 2)
+    assert along["diff"] == pytest.approx((25 + 25) / 2)  # seed 0: 1 row of 4; seed 1: 1 of 4
+    assert "k_max" not in along and "downstream.rank" not in along
+    text = "\n".join(axis_markdown([along, {**along, "seeds": 1}], []))
+    assert "## k_max+downstream.rank = [2, 12] against each other" in text
+    assert text.count("(one seed: rows only)") == 1
+    for extra, message in [
+        ({"compare_reference": [3, 8]}, r"'compare_reference' \[3, 8\] is not one of"),
+        ({"compare": "seed+k_max"}, "'compare' must name a grid key with 2 or more values"),
+        ({"compare": None}, "'compare_reference' needs a 'compare' key"),
+    ]:
+        bad = {**doc, **extra, "grid": {**grid, "seed+k_max": [[0, 1], [1, 2]]}}
+        path.write_text(yaml.safe_dump({k: v for k, v in bad.items() if v is not None}))
+        with pytest.raises(FanLoRAError, match=message):
+            load_experiment(path)
 
 
 def test_a_scorer_is_costed_against_2n_plus_2_evaluations_and_exact_fast(tmp_path):

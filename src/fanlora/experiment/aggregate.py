@@ -254,7 +254,7 @@ def render_markdown(results: dict) -> str:
         lines += ["", *paired_markdown(results["paired"], varying_keys(summary))]
     if results.get("axis_paired"):
         axis = results["axis_paired"][0]["axis"]
-        keys = [k for k in varying_keys(summary) if k != axis]
+        keys = [k for k in varying_keys(summary) if k not in axis.split("+")]
         lines += ["", *axis_markdown(results["axis_paired"], keys)]
     agree = results.get("score_agreement")
     if agree:

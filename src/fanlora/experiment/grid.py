@@ -108,15 +108,25 @@ def reuse_folders(path: str | Path) -> list[Path]:
 
 
 def compare_axis(path: str | Path) -> tuple[str, list] | None:
-    """(``compare:`` key, its grid values) of the experiment file, or None."""
+    """(``compare:`` key, its grid values, ``compare_reference:`` first) of the experiment
+    file, or None. The key may be linked (``k_max+downstream.rank``), not with the seed."""
     doc = load_yaml(path)
     axis = doc.get("compare")
     if axis is None:
+        if "compare_reference" in doc:
+            raise FanLoRAError(f"{path}: 'compare_reference' needs a 'compare' key")
         return None
     values = (doc.get("grid") or {}).get(axis)
-    if not isinstance(values, list) or len(values) < 2 or "+" in str(axis):
-        raise FanLoRAError(f"{path}: 'compare' must name a grid key with 2 or more values")
-    return str(axis), values
+    if not isinstance(values, list) or len(values) < 2 or "seed" in str(axis).split("+"):
+        raise FanLoRAError(
+            f"{path}: 'compare' must name a grid key with 2 or more values, not the seed"
+        )
+    reference = doc.get("compare_reference", values[0])
+    if reference not in values:
+        raise FanLoRAError(
+            f"{path}: 'compare_reference' {reference!r} is not one of {axis}'s values {values}"
+        )
+    return str(axis), [reference, *(v for v in values if v != reference)]
 
 
 def run_folders(path: Path) -> list[Path]:
@@ -131,7 +141,7 @@ def load_experiment(path: str | Path) -> tuple[str, Path, list[Point]]:
     """(name, output folder, points), every point's config validated."""
     path = Path(path)
     doc = load_yaml(path)
-    known = ("name", "run", "out", "grid", "reuse", "compare", "prune")
+    known = ("name", "run", "out", "grid", "reuse", "compare", "compare_reference", "prune")
     unknown = sorted(set(doc) - set(known))
     if unknown:
         raise FanLoRAError(f"{path}: unknown key(s) {unknown}; known: {', '.join(known)}")

@@ -124,17 +124,24 @@ def compare_pairs(pairs: list[tuple[Path, Path, str]]) -> dict | None:
     }
 
 
+def axis_value(row: dict, axis: str) -> str:
+    """A row's value of the ``axis`` grid key as text; a linked key's values as a list
+    (``k_max+downstream.rank`` gives ``"[2, 12]"``, as the grid writes it)."""
+    parts = axis.split("+")
+    return str([row.get(k) for k in parts] if len(parts) > 1 else row.get(axis))
+
+
 def axis_summary(
     rows: list[dict], out: Path, keys: list[str], seeds: list[str], axis: str, values: list
 ) -> list[dict]:
     """The same method at ``axis`` = ``values[0]`` (A) against each other value (B), paired
     by seed and test row, within each group of the other grid values and task."""
-    others = [k for k in keys if k != axis]
+    others = [k for k in keys if k not in axis.split("+")]
     groups: dict[tuple, dict[tuple, dict]] = {}
     for row in rows:
         group = tuple(str(row.get(k)) for k in [*others, "task", "method"])
         replicate = tuple(str(row.get(k)) for k in seeds)
-        groups.setdefault(group, {}).setdefault(replicate, {})[str(row.get(axis))] = row
+        groups.setdefault(group, {}).setdefault(replicate, {})[axis_value(row, axis)] = row
     found = []
     for by_seed in groups.values():
         first = next(iter(next(iter(by_seed.values())).values()))
@@ -179,7 +186,8 @@ def axis_markdown(paired: list[dict], keys: list[str]) -> list[str]:
             f"{p['diff']:+.1f}",
             f"[{p['ci_low']:+.1f}, {p['ci_high']:+.1f}] ("
             + ", ".join(_p_text(t["p"]) for t in p["per_seed"])
-            + f"; {p['per_seed'][0]['test']})",
+            + f"; {p['per_seed'][0]['test']})"
+            + (" (one seed: rows only)" if p["seeds"] == 1 else ""),
         ]
         for p in paired
     ]
