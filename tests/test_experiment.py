@@ -597,3 +597,24 @@ def test_a_scorer_is_costed_against_2n_plus_2_evaluations_and_exact_fast(tmp_pat
     assert row3["unit_seconds"] == 2.0 and row3["x_straightforward"] == 14.0
     assert row3["x_exact"] == 5.0
     assert plot_scorers([row, row2], tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_method_that_prunes_its_ranks_is_counted_by_what_it_keeps(tmp_path):
+    """AdaLoRA trains its initial ranks but keeps its target budget: the results count the
+    kept LoRA-equivalent parameters (run.json ``kept_params``), every other method its
+    trainable ones."""
+    from fanlora.experiment.aggregate import point_rows
+    from fanlora.run_layout import RunLayout
+
+    path = grid_file(tmp_path, {"seed": [0]}, methods=["fanlora", "adalora"])
+    _, out, (point,) = load_experiment(path)
+    layout = RunLayout(out / point.name)
+    for method, extra in (("fanlora", {}), ("adalora", {"kept_params": 300})):
+        for path, doc in (
+            (layout.trained_run("yesno", method), {"trainable_params": 400} | extra),
+            (layout.metrics("yesno", method), {"metric": "accuracy", "value": 50.0, "examples": 4}),
+        ):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(doc))
+    rows = point_rows(point, out / point.name)
+    assert {r["method"]: r["trainable_params"] for r in rows} == {"fanlora": 400, "adalora": 300}

@@ -187,15 +187,20 @@ def test_a_report_that_must_run_does_not_revive_pruned_units(finished, tasks_hom
 
 
 def test_a_methods_revision_keys_its_units_and_no_other(tmp_path):
-    """The random placement's matched rank (revision 1) changed what its units train, so
-    their keys changed; every other unit keeps the key it had."""
+    """The random placement's matched rank and AdaLoRA's fractional target rank (revision 1
+    each) changed what their units train, so their keys changed; every other unit keeps
+    the key it had."""
     from fanlora.pipeline.run import build_units
     from fanlora.pipeline.stages import RunDir
 
-    cfg = tiny_cfg(methods=["fanlora", "lora", "random"])
+    cfg = tiny_cfg(methods=["fanlora", "lora", "random", "adalora"])
     units = {u.name: u for u in build_units(cfg, RunDir(tmp_path / "run"))}
-    assert units["4-downstream/yesno/random"].params["method_revision"] == 1
-    assert not any("method_revision" in u.params for n, u in units.items() if "random" not in n)
+    revised = {
+        n: u.params["method_revision"] for n, u in units.items() if "method_revision" in u.params
+    }
+    step4 = [n for n in units if n.startswith("4-downstream/")]
+    assert revised == {n: 1 for n in step4 if n.endswith(("/random", "/adalora"))}
+    assert len(revised) == 2 * len(cfg.tasks)
 
 
 def test_from_stage_forces_that_stage_and_later(finished, tasks_home, tmp_path):

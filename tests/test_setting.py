@@ -235,6 +235,30 @@ def test_adalora_starts_at_one_and_a_half_times_its_matched_target_rank(smollm2_
     assert (init, target) == (6, 4) and match.got == 4 * every
 
 
+def test_adalora_matches_a_small_budget_with_a_fractional_target_rank(smollm2_layout):
+    """FanLoRA at r1 = 4 (456,192 parameters) is 1.49 triplets per module on average: an
+    integer target rank (1) would keep a third less; T = round(P* N / every) = 314 of 210
+    modules comes within 0.1%, and starts from init rank 2 (1.5 x the rounded average)."""
+    from fanlora.select.budget import adalora_ranks, per_rank
+
+    every = sum(per_rank(smollm2_layout, k) for k in smollm2_layout.kinds)
+    init, target, match = adalora_ranks(smollm2_layout, 456_192)
+    assert init == 2 and target * 210 == pytest.approx(314)
+    assert match.got == round(314 * every / 210) and abs(match.ratio - 1) < 0.001
+    assert abs(every / 456_192 - 1) > 0.3  # what the integer rank 1 would have kept
+
+
+def test_adalora_kept_parameters_count_each_kept_triplet_at_its_modules_shape(smollm2_layout):
+    """kept = sum over modules of kept triplets x (d_in + d_out); a module the pattern does
+    not name keeps nothing."""
+    from fanlora.select.budget import adalora_kept_params
+
+    q0, down5 = smollm2_layout.name(0, "q"), smollm2_layout.name(5, "down")
+    pattern = {f"{q0}.lora_E": [True, False, True], f"{down5}.lora_E": [False, True, False]}
+    q, down = (sum(smollm2_layout.shapes[k]) for k in ("q", "down"))
+    assert adalora_kept_params(smollm2_layout, pattern) == 2 * q + down == 2 * 1152 + 2112
+
+
 def test_kind_ranks_reach_peft_with_alpha_twice_each_rank(smollm2_layout):
     from fanlora.train import TrainConfig
     from fanlora.train.methods import build_peft_config

@@ -256,6 +256,8 @@ def test_killed_mid_save_leaves_previous_checkpoint_loadable(tmp_path, data_file
         ({"rank": 0}, "rank must be >= 1"),
         ({"method": "fanlora"}, "needs --setting"),
         ({"method": "dora"}, "unknown method"),
+        ({"adalora_target_rank": 0}, "adalora_target_rank must be above 0"),
+        ({"adalora_target_rank": 13}, r"at most adalora_init_rank \(12\), got 13"),
     ],
 )
 def test_bad_configs(data_file, overrides, message):
@@ -433,6 +435,29 @@ def test_a_pruned_adalora_adapter_loads_whole_and_quietly(tmp_path, data_file):
             else key + ".default"
         )
         assert torch.equal(params[name].detach(), value), key
+
+
+def test_adalora_prunes_to_a_fractional_average_target_rank_and_records_what_it_keeps(
+    tmp_path, data_file
+):
+    """Average target rank a = 1.5 over the N modules: the allocator's total is round(a N)
+    triplets (PEFT's own total is an integer target_r x N), the trained adapter keeps
+    exactly that many, and run.json counts them at their modules' shapes."""
+    from fanlora.models.adapters import attach_adapter
+    from fanlora.select.budget import adalora_kept_params
+
+    out = tmp_path / "adalora"
+    c = cfg(
+        data_file, method="adalora", adalora_init_rank=3, adalora_target_rank=1.5, eval_every=12
+    )
+    record = train(c, out, log=lambda _: None)
+    pattern = json.loads((out / "adapter_config.json").read_text())["rank_pattern"]
+    layout = discover_layout(load_model("tiny-random-llama")[0])
+    assert sum(sum(mask) for mask in pattern.values()) == round(1.5 * len(layout.all_names()))
+    assert record["kept_params"] == adalora_kept_params(layout, pattern) > 0
+    assert json.loads((out / "run.json").read_text())["kept_params"] == record["kept_params"]
+    assert any(not any(mask) for mask in pattern.values())  # some modules keep nothing ...
+    attach_adapter(load_model("tiny-random-llama")[0], out, "tiny-random-llama")  # ... and load
 
 
 # --- issue 15: numbers you can trust -------------------------------------------------

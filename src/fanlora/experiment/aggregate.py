@@ -87,7 +87,9 @@ def point_rows(point, folder: Path) -> list[dict]:
                     "metric": doc["metric"],
                     "value": doc["value"],
                     "examples": doc["examples"],
-                    "trainable_params": trained.get("trainable_params", 0),
+                    # a method that prunes its ranks (AdaLoRA) is counted by what it keeps
+                    "trainable_params": trained.get("kept_params")
+                    or trained.get("trainable_params", 0),
                 }
             )
     return rows
@@ -248,6 +250,11 @@ def render_markdown(results: dict) -> str:
                 )
                 + " |"
             )
+        lines += [
+            "",
+            "params: trainable parameters; for a method that prunes its ranks (AdaLoRA), the "
+            "LoRA-equivalent parameters its adapter keeps.",
+        ]
     if best := best_on_dev(summary):
         lines += ["", *best_markdown(best)]
     if results.get("paired"):

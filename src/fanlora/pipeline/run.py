@@ -41,6 +41,7 @@ from fanlora.utils.devices import is_main_rank, process_state
 from fanlora.utils.io import read_json
 
 TRAIN_OUTPUTS = ("adapter_config.json", "adapter_model.safetensors", "run.json")
+TRAIN_SUMMARY = ("trainable_params", "steps", "best_dev_loss", "train_examples", "wall_time_s")
 TEST_DRAW_SEED = 0
 
 
@@ -63,10 +64,10 @@ def train_unit(
         extra.update(matched_ranks(cfg, section, extra.get("setting"), _log(run_dir)))
         tc = TrainConfig(**{**params, **extra})
         record = train(tc, str(folder), resume=True, log=_log(run_dir))
-        return {
-            k: record.get(k)
-            for k in ("trainable_params", "steps", "best_dev_loss", "train_examples", "wall_time_s")
-        } | {"method": tc.method, "rank": tc.rank, "data": tc.data}
+        summary = {k: record.get(k) for k in TRAIN_SUMMARY}
+        if "kept_params" in record:  # a method that prunes its ranks (AdaLoRA)
+            summary["kept_params"] = record["kept_params"]
+        return summary | {"method": tc.method, "rank": tc.rank, "data": tc.data}
 
     key_params = {**params, "budget": cfg.budget} if setting_unit else params
     if revision := get_method(section.get("method", "")).revision:

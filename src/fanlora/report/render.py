@@ -67,6 +67,8 @@ def downstream_section(run: Path, cfg: dict) -> tuple[str, list[str]]:
             trained = read_json_if_present(RunLayout(run).trained_run(task, method))
             if trained:
                 params = f"{trained['trainable_params']:,}"
+                if "kept_params" in trained:  # a method that prunes its ranks (AdaLoRA)
+                    params += f" ({trained['kept_params']:,} kept)"
                 rank = rank_text(trained["config"]) if is_ranked(method) else "-"
             doc = read_json_if_present(RunLayout(run).metrics(task, method))
             if doc is None:

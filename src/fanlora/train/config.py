@@ -37,7 +37,10 @@ class TrainConfig(DeviceOptions):
     dropout: float = field(default=0.05, **_help("LoRA dropout"))
     setting: str | None = field(default=None, **_help("setting JSON (fanlora, random)"))
     adalora_init_rank: int = field(default=12, **_help("AdaLoRA initial rank per module"))
-    adalora_target_rank: int = field(default=8, **_help("AdaLoRA average target rank"))
+    adalora_target_rank: float = field(
+        default=8,
+        **_help("AdaLoRA average target rank; a fraction keeps round(rank x modules) in all"),
+    )
     ia3_kinds: list[str] = field(
         default_factory=lambda: ["q", "k", "up"],
         **_help("(IA)3 module kinds (paper: query, key, up)"),
@@ -72,7 +75,6 @@ class TrainConfig(DeviceOptions):
             self,
             "rank",
             "adalora_init_rank",
-            "adalora_target_rank",
             "micro_batch_size",
             "max_length",
             "eval_every",
@@ -91,6 +93,11 @@ class TrainConfig(DeviceOptions):
         if method.needs_setting and not self.setting:
             raise FanLoRAError(f"method {self.method!r} needs --setting SETTING.json")
         self.runtime()  # a device this machine lacks, or fp16 on a CPU, is refused here
+        if not 0 < self.adalora_target_rank <= self.adalora_init_rank:
+            raise FanLoRAError(
+                "adalora_target_rank must be above 0 and at most adalora_init_rank "
+                f"({self.adalora_init_rank}), got {self.adalora_target_rank}"
+            )
         if not 0 <= self.warmup_ratio < 1:
             raise FanLoRAError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 

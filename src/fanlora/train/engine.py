@@ -120,6 +120,7 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(self.peft_model, optimizer)
         self.data, self.pad_id = data, tokenizer.pad_token_id
         self.method = get_method(self.cfg.method)
+        self.method.setup(self.peft_model, self.cfg)
         self.state = TrainState()
 
     def resume(self) -> None:

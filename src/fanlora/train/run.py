@@ -10,9 +10,10 @@ from fanlora.modules import discover_layout
 from fanlora.select import FanLoRASetting
 from fanlora.train.config import TrainConfig
 from fanlora.train.engine import Trainer, prepare_data
-from fanlora.train.methods import build_peft_config
+from fanlora.train.methods import build_peft_config, get_method
 from fanlora.train.outputs import RunFolder, config_hash
 from fanlora.utils.devices import cpu_has_native_bf16
+from fanlora.utils.io import read_json
 from fanlora.utils.versions import versions
 
 
@@ -77,6 +78,11 @@ def train(
         if state.best_step < 0:
             raise FanLoRAError("training ended without an evaluation; nothing to publish")
         folder.publish_best()
+        kept = get_method(cfg.method).kept_params(
+            read_json(folder.path / "adapter_config.json", "adapter config"), layout
+        )
+        if kept is not None:
+            record["kept_params"] = kept
         record.update(
             status="finished",
             steps=state.step,

@@ -1,8 +1,10 @@
 """AdaLoRA (PEFT): SVD-form LoRA on every module whose ranks are pruned by importance.
 
-PEFT's budget schedule: warm up ``tinit`` steps at ``init_r``, prune to the average
-``target_r`` by ``total_step - tfinal``, reallocating every ``deltaT`` steps
-(``update_and_allocate`` after each optimizer step). Its orthogonality penalty is added once
+PEFT's budget schedule: warm up ``tinit`` steps at ``init_r``, prune to a total of
+``target_r x N`` singular triplets over the N modules by ``total_step - tfinal``,
+reallocating every ``deltaT`` steps (``update_and_allocate`` after each optimizer step).
+PEFT's ``target_r`` is an integer; a fractional average target rank a sets the allocator's
+total to round(a N) directly (PEFT has no option for it). Its orthogonality penalty is added once
 per step (:func:`~fanlora.models.losses.orthogonal_penalty`), and the rank allocator's state
 is checkpointed so a resumed run continues exactly.
 """
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from peft import AdaLoraConfig, TaskType
 
 from fanlora.models.losses import orthogonal_penalty
-from fanlora.select.budget import adalora_ranks
+from fanlora.select.budget import adalora_kept_params, adalora_ranks
 from fanlora.train.methods.base import Method, register
 
 ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
@@ -32,7 +34,7 @@ class AdaLoRA(Method):
         return AdaLoraConfig(
             task_type=TaskType.CAUSAL_LM,
             init_r=cfg.adalora_init_rank,
-            target_r=cfg.adalora_target_rank,
+            target_r=max(1, round(cfg.adalora_target_rank)),
             lora_alpha=self.alpha(cfg),
             lora_dropout=cfg.dropout,
             target_modules=layout.all_names(),
@@ -45,6 +47,15 @@ class AdaLoRA(Method):
     def match_budget(self, setting, target, seed):
         init, rank, match = adalora_ranks(setting.layout, target)
         return {"adalora_target_rank": rank, "adalora_init_rank": init}, match
+
+    def setup(self, peft_model, cfg):
+        """The allocator's total, round(a N), for a fractional average target rank a."""
+        allocator = peft_model.base_model.rankallocator
+        allocator.target_bgt = max(1, round(cfg.adalora_target_rank * len(allocator.name_set)))
+
+    def kept_params(self, adapter_config, layout):
+        pattern = adapter_config.get("rank_pattern")
+        return adalora_kept_params(layout, pattern) if pattern else None
 
     def step_loss(self, peft_model):
         config = peft_model.peft_config[peft_model.active_adapter]
@@ -73,6 +84,7 @@ register(
         "adalora",
         "AdaLoRA on every module (init rank, average target rank)",
         matched=True,
+        revision=1,  # 1: a fractional average target rank (the total budget matched)
         batched_serving=False,
         vllm_serving=False,
         step_loss_name="orth_penalty",

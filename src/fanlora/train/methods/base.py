@@ -60,6 +60,14 @@ class Method:
         when the method's budget is its own. ``seed`` is the run's (drawn placements)."""
         return None
 
+    def setup(self, peft_model, cfg) -> None:
+        """Called once after ``get_peft_model``, before a checkpoint is restored."""
+
+    def kept_params(self, adapter_config: dict, layout: ModuleLayout) -> int | None:
+        """LoRA-equivalent parameters a trained adapter keeps when it keeps fewer than it
+        trains (a method that prunes its ranks), from its ``adapter_config.json``; else None."""
+        return None
+
     def step_loss(self, peft_model) -> torch.Tensor | None:
         """A weighted term added to the loss once per optimizer step, logged apart (None)."""
         return None
