@@ -485,6 +485,10 @@ def test_the_plan_refuses_a_grid_over_budget_and_a_pruned_grid_stays_done(
     run_experiment(path, log=lambda _: None)
     again = (run / "pipeline.log").read_text()[seen:]
     assert "skipped" in again and ": starts" not in again and ": resumes" not in again
+    # a unit that must run and reads pruned weights: the plan counts their retraining
+    (run / "5-eval" / "yesno" / "lora" / "stage.json").unlink()
+    todo = {p.unit.name for p in plan(points, out, [], COSTS)}
+    assert todo == {"4-downstream/yesno/lora", "5-eval/yesno/lora"}
 
 
 def test_compare_pairs_each_value_of_a_grid_key_with_the_first_by_seed_and_row(

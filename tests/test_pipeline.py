@@ -160,6 +160,33 @@ def test_pruned_weights_keep_a_unit_done_until_a_unit_that_must_run_reads_them(
     assert adapter.read_bytes() == before  # recomputed, the same weights
 
 
+def test_pruned_weights_put_back_with_their_hash_are_not_trained_again(
+    finished, tasks_home, tmp_path
+):
+    """A pruned adapter restored from git history (its recorded hash) serves the unit that
+    must read it; a file that is not the one recorded does not (session 27: table 1's
+    decoding unit would have retrained four adapters that git still held)."""
+    from fanlora.pipeline.run import build_units
+    from fanlora.pipeline.stages import RunDir, assign_keys
+
+    out = copy_run(finished, tmp_path)
+    run_dir = RunDir(out)
+    units = {u.name: u for u in build_units(tiny_cfg(), run_dir)}
+    assign_keys(list(units.values()))
+    unit = units["4-downstream/yesno/fanlora"]
+    adapter = out / "4-downstream/yesno/fanlora/adapter_model.safetensors"
+    before = adapter.read_bytes()
+    assert run_dir.prune(unit, ("adapter_model.safetensors",))
+    adapter.write_bytes(before[:-1] + bytes([before[-1] ^ 1]))  # not the recorded file
+    assert run_dir.pruned(unit) == ["adapter_model.safetensors"]
+    adapter.write_bytes(before)  # put back as recorded
+    assert run_dir.pruned(unit) == []
+    data = tiny_data()
+    data["evaluation"]["limit"] = 3  # every evaluation must run and reads the adapter
+    _, ran = run_quiet(run_config_from(data, "test"), out)
+    assert "5-eval/yesno/fanlora" in ran and "4-downstream/yesno/fanlora" not in ran
+
+
 def test_method_lr_gives_each_method_its_own_step_4_learning_rate(tmp_path):
     from fanlora.pipeline.run import build_units
     from fanlora.pipeline.stages import RunDir

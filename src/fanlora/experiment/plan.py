@@ -2,7 +2,8 @@
 
 Every point's units are built (as the pipeline would) with their keys; a unit already done
 in its run folder or in a ``reuse`` folder, or shared with an earlier point (same key), is
-not counted. The rest are estimated from measured unit costs on this machine
+not counted, unless its weights were pruned and a unit that must run reads them (the
+pipeline then trains it again). The rest are estimated from measured unit costs on this machine
 (``configs/measured/unit-costs.yaml``, written by ``python bench/unit_costs.py``):
 
 - training (steps 1 and 4): examples x mean tokens / training tokens per second, plus the dev
@@ -25,7 +26,7 @@ from pathlib import Path
 from fanlora.config import load_yaml
 from fanlora.data.registry import split_size
 from fanlora.pipeline.run import build_units
-from fanlora.pipeline.stages import RunDir, Unit, assign_keys
+from fanlora.pipeline.stages import RunDir, Unit, assign_keys, revived
 from fanlora.train.config import TrainConfig
 
 COSTS_FILE = Path(__file__).resolve().parents[3] / "configs" / "measured" / "unit-costs.yaml"
@@ -110,11 +111,13 @@ def plan(points, out: Path, reuse: list[Path], costs: dict) -> list[PlannedUnit]
         run_dir = RunDir(out / point.name)
         units = build_units(point.config, run_dir)
         assign_keys(units)
+        revive = revived(run_dir, units, set())  # pruned weights a unit that runs reads
         for unit in units:
             if unit.key in seen or unit.stage == "report":
                 continue
             seen.add(unit.key)
-            if run_dir.is_done(unit) or any(o.is_done(unit) for o in others):
+            done = run_dir.is_done(unit) or any(o.is_done(unit) for o in others)
+            if done and unit.name not in revive:
                 continue
             todo.append(PlannedUnit(point.name, unit, unit_seconds(unit, costs)))
     return todo

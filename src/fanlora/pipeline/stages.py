@@ -172,9 +172,17 @@ class RunDir:
         )
 
     def pruned(self, unit: Unit) -> list[str]:
-        """The outputs of a finished unit that were pruned (removed on purpose)."""
+        """The outputs of a finished unit that were pruned (removed on purpose) and are still
+        missing: one put back with its recorded hash (from git history) is there again."""
         rec = self.record(unit)
-        return list(rec.get("pruned", [])) if rec and rec.get("key") == unit.key else []
+        if not rec or rec.get("key") != unit.key:
+            return []
+        folder, hashes = self.folder(unit), rec.get("outputs", {})
+        return [
+            p
+            for p in rec.get("pruned", [])
+            if not ((folder / p).is_file() and file_hash(folder / p) == hashes.get(p))
+        ]
 
     def prune(self, unit: Unit, names: tuple[str, ...]) -> list[str]:
         """Remove outputs ``names`` (and the training folders ``checkpoints`` and ``best``,
