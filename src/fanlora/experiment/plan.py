@@ -3,8 +3,8 @@
 Every point's units are built (as the pipeline would) with their keys; a unit already done
 in its run folder or in a ``reuse`` folder, or shared with an earlier point (same key), is
 not counted, unless its weights were pruned and a unit that must run reads them (the
-pipeline then trains it again). The rest are estimated from measured unit costs on this machine
-(``configs/measured/unit-costs.yaml``, written by ``python bench/unit_costs.py``):
+pipeline then trains it again). The rest are estimated from measured unit costs on this
+machine (``configs/measured/unit-costs.yaml``, written by ``python bench/unit_costs.py``):
 
 - training (steps 1 and 4): examples x mean tokens / training tokens per second, plus the dev
   evaluations: (steps / eval_every + 1) x eval_examples x mean tokens / forward tokens per s;

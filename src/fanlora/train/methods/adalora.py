@@ -4,9 +4,9 @@ PEFT's budget schedule: warm up ``tinit`` steps at ``init_r``, prune to a total 
 ``target_r x N`` singular triplets over the N modules by ``total_step - tfinal``,
 reallocating every ``deltaT`` steps (``update_and_allocate`` after each optimizer step).
 PEFT's ``target_r`` is an integer; a fractional average target rank a sets the allocator's
-total to round(a N) directly (PEFT has no option for it). Its orthogonality penalty is added once
-per step (:func:`~fanlora.models.losses.orthogonal_penalty`), and the rank allocator's state
-is checkpointed so a resumed run continues exactly.
+total to round(a N) directly (PEFT has no option for it). Its orthogonality penalty is added
+once per step (:func:`~fanlora.models.losses.orthogonal_penalty`), and the rank allocator's
+state is checkpointed so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class AdaLoRA(Method):
         return {"adalora_target_rank": rank, "adalora_init_rank": init}, match
 
     def setup(self, peft_model, cfg):
-        """The allocator's total, round(a N), for a fractional average target rank a."""
+        """The allocator's total, round(a N), for a fractional average target rank a: set
+        by hand because PEFT's only handle on it is the integer ``target_r`` (x N)."""
         allocator = peft_model.base_model.rankallocator
         allocator.target_bgt = max(1, round(cfg.adalora_target_rank * len(allocator.name_set)))
 
