@@ -93,6 +93,11 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def as_written(path: Path, digest: str | None) -> bool:
+    """Whether ``path`` is there with the hash recorded when its unit wrote it."""
+    return path.is_file() and file_hash(path) == digest
+
+
 def unit_key(unit: Unit, dep_keys: list[str]) -> str:
     blob = json.dumps(
         [RUN_FORMAT_VERSION, RESULTS_VERSION, unit.params, dep_keys], sort_keys=True, default=str
@@ -167,8 +172,7 @@ class RunDir:
             return False
         folder, pruned = self.folder(unit), set(rec.get("pruned", []))
         return all(
-            p in pruned or ((folder / p).is_file() and file_hash(folder / p) == h)
-            for p, h in rec.get("outputs", {}).items()
+            p in pruned or as_written(folder / p, h) for p, h in rec.get("outputs", {}).items()
         )
 
     def pruned(self, unit: Unit) -> list[str]:
@@ -178,11 +182,7 @@ class RunDir:
         if not rec or rec.get("key") != unit.key:
             return []
         folder, hashes = self.folder(unit), rec.get("outputs", {})
-        return [
-            p
-            for p in rec.get("pruned", [])
-            if not ((folder / p).is_file() and file_hash(folder / p) == hashes.get(p))
-        ]
+        return [p for p in rec.get("pruned", []) if not as_written(folder / p, hashes.get(p))]
 
     def prune(self, unit: Unit, names: tuple[str, ...]) -> list[str]:
         """Remove outputs ``names`` (and the training folders ``checkpoints`` and ``best``,
