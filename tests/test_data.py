@@ -1,5 +1,6 @@
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -90,6 +91,24 @@ def test_data_list_prints_counts(prepared, capsys):
 def test_missing_cache_says_what_to_run(home):
     with pytest.raises(FanLoRAError, match="fanlora data prepare"):
         load_split("squad", "train")
+
+
+def test_index_without_the_release_says_how_to_use_a_copy(home, monkeypatch, capsys):
+    """pip's "No matching distribution" (the index lacks bigbench 1.0.0, as seen on
+    2026-12-06) is a clear error naming --archive; nothing half-made is left."""
+    index = "ERROR: No matching distribution found for bigbench==1.0.0 (from versions: 0.0.1)"
+
+    def fake_run(cmd, **_):
+        failed = "download" in cmd
+        return subprocess.CompletedProcess(cmd, int(failed), "", index if failed else "")
+
+    monkeypatch.setattr("fanlora.data.bigbench.subprocess.run", fake_run)
+    assert main(["data", "prepare"]) != 0
+    err = capsys.readouterr().err
+    assert "from versions: 0.0.1" in err
+    assert "does not hold bigbench==1.0.0" in err and "--archive PATH" in err
+    assert not list((home / "data").glob(".tmp-*"))
+    assert not (home / "data" / "tasks").exists()
 
 
 def test_unknown_dataset_and_split(prepared):

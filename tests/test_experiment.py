@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from scipy.stats import spearmanr
 
 from fanlora.cli.main import main
 from fanlora.errors import FanLoRAError
@@ -79,20 +80,27 @@ def test_scoring_methods_are_set_against_the_exact_ab_score_of_the_same_adapter(
     tasks_home, tmp_path
 ):
     """A grid over scorers: table 4's agreement takes the exact AB files only, and every
-    other scorer is compared with the AB file of its own step-1 adapter (seed)."""
-    methods = [["ab", False], ["first-order", True]]
-    grid = {"until": ["setting"], "seed": [0, 1], "scoring.method+scoring.refine": methods}
+    other scorer is compared with the AB file of its own step-1 adapter (seed); a shorter
+    step 1 (table 6's less data) with the same seed's longer one's."""
+    methods = [[4, "ab", False], [4, "first-order", True], [2, "first-order", True]]
+    key = "full_lora.max_steps+scoring.method+scoring.refine"
+    grid = {"until": ["setting"], "seed": [0, 1], key: methods}
     results = run_experiment(grid_file(tmp_path, grid), log=lambda _: None)
     assert set(results["runs"].values()) == {"finished"}
     agreement = results["score_agreement"]["files"]
-    assert len(agreement) == 2 and all("=ab+False" in name for name in agreement)
+    assert len(agreement) == 2 and all("=4+ab+False" in name for name in agreement)
+    shorter = {r["seed"]: r for r in results["shorter_step1"]}
+    assert set(shorter) == {0, 1}
+    for seed, row in shorter.items():
+        assert row["run"] == f"seed={seed},{key}=2+first-order+True"
+        assert (row["step1_steps"], row["reference_steps"]) == (2, 4)
+        assert row["step1_s"] > 0 and row["reference_step1_s"] > 0
     rows = {(r["seed"], r["method"]): r for r in results["scorers"]}
     assert set(rows) == {(0, "first-order-refined"), (1, "first-order-refined")}
     runs = tmp_path / "runs"
     for (seed, method), row in rows.items():
-        ab = json.loads(
-            (runs / f"seed={seed},{grid_key(methods[0])}/2-scores/scores.json").read_text()
-        )
+        ab_run = runs / f"seed={seed},{key}=4+ab+False"
+        ab = json.loads((ab_run / "2-scores/scores.json").read_text())
         n = len(ab["scores"])
         assert row["straightforward_s"] == pytest.approx(
             (2 * n + 2) * ab["compute"]["full_evaluation_s"], rel=1e-3, abs=0.1
@@ -105,11 +113,10 @@ def test_scoring_methods_are_set_against_the_exact_ab_score_of_the_same_adapter(
     text = (runs / "results.md").read_text()
     assert "## Scoring methods against the exact AB-score" in text
     assert (runs / "scorers.png").read_bytes()[:4] == b"\x89PNG"
-    assert text.count("| first-order-refined |") == 3  # two seeds and their median
-
-
-def grid_key(pair) -> str:
-    return "scoring.method+scoring.refine=" + "+".join(str(v) for v in pair)
+    same_adapter, shorter_step1 = text.split("## A shorter step 1 against the exact AB-score")
+    assert same_adapter.count("| first-order-refined |") == 3  # two seeds and their median
+    assert shorter_step1.count("| first-order-refined | 2 | 4 |") == 2
+    assert (runs / "shorter-step1.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_crashing_run_is_reported_and_the_grid_goes_on(tasks_home, tmp_path, monkeypatch):
@@ -555,26 +562,28 @@ def test_compare_a_linked_key_against_a_chosen_reference_value(tmp_path):
             load_experiment(path)
 
 
-def test_a_scorer_is_costed_against_2n_plus_2_evaluations_and_exact_fast(tmp_path):
-    """compare_scorer's arithmetic on hand-made files: 6 modules, one evaluation of D_val
-    took 2 s, so straightforward is (2 x 6 + 2) x 2 = 28 s; exact fast took 10 s in units."""
-    from fanlora.experiment.scorers import compare_scorer, plot_scorers, scorer_summary
+def doc(method, scores, **compute):
+    """A hand-made scores.json: 2 layers of q, k, v, ``scores`` in that order."""
     from fanlora.modules.discovery import ModuleLayout
 
     layout = ModuleLayout("M", "llama", "model.layers", 2, {"q": "q", "k": "k", "v": "v"})
     keys = [(layer, kind) for layer in range(2) for kind in "qkv"]
+    records = [
+        {"layer": l_, "module": k, "score": s} for (l_, k), s in zip(keys, scores, strict=True)
+    ]
+    return {
+        "method": method,
+        "seed": 0,
+        "layout": layout.to_dict(),
+        "scores": records,
+        "compute": compute,
+    }
 
-    def doc(method, scores, **compute):
-        records = [
-            {"layer": l_, "module": k, "score": s} for (l_, k), s in zip(keys, scores, strict=True)
-        ]
-        return {
-            "method": method,
-            "seed": 0,
-            "layout": layout.to_dict(),
-            "scores": records,
-            "compute": compute,
-        }
+
+def test_a_scorer_is_costed_against_2n_plus_2_evaluations_and_exact_fast(tmp_path):
+    """compare_scorer's arithmetic on hand-made files: 6 modules, one evaluation of D_val
+    took 2 s, so straightforward is (2 x 6 + 2) x 2 = 28 s; exact fast took 10 s in units."""
+    from fanlora.experiment.scorers import compare_scorer, plot_scorers, scorer_summary
 
     exact = doc("ab", [3.0, 2.0, -1.0, 1.0, 2.0, 3.0], unit_seconds=10.0, full_evaluation_s=2.0)
     # same order everywhere but layer 1, where the second and third swap: same top 2 there
@@ -601,6 +610,63 @@ def test_a_scorer_is_costed_against_2n_plus_2_evaluations_and_exact_fast(tmp_pat
     assert row3["unit_seconds"] == 2.0 and row3["x_straightforward"] == 14.0
     assert row3["x_exact"] == 5.0
     assert plot_scorers([row, row2], tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_shorter_step1_is_set_against_the_longest_same_recipe_exact_ab(tmp_path):
+    """Table 6's step 1 on less data: a file whose adapter has no exact AB file of its own
+    is compared with the exact AB file of the longest step 1 of the same recipe (all
+    parameters but max_steps); another seed's or data's AB file is never its reference."""
+    from fanlora.experiment.aggregate import render_markdown
+    from fanlora.experiment.scorers import plot_scorers, shorter_step1_rows
+
+    def entry(run, key, steps, scores_doc, seed=0, data="instruct", seconds=None):
+        params = {"seed": seed, "data": data, "rank": 12, "max_steps": steps}
+        return {
+            "run": run,
+            "scores_key": run,
+            "adapter_key": key,
+            "adapter_params": params,
+            "adapter_seconds": seconds,
+            "doc": scores_doc,
+        }
+
+    mine = {"full": [3.0, 2.0, -1.0, 1.0, 2.0, 3.0], "mid": [3.0, -2.0, 2.0, 1.0, 2.0, 3.0]}
+    full = doc("ab", mine["full"], unit_seconds=10.0)
+    mid = doc("ab", mine["mid"], unit_seconds=9.0)  # layer 0 keeps q, v
+    tenth_scores = [2.0, 3.0, -1.0, 1.0, 3.0, 2.0]  # keeps q, k and k, v as full does
+    tenth = doc("first-order-refined", tenth_scores, unit_seconds=2.0)
+    scores = [
+        entry("full", "a400", 400, full, seconds=100.0),
+        entry("mid", "a200", 200, mid),
+        entry("refined-on-full", "a400", 400, tenth),  # has its own AB file: not a row here
+        entry("tenth", "a40", 40, tenth, seconds=10.0),
+        entry("tenth-again", "a40", 40, tenth, seconds=10.0) | {"scores_key": "tenth"},
+        entry("other-seed", "b40", 40, tenth, seed=1),  # no AB file of seed 1: no row
+        entry("other-data", "c40", 40, tenth, data="squad"),
+        entry("longer", "a800", 800, tenth),  # longer than the reference: no row
+    ]
+    rows = shorter_step1_rows(scores, k_max=2)
+    assert [r["run"] for r in rows] == ["tenth"]
+    row = rows[0]
+    assert row["reference_steps"] == 400 and row["step1_steps"] == 40
+    assert row["step1_s"] == 10.0 and row["reference_step1_s"] == 100.0
+    assert row["same_setting"] == 1.0  # layer 0 keeps q, k as in full (not mid's q, v)
+    against = {name: spearmanr(scores, tenth_scores).statistic for name, scores in mine.items()}
+    assert row["spearman"] == pytest.approx(against["full"], abs=1e-4) != against["mid"]
+    assert row["unit_seconds"] == 2.0 and row["exact_seconds"] == 10.0
+    text = render_markdown(
+        {
+            "experiment": "x",
+            "runs": {"tenth": "finished"},
+            "mixed_code_versions": False,
+            "summary": [],
+            "shorter_step1": rows,
+            "k_max": 2,
+        }
+    )
+    assert "## A shorter step 1 against the exact AB-score of the full one" in text
+    assert "| tenth | first-order-refined | 40 | 400 |" in text
+    assert plot_scorers(rows, tmp_path / "s.png", "full").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_method_that_prunes_its_ranks_is_counted_by_what_it_keeps(tmp_path):

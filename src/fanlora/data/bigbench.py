@@ -26,6 +26,7 @@ from fanlora.paths import fanlora_home
 BIGBENCH_VERSION = "1.0.0"
 BIGBENCH_SHA256 = "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2"
 DOWNLOAD_PIP = "pip==23.2.1"
+MISSING_RELEASE = "No matching distribution found"  # pip's words when the index lacks it
 TASKS_PREFIX = f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks/"
 # Task folders used by fanlora's datasets (see fanlora.data.registry).
 FOLDERS = (
@@ -83,26 +84,28 @@ def download_sdist(dest: Path, log: Callable[[str], None] = print) -> Path:
         )
     log(f"downloading bigbench=={BIGBENCH_VERSION} (358 MB sdist) with pip download")
     env = {**os.environ, "PYTHONPATH": str(pip_dir)}
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            f"bigbench=={BIGBENCH_VERSION}",
-            "-d",
-            str(dest),
-        ],
-        "pip download",
-        env,
-    )
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+    try:
+        _run([*command, f"bigbench=={BIGBENCH_VERSION}", "-d", str(dest)], "pip download", env)
+    except FanLoRAError as exc:
+        raise FanLoRAError(download_hint(str(exc))) from None
     archive = dest / f"bigbench-{BIGBENCH_VERSION}.tar.gz"
     if not archive.is_file():
         raise FanLoRAError(f"pip download finished but {archive} is missing")
     return archive
+
+
+def download_hint(message: str) -> str:
+    """``message`` (a failed ``pip download``) with what the user can do about it."""
+    archive = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
+    remedy = f"copy {archive} here and run `fanlora data prepare --archive PATH`"
+    if MISSING_RELEASE not in message:
+        return f"{message}\n(offline? {remedy})"
+    return (
+        f"{message}\nthe package index this machine reaches does not hold "
+        f"bigbench=={BIGBENCH_VERSION} (pip's line above lists the versions it has): {remedy}, "
+        f"from a machine or mirror that has it (358 MB, sha256 {BIGBENCH_SHA256}, verified)."
+    )
 
 
 def _run(cmd: list[str], what: str, env: dict | None = None) -> None:

@@ -25,6 +25,8 @@ from fanlora.experiment.scorers import (
     plot_scorers,
     scorer_markdown,
     scorer_rows,
+    shorter_step1_markdown,
+    shorter_step1_rows,
 )
 from fanlora.modules.discovery import ModuleLayout
 from fanlora.pipeline.stages import RESULTS_VERSION
@@ -167,6 +169,7 @@ def aggregate(name: str, out: Path, points, axis: tuple[str, list] | None = None
         "score_agreement": agreement,
         "k_max": k_max,
         "scorers": scorer_rows(scores, k_max),
+        "shorter_step1": shorter_step1_rows(scores, k_max),
         "decoding": decoding,
     }
 
@@ -273,6 +276,8 @@ def render_markdown(results: dict) -> str:
         ]
     if results.get("scorers"):
         lines += ["", *scorer_markdown(results["scorers"], results.get("k_max", 2))]
+    if results.get("shorter_step1"):
+        lines += ["", *shorter_step1_markdown(results["shorter_step1"], results.get("k_max", 2))]
 
     for name, doc in results.get("decoding", {}).items():
         text, notes = decode_table(doc)
@@ -385,3 +390,6 @@ def write_results(results: dict, out: Path) -> None:
         plot_agreement(results["score_agreement"], out / "agreement.png")
     if results.get("scorers"):
         plot_scorers(results["scorers"], out / "scorers.png")
+    if results.get("shorter_step1"):
+        reference = "exact AB-score of the longest step 1"
+        plot_scorers(results["shorter_step1"], out / "shorter-step1.png", reference)

@@ -20,6 +20,7 @@ costed, not run: it is 2N + 2 evaluations of that cost.
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -33,13 +34,15 @@ from fanlora.utils.io import md_table, read_json_if_present
 from fanlora.utils.plotting import pyplot, save_figure
 
 REFERENCE = "ab"  # the exact (fast) AB-score's label in scores.json
+LENGTH = "max_steps"  # the step-1 parameter a shorter step 1 changes
 STATS = ("spearman", "within_layer_spearman", "same_setting", "x_straightforward", "x_exact")
 
 
 def finished_scores(out: Path, points) -> list[dict]:
     """Each run's finished step-2 file, read once for table 4 and for the scorers:
-    ``{"run", "scores_key", "adapter_key", "doc"}`` (the keys of its scores and step-1
-    units; runs that share a unit share its key)."""
+    ``{"run", "scores_key", "adapter_key", "adapter_params", "adapter_seconds", "doc"}``
+    (the keys of its scores and step-1 units, runs that share a unit sharing its key; the
+    step-1 unit's parameters and wall time)."""
     found = []
     for point in points:
         layout = RunLayout(out / point.name)
@@ -52,6 +55,8 @@ def finished_scores(out: Path, points) -> list[dict]:
                     "run": point.name,
                     "scores_key": stage.get("key"),
                     "adapter_key": train.get("key"),
+                    "adapter_params": train.get("params"),
+                    "adapter_seconds": train.get("wall_time_s"),
                     "doc": doc,
                 }
             )
@@ -113,6 +118,52 @@ def scorer_rows(scores: list[dict], k_max: int) -> list[dict]:
                 for label, (name, doc) in members.items()
                 if label != REFERENCE
             ]
+    return rows
+
+
+def _recipe(entry: dict) -> tuple[str, int | None]:
+    """A step-1 unit's parameters but its length, and its length (``max_steps``)."""
+    params = dict(entry.get("adapter_params") or {})
+    steps = params.pop(LENGTH, None)
+    return json.dumps(params, sort_keys=True), steps
+
+
+def shorter_step1_rows(scores: list[dict], k_max: int) -> list[dict]:
+    """Paper table 6's step 1 on less data: each score file of a step-1 adapter that has no
+    exact AB file of its own, against the exact AB file of the longest step 1 whose
+    parameters differ from its own only in ``max_steps`` (same seed, data, rank, batch),
+    when its own is shorter. Its scorer and its adapter both differ from the reference's,
+    so the row measures the two together; ``step1_s`` and ``reference_step1_s`` are the
+    two step-1 wall times."""
+    references: dict[str, dict] = {}
+    for entry in scores:
+        if entry["doc"]["method"] == REFERENCE and entry.get("adapter_params"):
+            recipe, steps = _recipe(entry)
+            best = references.get(recipe)
+            if best is None or (steps or 0) > (_recipe(best)[1] or 0):
+                references[recipe] = entry
+    own_reference = {e["adapter_key"] for e in scores if e["doc"]["method"] == REFERENCE}
+    rows, seen = [], set()
+    for entry in scores:
+        recipe, steps = _recipe(entry)
+        reference = references.get(recipe)
+        if entry["adapter_key"] in own_reference or reference is None:
+            continue
+        if (steps or 0) >= (_recipe(reference)[1] or 0):  # not shorter than the reference
+            continue
+        if entry["scores_key"] in seen:  # runs that share a scores unit: one row
+            continue
+        seen.add(entry["scores_key"])
+        rows.append(
+            {
+                "run": entry["run"],
+                **compare_scorer(reference["doc"], entry["doc"], k_max),
+                "step1_steps": steps,
+                "reference_steps": _recipe(reference)[1],
+                "step1_s": entry.get("adapter_seconds"),
+                "reference_step1_s": reference.get("adapter_seconds"),
+            }
+        )
     return rows
 
 
@@ -185,10 +236,39 @@ def scorer_markdown(rows: list[dict], k_max: int) -> list[str]:
     ]
 
 
-def plot_scorers(rows: list[dict], path: Path) -> Path:
-    """One panel per scorer: each module's score against its exact AB-score, a colour per
-    step-1 adapter (seed), with the line y = x (where first order lands when the loss is
-    linear in every gate)."""
+STEP1_COLUMNS = (
+    ("run", "run", "{}"),
+    ("scorer", "method", "{}"),
+    ("step-1 steps", "step1_steps", "{}"),
+    ("reference steps", "reference_steps", "{}"),
+    ("Spearman", "spearman", "{:.3f}"),
+    ("within-layer Spearman", "within_layer_spearman", "{:.3f}"),
+    ("same setting (K_max {k})", "same_setting", "{:.3f}"),
+    ("step-1 s", "step1_s", "{:.0f}"),
+    ("reference step-1 s", "reference_step1_s", "{:.0f}"),
+    ("scoring s", "unit_seconds", "{:.0f}"),
+    ("reference scoring s", "exact_seconds", "{:.0f}"),
+)
+
+
+def shorter_step1_markdown(rows: list[dict], k_max: int) -> list[str]:
+    """The rows of :func:`shorter_step1_rows` as a markdown section."""
+    table = [[_cell(r[key], fmt) for _, key, fmt in STEP1_COLUMNS] for r in rows]
+    return [
+        "## A shorter step 1 against the exact AB-score of the full one",
+        "",
+        "Each score file of a step 1 that differs from the reference step 1 only in its "
+        "number of steps (same seed), against the reference's exact AB-score: the shorter "
+        "step 1 and its scorer together.",
+        "",
+        md_table([h.format(k=k_max) for h, _, _ in STEP1_COLUMNS], table),
+    ]
+
+
+def plot_scorers(rows: list[dict], path: Path, reference: str = "exact AB-score") -> Path:
+    """One panel per scorer: each module's score against ``reference`` (by default the
+    exact AB-score of the same adapter), a colour per step-1 adapter (seed), with the line
+    y = x (where first order lands when the loss is linear in every gate)."""
     plt = pyplot()
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.4), squeeze=False)
@@ -198,7 +278,7 @@ def plot_scorers(rows: list[dict], path: Path) -> Path:
             ax.scatter(x, y, s=6, alpha=0.6, label=f"seed {row['seed']}: rho {row['spearman']:.2f}")
         low, high = ax.get_xlim()
         ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
-        ax.set_xlabel("exact AB-score", fontsize=8)
+        ax.set_xlabel(reference, fontsize=8)
         ax.set_ylabel(f"{method} score", fontsize=8)
         ax.set_title(method, fontsize=9)
         ax.legend(fontsize=7)
