@@ -214,9 +214,14 @@ SUMMARY_COLUMNS = (
 )
 
 
+def _rows_table(rows: list[dict], columns: tuple, k_max: int) -> str:
+    """``rows`` as a markdown table of ``columns`` ((header, row key, format) each)."""
+    cells = [[_cell(r[key], fmt) for _, key, fmt in columns] for r in rows]
+    return md_table([h.format(k=k_max) for h, _, _ in columns], cells)
+
+
 def scorer_markdown(rows: list[dict], k_max: int) -> list[str]:
     """The per-run table and the summary over seeds, as markdown lines."""
-    table = [[_cell(r[key], fmt) for _, key, fmt in ROW_COLUMNS] for r in rows]
     totals = [
         [s["method"], str(s["runs"]), *(_spread(s[key], fmt) for _, key, fmt in SUMMARY_COLUMNS)]
         for s in scorer_summary(rows)
@@ -228,7 +233,7 @@ def scorer_markdown(rows: list[dict], k_max: int) -> list[str]:
         "measured time of one full pass over it (half the exact fast scorer's two capture "
         "passes).",
         "",
-        md_table([h.format(k=k_max) for h, _, _ in ROW_COLUMNS], table),
+        _rows_table(rows, ROW_COLUMNS, k_max),
         "",
         "Median (min-max) over the step-1 adapters:",
         "",
@@ -237,13 +242,10 @@ def scorer_markdown(rows: list[dict], k_max: int) -> list[str]:
 
 
 STEP1_COLUMNS = (
-    ("run", "run", "{}"),
-    ("scorer", "method", "{}"),
+    *ROW_COLUMNS[:2],  # run, scorer
     ("step-1 steps", "step1_steps", "{}"),
     ("reference steps", "reference_steps", "{}"),
-    ("Spearman", "spearman", "{:.3f}"),
-    ("within-layer Spearman", "within_layer_spearman", "{:.3f}"),
-    ("same setting (K_max {k})", "same_setting", "{:.3f}"),
+    *ROW_COLUMNS[2:5],  # Spearman, within-layer Spearman, same setting
     ("step-1 s", "step1_s", "{:.0f}"),
     ("reference step-1 s", "reference_step1_s", "{:.0f}"),
     ("scoring s", "unit_seconds", "{:.0f}"),
@@ -253,7 +255,6 @@ STEP1_COLUMNS = (
 
 def shorter_step1_markdown(rows: list[dict], k_max: int) -> list[str]:
     """The rows of :func:`shorter_step1_rows` as a markdown section."""
-    table = [[_cell(r[key], fmt) for _, key, fmt in STEP1_COLUMNS] for r in rows]
     return [
         "## A shorter step 1 against the exact AB-score of the full one",
         "",
@@ -261,7 +262,7 @@ def shorter_step1_markdown(rows: list[dict], k_max: int) -> list[str]:
         "number of steps (same seed), against the reference's exact AB-score: the shorter "
         "step 1 and its scorer together.",
         "",
-        md_table([h.format(k=k_max) for h, _, _ in STEP1_COLUMNS], table),
+        _rows_table(rows, STEP1_COLUMNS, k_max),
     ]
 
 
