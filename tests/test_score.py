@@ -371,6 +371,39 @@ def test_agreement_heatmap_labels_every_cell(tmp_path, monkeypatch):
     assert seen["titles"] == ["spearman", "same kept set (top 2)"]
 
 
+def test_agreement_heatmap_numbers_long_names_with_a_key(tmp_path, monkeypatch):
+    """Grid run names share most of their text: the axes show what differs, and numbers
+    with a key below when that is still long; the layout fits (no tight-layout warning)."""
+    import warnings
+
+    from fanlora.score import compare as compare_module
+    from fanlora.utils import plotting
+
+    grid = "scoring.method+scoring.refine=ab+False"
+    assert compare_module.plot_labels([f"seed=0,{grid}", f"seed=1,{grid}"]) == [
+        "seed=0",
+        "seed=1",
+    ]
+    assert compare_module.plot_labels(["a/s.json", "a/s.json"]) == ["a/s.json", "a/s.json"]
+    names = [f"seed=0,{grid}/2-scores/s.json", f"seed=0,full_lora.max_steps=40+{grid}/s.json"]
+    matrix = {x: {y: 1.0 if x == y else 0.5 for y in names} for x in names}
+    result = {"files": names, "k": 2, "spearman": matrix, "topk_agreement": matrix}
+    seen = {}
+    original = plotting.save_figure
+
+    def spy(fig, path, **kw):
+        seen["ticks"] = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        seen["texts"] = [t.get_text() for t in fig.texts]
+        return original(fig, path, **kw)
+
+    monkeypatch.setattr(compare_module, "save_figure", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare_module.plot_agreement(result, tmp_path / "a.png")
+    assert seen["ticks"] == ["1", "2"]
+    assert seen["texts"] == [f"1: {grid}/2-scores\n2: full_lora.max_steps=40+{grid}"]
+
+
 def test_compare_names_files_by_the_shortest_distinct_path():
     from fanlora.cli.compare_cmd import short_names
 

@@ -9,6 +9,7 @@ setting (top K_max per layer) actually uses.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 
 from scipy.stats import kendalltau, spearmanr
@@ -21,6 +22,7 @@ from fanlora.utils.io import md_table
 from fanlora.utils.plotting import pyplot, save_figure
 
 STATISTICS = ("spearman", "kendall", "within_layer_spearman", "topk_agreement")
+TICK_CHARS = 14  # longer labels are numbered on the axes and spelled out in a key below
 
 
 def _by_key(records: list[ScoreRecord]) -> dict[tuple[int, str], float]:
@@ -98,13 +100,28 @@ def agreement_tables(result: dict) -> list[str]:
     return parts
 
 
+def plot_labels(names: list[str]) -> list[str]:
+    """Each name without the comma- or slash-separated parts that every name shares (grid
+    runs ``seed=0,k_max=1`` and ``seed=1,k_max=1``: ``seed=0`` and ``seed=1``); a name
+    with nothing of its own stays whole."""
+    pieces = [re.split(r"(?<=[,/])", name) for name in names]  # each keeps its separator
+    common = set.intersection(*({x.rstrip(",/") for x in own} for own in pieces))
+    kept = ["".join(x for x in own if x.rstrip(",/") not in common) for own in pieces]
+    return [label.rstrip(",/") or name for label, name in zip(kept, names, strict=True)]
+
+
 def plot_agreement(result: dict, path, keys=("spearman", "topk_agreement")):
     """Heatmaps of ``compare``'s matrices (Spearman rho, top-k agreement), one panel per
-    statistic, every cell labelled with its value: the paper's table 4 at a glance."""
+    statistic, every cell labelled with its value: the paper's table 4 at a glance. Files
+    are labelled by :func:`plot_labels`, numbered with a key below when one is long."""
     plt = pyplot()
     names = result["files"]
+    labels = plot_labels(names)
+    key_lines = [] if max(map(len, labels)) <= TICK_CHARS else labels
+    ticks = [str(i) for i in range(1, len(names) + 1)] if key_lines else labels
     size = 1.6 + 0.55 * len(names)
-    fig, axes = plt.subplots(1, len(keys), figsize=(size * len(keys), size), squeeze=False)
+    below = 0.17 * len(key_lines) + (0.2 if key_lines else 0.0)  # inches for the key
+    fig, axes = plt.subplots(1, len(keys), figsize=(size * len(keys), size + below), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         matrix = [[result[key][x][y] for y in names] for x in names]
         ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
@@ -119,9 +136,14 @@ def plot_agreement(result: dict, path, keys=("spearman", "topk_agreement")):
                     fontsize=7,
                     color="black" if value > 0.6 else "white",
                 )
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
+        turn = {"rotation": 45, "ha": "right"} if not key_lines else {}
+        ax.set_xticks(range(len(names)), ticks, fontsize=7, **turn)
+        ax.set_yticks(range(len(names)), ticks, fontsize=7)
         title = {"topk_agreement": f"same kept set (top {result['k']})"}.get(key, key)
         ax.set_title(title.replace("_", " "), fontsize=9)
-    fig.tight_layout()
+    height = size + below
+    if key_lines:
+        key_text = "\n".join(f"{i}: {label}" for i, label in enumerate(key_lines, 1))
+        fig.text(0.01, (below - 0.05) / height, key_text, fontsize=7, va="top", ha="left")
+    fig.tight_layout(rect=(0, below / height, 1, 1))
     return save_figure(fig, path)
