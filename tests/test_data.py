@@ -111,6 +111,15 @@ def test_index_without_the_release_says_how_to_use_a_copy(home, monkeypatch, cap
     assert not (home / "data" / "tasks").exists()
 
 
+def test_a_bad_archive_argument_is_refused_before_anything_is_made(home, tmp_path, capsys):
+    assert main(["data", "prepare", "--archive", str(tmp_path / "nope.tar.gz")]) == 2
+    assert "--archive" in capsys.readouterr().err and not home.exists()
+    wrong = write_archive(tmp_path / "bigbench-1.0.0.tar.gz")  # the fixture: another sha256
+    assert main(["data", "prepare", "--archive", str(wrong)]) == 2
+    assert "not bigbench-1.0.0.tar.gz" in capsys.readouterr().err
+    assert not list((home / "data").iterdir())
+
+
 def test_unknown_dataset_and_split(prepared):
     with pytest.raises(FanLoRAError, match="unknown dataset 'sqaud'"):
         load_split("sqaud", "train")

@@ -122,7 +122,8 @@ def extract_folders(archive: Path, dest: Path, expected_sha256: str | None) -> N
         if actual != expected_sha256:
             raise FanLoRAError(
                 f"{archive} has sha256 {actual}, expected {expected_sha256}: the archive is "
-                "truncated or corrupt; delete it and run `fanlora data prepare` again"
+                f"truncated or corrupt, or not bigbench-{BIGBENCH_VERSION}.tar.gz; delete it and "
+                "run `fanlora data prepare` again, or pass a good copy with --archive"
             )
     wanted = tuple(TASKS_PREFIX + folder + "/" for folder in FOLDERS)
     found = set()
@@ -155,6 +156,8 @@ def install_extracted(
     final = extracted_dir()
     if (final / "COMPLETE").is_file():
         return final
+    if archive is not None and not Path(archive).is_file():
+        raise FanLoRAError(f"--archive {archive}: no such file")
     root = data_root()
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-*"):  # left by a killed prepare
