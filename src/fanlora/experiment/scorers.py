@@ -128,6 +128,17 @@ def _recipe(entry: dict) -> tuple[str, int | None]:
     return json.dumps(params, sort_keys=True), steps
 
 
+def _longest_references(scores: list[dict]) -> dict[str, tuple[dict, int]]:
+    """Per step-1 recipe (:func:`_recipe`), the exact AB file of its longest step 1."""
+    references: dict[str, tuple[dict, int]] = {}
+    for entry in scores:
+        recipe, steps = _recipe(entry)
+        exact = entry["doc"]["method"] == REFERENCE and steps is not None
+        if exact and steps > references.get(recipe, ({}, -1))[1]:
+            references[recipe] = (entry, steps)
+    return references
+
+
 def shorter_step1_rows(scores: list[dict], k_max: int) -> list[dict]:
     """Paper table 6's step 1 on less data: each score file of a step-1 adapter that has no
     exact AB file of its own, against the exact AB file of the longest step 1 whose
@@ -135,23 +146,15 @@ def shorter_step1_rows(scores: list[dict], k_max: int) -> list[dict]:
     when its own is shorter. Its scorer and its adapter both differ from the reference's,
     so the row measures the two together; ``step1_s`` and ``reference_step1_s`` are the
     two step-1 wall times."""
-    references: dict[str, dict] = {}
-    for entry in scores:
-        if entry["doc"]["method"] == REFERENCE and entry.get("adapter_params"):
-            recipe, steps = _recipe(entry)
-            best = references.get(recipe)
-            if best is None or (steps or 0) > (_recipe(best)[1] or 0):
-                references[recipe] = entry
+    references = _longest_references(scores)
     own_reference = {e["adapter_key"] for e in scores if e["doc"]["method"] == REFERENCE}
     rows, seen = [], set()
     for entry in scores:
         recipe, steps = _recipe(entry)
-        reference = references.get(recipe)
-        if entry["adapter_key"] in own_reference or reference is None:
-            continue
-        if (steps or 0) >= (_recipe(reference)[1] or 0):  # not shorter than the reference
-            continue
-        if entry["scores_key"] in seen:  # runs that share a scores unit: one row
+        reference, reference_steps = references.get(recipe, ({}, None))
+        if not reference or entry["adapter_key"] in own_reference or entry["scores_key"] in seen:
+            continue  # no reference, its own reference, or a scores unit already shown
+        if steps is None or steps >= reference_steps:
             continue
         seen.add(entry["scores_key"])
         rows.append(
@@ -159,7 +162,7 @@ def shorter_step1_rows(scores: list[dict], k_max: int) -> list[dict]:
                 "run": entry["run"],
                 **compare_scorer(reference["doc"], entry["doc"], k_max),
                 "step1_steps": steps,
-                "reference_steps": _recipe(reference)[1],
+                "reference_steps": reference_steps,
                 "step1_s": entry.get("adapter_seconds"),
                 "reference_step1_s": reference.get("adapter_seconds"),
             }
