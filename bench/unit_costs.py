@@ -44,7 +44,7 @@ def mean_tokens(max_length: int) -> dict:
     out = {}
     for task in TASKS:
         rows, _ = encode_all(tokenizer, load_sample(task, "train", 800, 0), max_length)
-        out[task] = round(statistics.mean(len(r["input_ids"]) for r in rows), 1)
+        out[task] = statistics.mean(len(r["input_ids"]) for r in rows)
     out["default"] = max(out.values())
     return out
 
@@ -95,7 +95,7 @@ def eval_rates(args) -> dict:
                 Path(tmp),
                 log=lambda _: None,
             )
-            out[task] = round((time.time() - started) / args.eval_rows, 3)
+            out[task] = (time.time() - started) / args.eval_rows
     out["default"] = max(out.values())
     return out
 
@@ -116,10 +116,10 @@ def score_rates(args, adapter: Path) -> dict:
             doc = score(cfg, Path(tmp) / "scores.json", log=lambda _: None)
             seconds = time.time() - started
         if method == "ab":
-            out[key] = round(seconds / (len(doc["scores"]) * args.score_examples), 4)
+            out[key] = seconds / (len(doc["scores"]) * args.score_examples)
         else:
-            out[f"{key}_per_example"] = round(seconds / args.score_examples, 3)
-            out["sensitivity_per_example"] = round(seconds / args.score_examples / 2, 3)
+            out[f"{key}_per_example"] = seconds / args.score_examples
+            out["sensitivity_per_example"] = seconds / args.score_examples / 2
     return out
 
 
@@ -135,8 +135,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         adapter = Path(tmp) / "step1"
         costs = {
-            "train_tokens_per_s": round(train_rate(args, adapter), 1),
-            "forward_tokens_per_s": round(forward_rate(args), 1),
+            "train_tokens_per_s": train_rate(args, adapter),
+            "forward_tokens_per_s": forward_rate(args),
             "modules": 210,
             "mean_tokens": mean_tokens(args.max_length),
             "score_s": score_rates(args, adapter),

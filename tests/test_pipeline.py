@@ -277,7 +277,7 @@ def test_a_full_disk_fails_the_stage_and_keeps_earlier_ones(
     assert ran == ["5-eval/squad/fanlora", "report"]
 
 
-def test_a_run_folder_of_another_format_or_not_a_run_is_refused(finished, tmp_path):
+def test_a_run_folder_of_another_format_or_not_a_run_is_refused(finished, tasks_home, tmp_path):
     out = copy_run(finished, tmp_path)
     doc = json.loads((out / "run.json").read_text())
     (out / "run.json").write_text(json.dumps({**doc, "format_version": 99}))

@@ -42,7 +42,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
         tp = _base_type(field_types(cls)[f.name])
         flag = "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {
-            "help": f.metadata.get("help", ""),
+            # argparse expands "%" in help text ("90% of" fails): a field's help is plain text
+            "help": f.metadata.get("help", "").replace("%", "%%"),
             "dest": f.name,
             "default": argparse.SUPPRESS,
         }

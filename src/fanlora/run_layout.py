@@ -17,6 +17,8 @@ report, the experiment grids and the Python API read through it.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 FULL_LORA = "1-full-lora"
@@ -28,12 +30,25 @@ DOWNSTREAM = "4-downstream"
 EVAL = "5-eval"
 
 
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def task_folder(task: str) -> str:
+    """The folder name of ``task`` inside a run: a dataset name as it is; a file path
+    (``../data/x.jsonl``, ``/tmp/x.jsonl``) its safe stem plus 8 hex digits of the path's
+    sha256, so no task ever names a path out of the run, and two files called ``x`` differ."""
+    if _SAFE.fullmatch(task) and ".." not in task:
+        return task
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(task).stem).strip("-.") or "task"
+    return f"{stem}-{hashlib.sha256(task.encode()).hexdigest()[:8]}"
+
+
 def downstream_unit(task: str, method: str) -> str:
-    return f"{DOWNSTREAM}/{task}/{method}"
+    return f"{DOWNSTREAM}/{task_folder(task)}/{method}"
 
 
 def eval_unit(task: str, method: str) -> str:
-    return f"{EVAL}/{task}/{method}"
+    return f"{EVAL}/{task_folder(task)}/{method}"
 
 
 class RunLayout:
@@ -68,7 +83,7 @@ class RunLayout:
         return self.downstream(task, method) / "run.json"
 
     def eval_task(self, task: str) -> Path:
-        return self.root / EVAL / task
+        return self.root / EVAL / task_folder(task)
 
     def evaluation(self, task: str, method: str) -> Path:
         return self.unit(eval_unit(task, method))

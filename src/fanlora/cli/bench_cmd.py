@@ -132,7 +132,7 @@ def envelope(args, kind: str, started: float, setting_source: str, body: dict) -
         "machine": platform.machine(),
         "device": Runtime.of(args.device).describe(precision=False),
         "dtype": args.dtype,
-        "wall_time_s": round(time.time() - started, 1),
+        "wall_time_s": time.time() - started,
         "versions": versions(),
         **body,
     }

@@ -8,6 +8,7 @@ Examples::
 
 from __future__ import annotations
 
+from fanlora.cli.flags import add_allow_other_model
 from fanlora.config import add_dataclass_args, resolve
 from fanlora.evaluate.run import EvalConfig, evaluate
 
@@ -17,9 +18,11 @@ def register(sub) -> None:
     p.add_argument("--config", help="YAML file with any of the options below; flags win")
     p.add_argument("--out", required=True, help="folder for metrics.json and predictions.jsonl")
     add_dataclass_args(p, EvalConfig)
+    add_allow_other_model(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    evaluate(resolve(EvalConfig, args, args.config), args.out)
+    cfg = resolve(EvalConfig, args, args.config)
+    evaluate(cfg, args.out, allow_other_model=args.allow_other_model)
     return 0

@@ -22,7 +22,12 @@ def register(sub) -> None:
     )
     p.add_argument("--yes", action="store_true", help="run the grid whatever its estimate")
     p.add_argument("--costs", help="measured unit costs (default configs/measured/unit-costs.yaml)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, writes=grid_output)
+
+
+def grid_output(args) -> str | None:
+    """The grid's output folder (locked while the grid runs; --plan writes nothing)."""
+    return None if args.plan else str(load_experiment(args.config)[1])
 
 
 def run(args) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fanlora.cli.flags import add_allow_other_model
 from fanlora.engines import describe_cost, engine_cost
 from fanlora.models import resolve_model
 from fanlora.select import FanLoRASetting
@@ -35,6 +36,7 @@ def register(sub) -> None:
     v.add_argument("--model", help="what vLLM loads (default: the setting's model, resolved)")
     v.add_argument("--max-loras", type=int, help="adapters in one batch (default: all given, 1+)")
     v.add_argument("--max-lora-rank", type=int, help="default: the smallest that fits")
+    add_allow_other_model(v)
     v.set_defaults(func=run)
 
 
@@ -42,7 +44,9 @@ def run(args) -> int:
     setting = FanLoRASetting.load(args.setting)
     adapters = parse_adapters(args.adapter)
     model = args.model or str(resolve_model(setting.model))
-    deployment = deployment_for(setting, adapters, model, args.max_loras, args.max_lora_rank)
+    deployment = deployment_for(
+        setting, adapters, model, args.max_loras, args.max_lora_rank, args.allow_other_model
+    )
     targets = deployment.target_modules
     cost = engine_cost(setting.layout, setting.layers)
     out = Path(args.out)

@@ -14,10 +14,12 @@ import argparse
 import importlib
 import os
 import sys
+from contextlib import nullcontext
 
 from fanlora import __version__
 from fanlora.errors import FanLoRAError
-from fanlora.utils.devices import end_processes
+from fanlora.utils.devices import end_processes, is_main_rank
+from fanlora.utils.locks import output_lock
 
 # Subcommand name -> module under fanlora.cli exposing register(subparsers).
 COMMANDS = {
@@ -64,12 +66,23 @@ def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
     return [leaf for a in nested for child in a.choices.values() for leaf in leaf_parsers(child)]
 
 
+def output_of(args) -> str | None:
+    """What the command writes, locked while it runs so two processes never write it at
+    once: the command's own ``writes(args)`` when it sets one, else its ``--out``. Only the
+    main rank locks (the other ranks of torchrun write through it)."""
+    if not is_main_rank():
+        return None
+    writes = getattr(args, "writes", None)
+    return writes(args) if writes else getattr(args, "out", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.offline:  # read by fanlora's model resolution, and by huggingface_hub's children
         os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        code = int(args.func(args) or 0)
+        with output_lock(target) if (target := output_of(args)) else nullcontext():
+            code = int(args.func(args) or 0)
     except FanLoRAError as exc:
         print(f"fanlora {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ Examples::
 
 from __future__ import annotations
 
+from fanlora.cli.flags import add_allow_other_model
 from fanlora.config import add_dataclass_args, resolve
 from fanlora.score.run import ScoreConfig, score
 
@@ -19,9 +20,11 @@ def register(sub) -> None:
     p.add_argument("--config", help="YAML file with any of the options below; flags win")
     p.add_argument("--out", required=True, help="scores JSON (a .png heatmap lands beside it)")
     add_dataclass_args(p, ScoreConfig)
+    add_allow_other_model(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    score(resolve(ScoreConfig, args, args.config), args.out)
+    cfg = resolve(ScoreConfig, args, args.config)
+    score(cfg, args.out, allow_other_model=args.allow_other_model)
     return 0

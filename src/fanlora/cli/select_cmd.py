@@ -8,9 +8,11 @@ Examples::
 
 from __future__ import annotations
 
+from fanlora.cli.flags import add_allow_other_model
 from fanlora.engines import ENGINES, describe_cost
 from fanlora.errors import FanLoRAError
 from fanlora.models import load_config
+from fanlora.models.provenance import check_made_for, document_made_for
 from fanlora.modules.discovery import ModuleLayout, layout_from_config
 from fanlora.select import engine_setting, parse_scores
 from fanlora.utils.io import read_json
@@ -36,25 +38,33 @@ def register(sub) -> None:
         type=int,
         help="wrapped runtime modules per layer with --engine (default 1)",
     )
+    add_allow_other_model(p)
     p.set_defaults(func=run)
 
 
-def layout_for_scores(doc: dict, model: str | None) -> tuple[ModuleLayout, str]:
-    """The module layout the scores refer to: embedded in the file, or discovered from a model."""
-    if model is None and isinstance(doc, dict) and isinstance(doc.get("layout"), dict):
+def layout_for_scores(
+    doc: dict, model: str | None, allow_other: bool = False, what: str = "the scores file"
+) -> tuple[ModuleLayout, str]:
+    """The module layout the scores refer to: embedded in the file, or discovered from a
+    model (then checked against what the file records, unless ``allow_other``)."""
+    if not isinstance(doc, dict):
+        raise FanLoRAError(f"{what} must be a JSON object with 'scores', got {type(doc).__name__}")
+    if model is None and isinstance(doc.get("layout"), dict):
         return ModuleLayout.from_dict(doc["layout"]), str(doc.get("model", ""))
-    name = model or (doc.get("model") if isinstance(doc, dict) else None)
-    if not name:
-        raise FanLoRAError("the scores file names no model or layout: pass --model")
-
-    return layout_from_config(load_config(name)), name
+    name = model or doc.get("model")
+    if not name or not isinstance(name, str):
+        raise FanLoRAError(f"{what} names no model or layout: pass --model")
+    layout = layout_from_config(load_config(name))
+    check_made_for(document_made_for(doc, what), name, layout, allow_other)
+    return layout, name
 
 
 def run(args) -> int:
     if args.k_max < 1:
         raise FanLoRAError(f"--k-max must be >= 1, got {args.k_max}")
     doc = read_json(args.scores, "scores file")
-    layout, model = layout_for_scores(doc, args.model)
+    what = f"the scores file {args.scores}"
+    layout, model = layout_for_scores(doc, args.model, args.allow_other_model, what)
     records = parse_scores(doc, layout)
     setting = engine_setting(records, layout, args.k_max, model, args.engine, args.packed_budget)
     setting.extra["scores_file"] = str(args.scores)

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from fanlora.cli.flags import add_allow_other_model
 from fanlora.errors import FanLoRAError
 from fanlora.models import resolve_model
 from fanlora.select import FanLoRASetting
@@ -59,6 +60,7 @@ def register(sub) -> None:
     p.add_argument("--max-model-len", type=int, help="longest prompt + output (vLLM's default)")
     p.add_argument("--startup-timeout", type=float, default=900, help="seconds to wait for it")
     p.add_argument("--log", help="vLLM's log file (default: a file in the temp folder)")
+    add_allow_other_model(p)
     p.set_defaults(func=run)
 
 
@@ -80,7 +82,9 @@ def run(args) -> int:
     setting = FanLoRASetting.load(args.setting)
     adapters = {n: str(Path(d).resolve()) for n, d in parse_adapters(args.adapter).items()}
     model = args.model or str(resolve_model(setting.model))
-    deployment = deployment_for(setting, adapters, model, args.max_loras, args.max_lora_rank)
+    deployment = deployment_for(
+        setting, adapters, model, args.max_loras, args.max_lora_rank, args.allow_other_model
+    )
     check_port_free(args.host, args.port)
     command = server_command(deployment, args.host, args.port, vllm_args(args))
     log = Path(args.log) if args.log else temp_log()

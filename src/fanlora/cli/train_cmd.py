@@ -9,6 +9,7 @@ Examples::
 
 from __future__ import annotations
 
+from fanlora.cli.flags import add_allow_other_model
 from fanlora.config import add_dataclass_args, resolve
 from fanlora.train.config import TrainConfig
 from fanlora.train.run import train
@@ -21,12 +22,19 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     add_dataclass_args(p, TrainConfig)
+    add_allow_other_model(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     cfg = resolve(TrainConfig, args, args.config)
-    record = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    record = train(
+        cfg,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        allow_other_model=args.allow_other_model,
+    )
     if record.get("status") == "finished":  # only the main process has the full record
         print(
             f"best dev loss {record['best_dev_loss']:.4f} at step {record['best_step']}; "

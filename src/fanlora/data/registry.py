@@ -168,19 +168,46 @@ USER_SUFFIXES = (".jsonl", ".json", ".csv")
 USER_FRACTIONS = (0.9, 0.05, 0.05)
 
 
-def _user_rows(path: Path) -> list[dict]:
+def _user_rows(path: Path) -> list:
+    """The rows of a user's file: CSV records, JSONL lines, or a JSON list (or an object
+    holding one under ``examples`` or ``data``); errors name the file and the line."""
     if not path.is_file():
         raise FanLoRAError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix == ".csv":
-            return list(csv.DictReader(text.splitlines()))
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise FanLoRAError(
+            f"{path} line {line} is not UTF-8 (byte {exc.start}: {exc.reason}); save the "
+            "file as UTF-8"
+        ) from None
+    if path.suffix == ".csv":
+        return list(csv.DictReader(text.splitlines()))
+    if path.suffix == ".jsonl":
+        return [
+            _json_line(path, n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()
+        ]
+    try:
         rows = json.loads(text)
     except json.JSONDecodeError as exc:
         raise FanLoRAError(f"{path} is not valid JSON: {exc}") from None
-    return rows if isinstance(rows, list) else rows.get("examples", rows.get("data", []))
+    if isinstance(rows, dict):
+        rows = rows.get("examples", rows.get("data"))
+    if not isinstance(rows, list):
+        raise FanLoRAError(
+            f"{path}: expected a JSON list of rows, or an object with a list under "
+            f"'examples' or 'data'; got {type(rows).__name__}"
+        )
+    return rows
+
+
+def _json_line(path: Path, number: int, line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise FanLoRAError(
+            f"{path} line {number} is not valid JSON: {exc.msg} (column {exc.colno})"
+        ) from None
 
 
 def _user_example(path: Path, i: int, row: dict) -> Example:
@@ -192,6 +219,11 @@ def _user_example(path: Path, i: int, row: dict) -> Example:
         raise FanLoRAError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
     if "messages" in row:  # chat: every turn before the last assistant turn is the prompt
         messages = row["messages"]
+        turns_ok = isinstance(messages, list) and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+        )
+        if not turns_ok:
+            raise FanLoRAError(f"{where}: 'messages' must be a list of {{role, content}} objects")
         if not messages or messages[-1].get("role") != "assistant":
             raise FanLoRAError(f"{where}: 'messages' must end with an assistant turn")
         prompt = "\n\n".join(m["content"] for m in messages[:-1] if m.get("role") != "system")
@@ -202,7 +234,7 @@ def _user_example(path: Path, i: int, row: dict) -> Example:
             "references or choices + label; or chat 'messages')"
         )
     else:
-        prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        prompt = str(row["instruction"]) + (f"\n\n{row['input']}" if row.get("input") else "")
     if "choices" in row:
         choices, label = _user_choices(where, row)
         return Example(

@@ -120,14 +120,14 @@ def answers_in_prompt(records: list[dict]) -> dict | None:
     flags = [r["reference_in_prompt"] for r in records if r.get("reference_in_prompt") is not None]
     if not flags:
         return None
-    return {"share": round(100 * sum(flags) / len(flags), 2), "examples": len(flags)}
+    return {"share": 100 * sum(flags) / len(flags), "examples": len(flags)}
 
 
 def summarize(records: list[dict], metric: str) -> dict[str, float]:
     """Mean of each per-example value, in percent; ``metric`` is the headline one."""
     names = records[0]["values"].keys()
     means = {k: 100 * sum(r["values"][k] for r in records) / len(records) for k in names}
-    return {"value": round(means[metric], 4), **{k: round(v, 4) for k, v in means.items()}}
+    return {"value": means[metric], **means}
 
 
 def predict(cfg: EvalConfig, model, tokenizer, examples, metric: str, progress=None):
@@ -146,7 +146,14 @@ def predict(cfg: EvalConfig, model, tokenizer, examples, metric: str, progress=N
     return generated_records(examples, texts, metric, references_kept(tokenizer, examples, prompts))
 
 
-def evaluate(cfg: EvalConfig, out: str | Path, log=print, model=None, tokenizer=None) -> dict:
+def evaluate(
+    cfg: EvalConfig,
+    out: str | Path,
+    log=print,
+    model=None,
+    tokenizer=None,
+    allow_other_model: bool = False,
+) -> dict:
     """Evaluate and write ``out``/predictions.jsonl and ``out``/metrics.json; return the
     metrics. ``model``/``tokenizer`` may be passed in to skip loading them again."""
     started = time.time()
@@ -156,7 +163,7 @@ def evaluate(cfg: EvalConfig, out: str | Path, log=print, model=None, tokenizer=
     metric = cfg.metric or task_metric(cfg.task, examples)
     runtime = cfg.runtime()
     if model is None:
-        model, tokenizer = load_with_adapter(cfg.model, cfg.adapter, cfg.dtype)
+        model, tokenizer = load_with_adapter(cfg.model, cfg.adapter, cfg.dtype, allow_other_model)
     model.to(runtime.device)
     what = f"{cfg.adapter or cfg.model} on {cfg.task}/{cfg.split}"
     with tqdm(total=len(examples), desc=f"eval {cfg.task}", unit="seq") as bar, runtime.autocast():
@@ -176,7 +183,7 @@ def evaluate(cfg: EvalConfig, out: str | Path, log=print, model=None, tokenizer=
         "adapter_sha256": adapter_hash(cfg.adapter) if cfg.adapter else None,
         "runtime": runtime.describe(),
         "predictions": "predictions.jsonl",
-        "wall_time_s": round(time.time() - started, 2),
+        "wall_time_s": time.time() - started,
         "versions": versions(),
     }
     atomic_write_json(out / "metrics.json", doc)

@@ -115,9 +115,9 @@ def compare_pairs(pairs: list[tuple[Path, Path, str]]) -> dict | None:
         return None
     point, low, high = hierarchical_bootstrap(diffs)
     return {
-        "diff": round(point, 2),
-        "ci_low": round(low, 2),
-        "ci_high": round(high, 2),
+        "diff": point,
+        "ci_low": low,
+        "ci_high": high,
         "seeds": len(diffs),
         "examples_per_seed": [len(x) for x in diffs],
         "per_seed": tests,

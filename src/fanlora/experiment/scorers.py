@@ -74,7 +74,7 @@ def seconds(doc: dict) -> float | None:
 
 
 def ratio(numerator, denominator) -> float | None:
-    return round(numerator / denominator, 2) if numerator and denominator else None
+    return numerator / denominator if numerator and denominator else None
 
 
 def compare_scorer(reference: dict, doc: dict, k_max: int) -> dict:
@@ -88,16 +88,16 @@ def compare_scorer(reference: dict, doc: dict, k_max: int) -> dict:
     return {
         "method": doc["method"],
         "seed": doc.get("seed"),
-        "spearman": round(float(spearmanr(x, y).statistic), 4),
-        "within_layer_spearman": round(within_layer_spearman(ref, other), 4),
-        "same_setting": round(topk_agreement(ref, other, layout, k_max), 4),
+        "spearman": float(spearmanr(x, y).statistic),
+        "within_layer_spearman": within_layer_spearman(ref, other),
+        "same_setting": topk_agreement(ref, other, layout, k_max),
         "refined_modules": doc.get("refined_modules"),
         "unit_seconds": spent,
         "exact_seconds": exact,
-        "straightforward_s": round(straightforward, 1) if straightforward else None,
+        "straightforward_s": straightforward,
         "x_straightforward": ratio(straightforward, spent),
         "x_exact": ratio(exact, spent),
-        "pairs": [[round(a, 6), round(b, 6)] for a, b in zip(x, y, strict=True)],
+        "pairs": [[a, b] for a, b in zip(x, y, strict=True)],
     }
 
 

@@ -12,6 +12,8 @@ from safetensors import safe_open
 
 from fanlora.errors import FanLoRAError
 from fanlora.models.loading import load_model
+from fanlora.models.provenance import adapter_made_for, check_made_for
+from fanlora.modules.discovery import discover_layout
 
 
 def check_adapter_folder(folder: str | Path) -> Path:
@@ -49,9 +51,13 @@ def _is_adalora(folder: str | Path) -> bool:
     return config.get("peft_type") == "ADALORA"
 
 
-def attach_adapter(base, folder: str | Path, model_name: str, adapter_name: str = "default"):
-    """``PeftModel.from_pretrained(base, folder)`` after the module check; shape mismatches
-    become a FanLoRAError naming the folder and the model."""
+def attach_adapter(
+    base, folder: str | Path, model_name: str, adapter_name: str = "default", allow_other=False
+):
+    """``PeftModel.from_pretrained(base, folder)`` after the provenance check (an adapter
+    made for another model is refused unless ``allow_other``) and the module check; shape
+    mismatches become a FanLoRAError naming the folder and the model."""
+    check_made_for(adapter_made_for(folder), model_name, discover_layout(base), allow_other)
     check_adapter_modules(folder, base, model_name)
     try:
         with warnings.catch_warnings():
@@ -68,14 +74,16 @@ def attach_adapter(base, folder: str | Path, model_name: str, adapter_name: str 
         ) from None
 
 
-def load_with_adapter(model_name: str, adapter: str | Path | None, dtype: str = "float32"):
+def load_with_adapter(
+    model_name: str, adapter: str | Path | None, dtype: str = "float32", allow_other=False
+):
     """(model in eval mode without gradients, tokenizer): the base model, with the adapter
     attached when one is given."""
     if adapter:
         check_adapter_folder(adapter)
     model, tokenizer = load_model(model_name, dtype)
     if adapter:
-        model = attach_adapter(model, adapter, model_name)
+        model = attach_adapter(model, adapter, model_name, allow_other=allow_other)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

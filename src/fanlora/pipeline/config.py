@@ -27,7 +27,7 @@ from fanlora.config import from_mapping, load_yaml, require_positive
 from fanlora.data.registry import TASKS, USER_SUFFIXES
 from fanlora.engines import ENGINES
 from fanlora.errors import FanLoRAError
-from fanlora.evaluate.run import EvalConfig
+from fanlora.evaluate.run import METRICS, EvalConfig
 from fanlora.models.loading import DTYPE_NAMES
 from fanlora.pipeline.stages import STAGES
 from fanlora.score.run import ScoreConfig
@@ -115,6 +115,14 @@ class RunConfig(DeviceOptions):
             "cli": False,
         },
     )
+    task_metrics: dict | None = field(
+        default=None,
+        metadata={
+            "help": "metric per task (task: metric), for a file task without options; a task "
+            "not named uses its own metric, else evaluation.metric",
+            "cli": False,
+        },
+    )
     budget: str = field(
         default="matched",
         metadata={
@@ -156,6 +164,15 @@ class RunConfig(DeviceOptions):
         if bad:
             raise FanLoRAError(
                 f"method_lr: {bad} are not methods of this run with a float learning rate"
+            )
+        bad = {
+            t: m
+            for t, m in (self.task_metrics or {}).items()
+            if t not in self.tasks or m not in METRICS
+        }
+        if bad:
+            raise FanLoRAError(
+                f"task_metrics: {bad} must map tasks of this run to one of {', '.join(METRICS)}"
             )
         if self.until not in STAGES:
             raise FanLoRAError(f"until must be one of {', '.join(STAGES)}, got {self.until!r}")
@@ -209,6 +226,13 @@ def default_config_path() -> Path:
 
 
 def load_run_config(path: str | Path | None, overrides: dict | None = None) -> RunConfig:
-    """The config at ``path`` (None: the embedded default), with top-level ``overrides``."""
+    """The config at ``path`` (None: the embedded default), with top-level ``overrides``.
+    An empty file is an error, never a silent default."""
     path = Path(path) if path else default_config_path()
-    return run_config_from(load_yaml(path), str(path), overrides)
+    data = load_yaml(path)
+    if not data:
+        raise FanLoRAError(
+            f"{path} is empty: write the keys to change (`fanlora run --print-default` shows "
+            "them all), or give no config file to run the embedded default"
+        )
+    return run_config_from(data, str(path), overrides)

@@ -18,6 +18,7 @@ from pathlib import Path
 from fanlora.engines import describe_cost
 from fanlora.evaluate.run import EvalConfig, evaluate
 from fanlora.modules.discovery import ModuleLayout
+from fanlora.pipeline.checks import check_run, own_metric
 from fanlora.pipeline.config import RunConfig
 from fanlora.pipeline.decoding import decode_variants
 from fanlora.pipeline.stages import STAGES, RunDir, Unit, run_units
@@ -173,6 +174,11 @@ def eval_unit(cfg: RunConfig, run_dir: RunDir, task: str, method: str) -> Unit:
         "seed": TEST_DRAW_SEED,
         **cfg.section("evaluation"),
     }
+    # a task's own metric wins over evaluation.metric, which is for tasks that have none
+    if task in (cfg.task_metrics or {}):
+        params["metric"] = cfg.task_metrics[task]
+    elif own_metric(task):
+        params.pop("metric", None)
 
     def run(folder: Path) -> dict:
         adapter = str(run_dir.path / adapter_unit) if adapter_unit else None
@@ -257,6 +263,7 @@ def run_pipeline(
     Under torchrun (or accelerate launch), training units run on every process (DDP) and
     scoring shares its modules out; the other units run on the main process alone."""
     ranks, _ = process_state(cfg.runtime())
+    check_run(cfg)  # a refused run creates nothing
     run_dir = RunDir(out)
     if ranks.is_main_process:
         run_dir.open(cfg.to_dict())

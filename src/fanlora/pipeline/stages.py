@@ -227,7 +227,7 @@ class RunDir:
             "params": unit.params,
             "deps": list(unit.deps),
             "outputs": {p: file_hash(folder / p) for p in unit.outputs},
-            "wall_time_s": round(wall, 2),
+            "wall_time_s": wall,
             "fanlora": __version__,
             "code": self.code,
             "results_version": RESULTS_VERSION,

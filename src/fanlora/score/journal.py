@@ -12,12 +12,12 @@ the same file (the kernel drops the lock when the holder exits, killed or not).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from pathlib import Path
 
 from fanlora.errors import FanLoRAError
+from fanlora.utils.locks import try_lock
 
 
 class Journal:
@@ -30,21 +30,12 @@ class Journal:
         self._load()
 
     def _acquire(self, rank: int):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle = open(self.folder / f"rank-{rank}.lock", "a+")  # noqa: SIM115 (held open)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            handle.close()
+        handle = try_lock(self.folder / f"rank-{rank}.lock")
+        if isinstance(handle, str):
             raise FanLoRAError(
-                f"{self.folder} is being written by another scoring process (pid {holder}); "
+                f"{self.folder} is being written by another scoring process ({handle}); "
                 "wait for it to finish, or score into another --out"
-            ) from None
-        handle.truncate(0)
-        handle.write(str(os.getpid()))
-        handle.flush()
+            )
         return handle
 
     def close(self) -> None:

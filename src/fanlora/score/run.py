@@ -144,14 +144,14 @@ class ScoreConfig(DeviceOptions):
         require_positive(self, "val_examples", "max_length", "batch_size", "k_max", "min_sequences")
 
 
-def load_adapter(cfg: ScoreConfig, runtime: Runtime):
+def load_adapter(cfg: ScoreConfig, runtime: Runtime, allow_other_model: bool = False):
     """(peft model on ``runtime``'s device, layout); a clear error when the adapter is
     missing or does not fit. (Checked here, not in the config: a pipeline config leaves it
     to step 1.)"""
     check_adapter(cfg)
     base, _ = load_model(cfg.model, cfg.dtype, cfg.device_map)
     layout = discover_layout(base)
-    model = attach_adapter(base, cfg.adapter, cfg.model).eval()
+    model = attach_adapter(base, cfg.adapter, cfg.model, allow_other=allow_other_model).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     if cfg.device_map is None:
@@ -218,15 +218,19 @@ def memory_plan(cfg: ScoreConfig, scorer: Scorer, runtime: Runtime, valset) -> M
     return plan_memory(runtime.device, weights, cache, *free_bytes(runtime.device), cfg.device_map)
 
 
-def build_and_gate(cfg: ScoreConfig, runtime: Runtime | None = None, valset=None):
+def build_and_gate(
+    cfg: ScoreConfig, runtime: Runtime | None = None, valset=None, allow_other_model=False
+):
     """(peft model, gates, validation set) for ``cfg``, on ``runtime``'s device."""
     runtime = runtime or cfg.runtime()
     valset = valset or validation_set(cfg)
-    model, layout = load_adapter(cfg, runtime)
+    model, layout = load_adapter(cfg, runtime, allow_other_model)
     return model, Gates(model, layout), valset.on(runtime.device)
 
 
-def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
+def score(
+    cfg: ScoreConfig, out: str | Path, log=print, allow_other_model: bool = False
+) -> dict | None:
     """Score every LoRA module with ``cfg.method``'s scorer; write ``out`` (JSON) and its
     heatmap (PNG) on the main process. Units of work are shared out across processes and
     journalled next to ``out``, so a killed run resumes where it stopped. The memory plan
@@ -239,7 +243,7 @@ def score(cfg: ScoreConfig, out: str | Path, log=print) -> dict | None:
     plan = memory_plan(cfg, scorer, runtime, valset)
     if state.is_main_process:
         log(f"scoring on {runtime.describe()}; {plan.describe()}")
-    model, gates, valset = build_and_gate(cfg, runtime, valset)
+    model, gates, valset = build_and_gate(cfg, runtime, valset, allow_other_model)
     scorer.check(cfg, gates)  # refuse before the journal is opened
     out = Path(out)
     journal = Journal(out.with_name(out.name + ".journal"), identity(cfg), state.process_index)
@@ -275,7 +279,7 @@ def run_units(scorer: Scorer, ctx: Context, state) -> None:
             if key not in ctx.journal:
                 started = time.perf_counter()
                 values = scorer.compute(ctx, key)
-                ctx.journal.write(key, **values, seconds=round(time.perf_counter() - started, 4))
+                ctx.journal.write(key, **values, seconds=time.perf_counter() - started)
             bar.update(1)
         bar.close()
         state.wait_for_everyone()
@@ -301,7 +305,7 @@ def write_scores(ctx: Context, method: str, out: Path, records, wall, log) -> di
             "sequences": valset.num_sequences,
         },
         "seed": cfg.seed,
-        "wall_time_s": round(wall, 2),
+        "wall_time_s": wall,
         "compute": compute_cost(ctx.journal, ctx.capture_s),
         "config": asdict(cfg),
         "layout": layout.to_dict(),
@@ -333,13 +337,13 @@ def compute_cost(journal: Journal, capture_s: float | None = None) -> dict:
     entries = list(journal.entries.values())
     timed = [e["seconds"] for e in entries if "seconds" in e]
     full = [e["seconds"] for k in ("all", "none") if "seconds" in (e := journal.entries.get(k, {}))]
-    full_pass_s = round(capture_s / 2, 3) if capture_s else None
+    full_pass_s = capture_s / 2 if capture_s else None
     if full_pass_s is None and full:
-        full_pass_s = round(statistics.median(full), 3)
+        full_pass_s = statistics.median(full)
     return {
         "units": len(entries),
         "untimed_units": len(entries) - len(timed),
-        "unit_seconds": round(sum(timed), 2),
+        "unit_seconds": sum(timed),
         "capture_seconds": capture_s,
         "full_evaluation_s": full_pass_s,
     }

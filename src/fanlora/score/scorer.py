@@ -43,7 +43,7 @@ def gated_evaluator(ctx: Context, use_cache: bool) -> Evaluate:
     if use_cache:
         start = time.perf_counter()
         evaluate = fast(ctx.model, ctx.gates, ctx.valset, ctx.store)
-        ctx.capture_s = round(time.perf_counter() - start, 3)
+        ctx.capture_s = time.perf_counter() - start
         return evaluate
     return straightforward(ctx.model, ctx.gates, ctx.valset)
 

@@ -59,7 +59,7 @@ class Match:
         return {
             "target": self.target,
             "got": self.got,
-            "ratio": round(self.ratio, 4),
+            "ratio": self.ratio,
             "within_tolerance": self.within,
             "tolerance": TOLERANCE,
         }

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from fanlora.engines.vllm import ENGINE as VLLM
 from fanlora.errors import FanLoRAError
 from fanlora.models.adapters import check_adapter_folder
+from fanlora.models.provenance import adapter_made_for, check_made_for
 from fanlora.modules.discovery import ModuleLayout
 
 # vLLM's LoRAConfig accepts these max_lora_rank values (MaxLoRARanks in vllm/config/lora.py)
@@ -139,11 +140,16 @@ def deployment_for(
     model: str,
     max_loras: int | None = None,
     max_lora_rank: int | None = None,
+    allow_other_model: bool = False,
 ) -> Deployment:
     """The deployment of ``setting`` serving ``adapters``, checked against them (adapters
-    outside it or above its rank refused, naming them) before anything starts."""
+    made for another model, outside it or above its rank refused, naming them) before
+    anything starts."""
     targets = runtime_modules(setting.layout, setting.layers)
     ranks = [adapter_modules(folder)[1] for folder in adapters.values()]
+    for folder in adapters.values():
+        made = adapter_made_for(folder)
+        check_made_for(made, setting.model, setting.layout, allow_other_model)
     max_loras = max_loras if max_loras is not None else max(len(adapters), 1)
     if max_loras < 1:
         raise FanLoRAError(f"--max-loras must be >= 1, got {max_loras}")

@@ -81,7 +81,11 @@ class TrainConfig(DeviceOptions):
             "eval_examples",
             "patience",
             "batch_size",
+            "max_steps",
+            "max_train_examples",
+            "alpha",
         )
+        self._check_ranges()
         method = get_method(self.method)
         bad_rank = any(not isinstance(r, int) or r < 1 for r in (self.rank_pattern or {}).values())
         if self.rank_pattern is not None and (not method.kind_ranks or bad_rank):
@@ -100,6 +104,19 @@ class TrainConfig(DeviceOptions):
             )
         if not 0 <= self.warmup_ratio < 1:
             raise FanLoRAError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def _check_ranges(self) -> None:
+        """Refuse values the optimizer or PEFT would reject only after the run has started
+        (so a refused run touches nothing): lr > 0, dropout in [0, 1), ..."""
+        checks = (
+            ("lr", self.lr > 0, "> 0"),
+            ("dropout", 0 <= self.dropout < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("max_epochs", self.max_epochs > 0, "> 0"),
+        )
+        for name, ok, rule in checks:
+            if not ok:
+                raise FanLoRAError(f"{name} must be {rule}, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -222,14 +222,14 @@ class Trainer:
                 record = {
                     "step": state.step,
                     "epoch": state.epoch,
-                    "loss": round(loss, 6),
+                    "loss": loss,
                     "lr": self.scheduler.get_last_lr()[0],
-                    "tokens_per_s": round(tokens * self.world / (time.perf_counter() - started), 1),
+                    "tokens_per_s": tokens * self.world / (time.perf_counter() - started),
                 }
                 if penalty is not None:
-                    record[self.method.step_loss_name] = round(penalty, 6)
+                    record[self.method.step_loss_name] = penalty
                 if state.step % cfg.eval_every == 0 or state.step == data.total_steps:
-                    record["dev_loss"] = round(self.evaluate(), 6)
+                    record["dev_loss"] = self.evaluate()
                     self.after_eval(record["dev_loss"])
                     self.checkpoint()
                 self.folder.append_metrics(record, self.acc.is_main_process)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -34,10 +35,31 @@ class RunFolder:
     """Paths and atomic writes of one run's folder."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.checkpoints = self.path / "checkpoints"
-        self.metrics = self.path / "metrics.jsonl"
-        self.run_json = self.path / "run.json"
+        self.final = Path(path)
+        self._at(self.final)
+
+    def _at(self, path: Path) -> None:
+        """Point every path at ``path`` (the final folder, or the staging one of an
+        overwrite)."""
+        self.path = path
+        self.checkpoints = path / "checkpoints"
+        self.metrics = path / "metrics.jsonl"
+        self.run_json = path / "run.json"
+
+    @property
+    def staging(self) -> Path:
+        """Where ``--overwrite`` builds the new run beside the old one."""
+        return self.final.parent / f".{self.final.name}.overwrite"
+
+    def occupied(self) -> bool:
+        return self.final.is_dir() and any(self.final.iterdir())
+
+    def stage_overwrite(self) -> None:
+        """With ``--overwrite`` on a folder that holds a run: write the new run into
+        :attr:`staging`; the old run is replaced only by :meth:`publish`, once the new one
+        has finished (a refused or failed run costs nothing). Every process calls it."""
+        if self.occupied():
+            self._at(self.staging)
 
     def finished_record(self, cfg_hash: str) -> dict | None:
         """run.json of a finished run with this config, if the folder holds one."""
@@ -50,28 +72,47 @@ class RunFolder:
     def check_claim(self, cfg_hash: str, resume: bool, overwrite: bool) -> None:
         """Refuse a folder that holds a different run unless told to overwrite it; touches
         nothing on disk."""
-        existing = read_json(self.run_json, "run.json") if self.run_json.is_file() else None
-        occupied = self.path.is_dir() and any(self.path.iterdir())
+        run_json = self.final / "run.json"
+        existing = read_json(run_json, "run.json") if run_json.is_file() else None
+        occupied = self.occupied()
         if overwrite:
             return
         if resume and existing and existing.get("config_hash") != cfg_hash:
             raise FanLoRAError(
-                f"{self.path} holds a run with another config "
+                f"{self.final} holds a run with another config "
                 f"({existing.get('config_hash')}); cannot resume it with this "
                 "one"
             )
         if occupied and not resume:
             raise FanLoRAError(
-                f"{self.path} already holds a run: pass --resume to continue it "
+                f"{self.final} already holds a run: pass --resume to continue it "
                 "or --overwrite to replace it"
             )
 
     def claim(self, cfg_hash: str, resume: bool, overwrite: bool) -> None:
-        """:meth:`check_claim`, then create the folder (emptied first with ``overwrite``)."""
+        """:meth:`check_claim`, then create the folder (a fresh staging folder when
+        :meth:`stage_overwrite` moved there)."""
         self.check_claim(cfg_hash, resume, overwrite)
-        if overwrite and self.path.is_dir():
-            shutil.rmtree(self.path)
+        if self.path != self.final:
+            shutil.rmtree(self.path, ignore_errors=True)  # an earlier overwrite's leftovers
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def publish(self) -> None:
+        """Swap a finished overwrite into place: old run out, new run in, old run removed."""
+        if self.path == self.final:
+            return
+        old = self.final.parent / f".{self.final.name}.replaced"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(self.final, old)
+        os.replace(self.path, self.final)
+        shutil.rmtree(old, ignore_errors=True)
+        self._at(self.final)
+
+    def abandon(self, created: bool) -> None:
+        """After a failed run: drop the staging folder of an overwrite, or a folder this
+        run created and holds no checkpoint to resume from (a failure leaves nothing)."""
+        if self.path != self.final or (created and not self.checkpoints.is_dir()):
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def append_metrics(self, record: dict, main: bool = True) -> None:
         if main:

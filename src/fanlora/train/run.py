@@ -5,33 +5,62 @@ from __future__ import annotations
 import time
 
 from fanlora.errors import FanLoRAError
-from fanlora.models import load_model
+from fanlora.models import load_config, load_model
+from fanlora.models.provenance import MadeFor, check_made_for
 from fanlora.modules import discover_layout
+from fanlora.modules.discovery import layout_from_config
 from fanlora.select import FanLoRASetting
 from fanlora.train.config import TrainConfig
 from fanlora.train.engine import Trainer, prepare_data
 from fanlora.train.methods import build_peft_config, get_method
 from fanlora.train.outputs import RunFolder, config_hash
-from fanlora.utils.devices import cpu_has_native_bf16
+from fanlora.utils.devices import cpu_has_native_bf16, is_main_rank
 from fanlora.utils.io import read_json
 from fanlora.utils.versions import versions
 
 
 def train(
-    cfg: TrainConfig, out: str, resume: bool = False, overwrite: bool = False, log=print
+    cfg: TrainConfig,
+    out: str,
+    resume: bool = False,
+    overwrite: bool = False,
+    log=print,
+    allow_other_model: bool = False,
 ) -> dict:
-    """Fine-tune per ``cfg`` into folder ``out``; return the run record (also run.json)."""
+    """Fine-tune per ``cfg`` into folder ``out``; return the run record (also run.json).
+    With ``overwrite`` the new run is built aside and replaces the old one once finished."""
     started = time.time()
     folder = RunFolder(out)
     # everything that can refuse the run is checked before the output folder is touched:
     # a refused command creates nothing
-    setting = FanLoRASetting.load(cfg.setting) if cfg.setting else None
+    setting = load_setting_for(cfg, allow_other_model, log) if cfg.setting else None
     cfg_hash = config_hash(cfg.to_dict(), [cfg.setting])
     done = folder.finished_record(cfg_hash) if resume and not overwrite else None
     if done is not None:
         log(f"{out} already holds this finished run; nothing to do")
         return done
     folder.check_claim(cfg_hash, resume, overwrite)
+    created = not folder.final.exists()
+    if overwrite:
+        folder.stage_overwrite()
+    try:
+        return _train(cfg, folder, cfg_hash, setting, resume, overwrite, log, started)
+    except Exception:
+        if is_main_rank():
+            folder.abandon(created)
+        raise
+
+
+def load_setting_for(cfg: TrainConfig, allow_other_model: bool, log) -> FanLoRASetting:
+    """``cfg.setting``, refused when it was made for another model than ``cfg.model``."""
+    setting = FanLoRASetting.load(cfg.setting)
+    made = MadeFor(f"the setting {cfg.setting}", setting.model, setting.layout.to_dict())
+    layout = layout_from_config(load_config(cfg.model))
+    check_made_for(made, cfg.model, layout, allow_other_model, log)
+    return setting
+
+
+def _train(cfg, folder, cfg_hash, setting, resume, overwrite, log, started) -> dict:
     trainer = Trainer(cfg, folder, log)
     if trainer.acc.device.type == "cpu" and cfg.dtype != "float32" and not cpu_has_native_bf16():
         log(
@@ -62,6 +91,7 @@ def train(
         "device": trainer.acc.device.type,
         "mixed_precision": trainer.acc.mixed_precision,
         "peft_type": type(peft_config).__name__,
+        "model_layout": layout.to_dict(),  # what the adapter was made for (provenance)
     }
     log(
         f"{cfg.method}: {trainer.trainable:,} trainable parameters; {len(data.train)} train "
@@ -90,9 +120,10 @@ def train(
             best_dev_loss=state.best_loss,
             stopped_early=state.stopped_early,
             tokens=state.tokens,
-            wall_time_s=round(time.time() - started, 2),
+            wall_time_s=time.time() - started,
             rank_weight_checksums=checksums,
         )
         folder.write_run(record)
+        folder.publish()
     trainer.acc.wait_for_everyone()
     return record
