@@ -40,7 +40,7 @@ def run(args) -> int:
         name: read_json(f, "scores file")
         for name, f in zip(short_names(args.files), args.files, strict=True)
     }
-    layout, _ = layout_for_scores(next(iter(docs.values())), None)
+    layout, _ = layout_for_scores(next(iter(docs.values())), None, what=args.files[0])
     files = {name: parse_scores(doc, layout) for name, doc in docs.items()}
     result = compare(files, layout, args.k_max)
     width = max(len(n) for n in files) + 2
