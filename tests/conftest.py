@@ -76,25 +76,33 @@ def tiny_llama():
 
 @pytest.fixture(scope="session")
 def tasks_home_dir(tmp_path_factory):
-    """A FANLORA_HOME whose tasks are built from the test archive (400 rows per task
-    folder, enough for every split of every task); made once per session."""
+    """A FANLORA_HOME whose tasks are built from small wheels in the pinned packages'
+    layout (400 rows per task) and from the test BIG-bench archive (its optional tasks:
+    yesno, choice, mc, bb-*); made once per session."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
     from bigbench_fixture import fixture_files, write_archive
-    from fanlora.data.bigbench import install_extracted, sha256_of
+    from fanlora.data.packages import Packages
     from fanlora.data.registry import build_tasks
+    from fanlora.data.sources.bigbench_sdist import install_extracted, sha256_of
+    from package_fixture import fake_wheels, pin_to
 
     root = tmp_path_factory.mktemp("tasks_home")
     home = root / "home"
     previous = os.environ["FANLORA_HOME"]
     os.environ["FANLORA_HOME"] = str(home)
+    patch = pytest.MonkeyPatch()
     try:
+        wheels = fake_wheels(root / "wheels")
+        pin_to(patch, wheels)
         archive = write_archive(root / "bigbench-1.0.0.tar.gz", fixture_files(400))
         install_extracted(archive, expected_sha256=sha256_of(archive), log=lambda _: None)
-        build_tasks(log=lambda _: None)
+        _, missing = build_tasks(Packages(wheels.values(), download=False), log=lambda _: None)
+        assert not missing, missing
     finally:
+        patch.undo()
         os.environ["FANLORA_HOME"] = previous
     return str(home)
 

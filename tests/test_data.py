@@ -1,16 +1,23 @@
 import json
-import os
-import subprocess
 
 import pytest
 
 from bigbench_fixture import fixture_files, write_archive
 from fanlora.cli.main import main
 from fanlora.data import TASKS, load_split
-from fanlora.data.bigbench import extract_folders, install_extracted, sha256_of
 from fanlora.data.example import Example, split_of
-from fanlora.data.registry import build_tasks, load_user_file, split_counts
+from fanlora.data.packages import Packages
+from fanlora.data.registry import build_tasks, split_counts
+from fanlora.data.sources.bigbench_sdist import extract_folders, install_extracted, sha256_of
+from fanlora.data.user_files import load_user_file
 from fanlora.errors import FanLoRAError
+
+BIGBENCH = [name for name, spec in TASKS.items() if spec.optional]
+
+
+def build_bigbench(names=None):
+    """Build the BIG-bench tasks (offline: the package tasks are not asked for)."""
+    return build_tasks(Packages(download=False), names or BIGBENCH, log=lambda _: None)
 
 
 @pytest.fixture
@@ -24,23 +31,23 @@ def home(tmp_path, monkeypatch):
 def prepared(home, tmp_path):
     archive = write_archive(tmp_path / "bigbench-1.0.0.tar.gz")
     install_extracted(archive, expected_sha256=sha256_of(archive), log=lambda _: None)
-    build_tasks(log=lambda _: None)
+    build_bigbench()
     return home
 
 
 def test_every_dataset_builds_with_all_splits(prepared):
     counts = split_counts()
-    assert set(counts) == set(TASKS)
+    assert set(counts) == set(BIGBENCH)
     for name, rows in counts.items():
         assert sum(rows.values()) > 0, name
-    assert sum(counts["instruct"].values()) == 40
-    assert sum(counts["squad"].values()) == 30
+    assert sum(counts["bb-instruct"].values()) == 40
+    assert sum(counts["bb-squad"].values()) == 30
     assert sum(counts["yesno"].values()) == 20 + 6  # strategyqa + the yes/no CoQA turns
     assert sum(counts["mc"].values()) == 25  # the row with two right answers is skipped
 
 
 def test_examples_have_the_expected_shape(prepared):
-    squad = load_split("squad", "train") + load_split("squad", "test")
+    squad = load_split("bb-squad", "train") + load_split("bb-squad", "test")
     assert squad[0].references == ("Paris", "in Paris") and "Question:" in squad[0].prompt
     mc = [e for s in ("train", "dev", "test") for e in _maybe(load_split, "mc", s)]
     physics = [e for e in mc if e.uid.startswith("physics/")]
@@ -60,7 +67,7 @@ def _maybe(fn, *args):
 
 def test_squad_splits_never_share_an_article(prepared):
     articles = {
-        s: {e.group for e in _maybe(load_split, "squad", s)} for s in ("train", "dev", "test")
+        s: {e.group for e in _maybe(load_split, "bb-squad", s)} for s in ("train", "dev", "test")
     }
     assert not articles["train"] & articles["test"]
     assert not articles["train"] & articles["dev"]
@@ -74,41 +81,17 @@ def test_split_is_deterministic_and_order_free():
     assert first != [split_of(k, (0.8, 0.1, 0.1), seed=1) for k in keys]
 
 
-def test_prepare_twice_does_nothing(prepared, capsys):
-    stamp = os.stat(prepared / "data" / "tasks" / "manifest.json").st_mtime_ns
-    assert main(["data", "prepare"]) == 0
-    assert "nothing to do" in capsys.readouterr().out
-    assert os.stat(prepared / "data" / "tasks" / "manifest.json").st_mtime_ns == stamp
-
-
 def test_data_list_prints_counts(prepared, capsys):
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
-    row = next(line for line in out.splitlines() if line.startswith("instruct"))
+    row = next(line for line in out.splitlines() if line.startswith("bb-instruct"))
     assert sum(map(int, row.split()[3:6])) == 40
+    assert "not built" in out  # the package tasks, not prepared here
 
 
 def test_missing_cache_says_what_to_run(home):
     with pytest.raises(FanLoRAError, match="fanlora data prepare"):
         load_split("squad", "train")
-
-
-def test_index_without_the_release_says_how_to_use_a_copy(home, monkeypatch, capsys):
-    """pip's "No matching distribution" (the index lacks bigbench 1.0.0, as seen on
-    2026-12-06) is a clear error naming --archive; nothing half-made is left."""
-    index = "ERROR: No matching distribution found for bigbench==1.0.0 (from versions: 0.0.1)"
-
-    def fake_run(cmd, **_):
-        failed = "download" in cmd
-        return subprocess.CompletedProcess(cmd, int(failed), "", index if failed else "")
-
-    monkeypatch.setattr("fanlora.data.bigbench.subprocess.run", fake_run)
-    assert main(["data", "prepare"]) != 0
-    err = capsys.readouterr().err
-    assert "from versions: 0.0.1" in err
-    assert "does not hold bigbench==1.0.0" in err and "--archive PATH" in err
-    assert not list((home / "data").glob(".tmp-*"))
-    assert not (home / "data" / "tasks").exists()
 
 
 def test_a_bad_archive_argument_is_refused_before_anything_is_made(home, tmp_path, capsys):
@@ -156,8 +139,8 @@ def test_dataset_file_with_missing_fields_is_named(home, tmp_path):
     archive = write_archive(tmp_path / "bigbench-1.0.0.tar.gz", files)
     install_extracted(archive, expected_sha256=None, log=lambda _: None)
     with pytest.raises(FanLoRAError, match=r"semantic_parsing_spider.*examples\[3\]"):
-        build_tasks(log=lambda _: None)
-    assert not (home / "data" / "tasks").exists()
+        build_bigbench(["bb-sql"])
+    assert not (home / "data" / "tasks" / "bb-sql").exists()
 
 
 def test_user_files_jsonl_csv_and_chat(tmp_path):
@@ -252,10 +235,12 @@ def test_a_dataset_from_another_source_is_one_registration(tmp_path, tasks_home_
     shutil.copytree(tasks_home_dir, home)
     monkeypatch.setenv("FANLORA_HOME", str(home))
     rows = [Example(f"toy/{i}", f"Echo {i}", str(i), group=str(i)) for i in range(60)]
-    register_task(TaskSpec("toy", lambda: rows, (0.5, 0.25, 0.25), "f1_em", "-", "in memory"))
+    register_task(TaskSpec("toy", lambda _: rows, (0.5, 0.25, 0.25), "f1_em", "-", "in memory"))
     try:
-        counts = build_tasks(log=lambda _: None)["counts"]
-        assert sum(counts["toy"].values()) == 60 and counts["squad"]
+        manifest, missing = build_tasks(Packages(download=False), log=lambda _: None)
+        counts = split_counts()
+        assert sum(counts["toy"].values()) == 60 and counts["squad"] and not missing
+        assert manifest["tasks"]["toy"]["packages"] == []
         loaded = load_split("toy", "train") + load_split("toy", "dev") + load_split("toy", "test")
         assert sorted(e.uid for e in loaded) == sorted(e.uid for e in rows)
         with pytest.raises(FanLoRAError, match="already registered"):

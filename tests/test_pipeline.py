@@ -75,14 +75,14 @@ def test_every_unit_runs_once_and_the_report_traces_to_files(finished):
     setting = FanLoRASetting.load(out / "3-setting" / "setting.json")
     assert all(len(kinds) <= 2 for kinds in setting.layers)
     report = (out / "report" / "report.md").read_text()
-    for task in ("yesno", "squad"):
+    for task in ("boolq", "squad"):
         for method in ("base", "fanlora", "lora"):
             doc = json.loads((out / "5-eval" / task / method / "metrics.json").read_text())
             assert f"{doc['value']:.1f}" in report
     from fanlora.select.budget import match_kind_ranks
 
-    lora = json.loads((out / "4-downstream/yesno/lora/run.json").read_text())
-    fan = json.loads((out / "4-downstream/yesno/fanlora/run.json").read_text())
+    lora = json.loads((out / "4-downstream/boolq/lora/run.json").read_text())
+    fan = json.loads((out / "4-downstream/boolq/fanlora/run.json").read_text())
     ranks, match = match_kind_ranks(setting.layout, fan["trainable_params"])
     assert fan["trainable_params"] == 4 * setting.params_per_rank()
     assert lora["config"]["rank_pattern"] == ranks  # the budget is matched per module kind
@@ -110,19 +110,19 @@ def test_a_changed_downstream_config_redoes_only_what_it_invalidates(
     data["downstream"]["lr"] = 0.02
     _, ran = run_quiet(run_config_from(data, "test"), out)
     assert not {"1-full-lora", "2-scores", "3-setting"} & set(ran)
-    assert {"5-eval/yesno/base", "5-eval/squad/base"}.isdisjoint(ran)
-    assert {"4-downstream/yesno/fanlora", "5-eval/squad/lora", "6-decode", "report"} <= set(ran)
+    assert {"5-eval/boolq/base", "5-eval/squad/base"}.isdisjoint(ran)
+    assert {"4-downstream/boolq/fanlora", "5-eval/squad/lora", "6-decode", "report"} <= set(ran)
 
 
 def test_an_output_deleted_or_edited_by_hand_is_recomputed(finished, tasks_home, tmp_path):
     out = copy_run(finished, tmp_path)
-    (out / "5-eval/yesno/lora/metrics.json").unlink()
+    (out / "5-eval/boolq/lora/metrics.json").unlink()
     _, ran = run_quiet(tiny_cfg(), out)
-    assert ran == ["5-eval/yesno/lora", "report"]
+    assert ran == ["5-eval/boolq/lora", "report"]
     setting = out / "3-setting" / "setting.json"
     setting.write_text(setting.read_text().replace('"k_max": 2', '"k_max": 3'))
     _, ran = run_quiet(tiny_cfg(), out)
-    assert ran[0] == "3-setting" and "4-downstream/yesno/fanlora" in ran
+    assert ran[0] == "3-setting" and "4-downstream/boolq/fanlora" in ran
 
 
 def test_an_engine_aware_setting_redoes_step_3_and_later_only(finished, tasks_home, tmp_path):
@@ -147,16 +147,16 @@ def test_pruned_weights_keep_a_unit_done_until_a_unit_that_must_run_reads_them(
     run_dir = RunDir(out)
     units = {u.name: u for u in build_units(tiny_cfg(), run_dir)}
     assign_keys(list(units.values()))
-    adapter = out / "4-downstream/yesno/fanlora/adapter_model.safetensors"
+    adapter = out / "4-downstream/boolq/fanlora/adapter_model.safetensors"
     before = adapter.read_bytes()
-    assert run_dir.prune(units["4-downstream/yesno/fanlora"], ("adapter_model.safetensors",))
+    assert run_dir.prune(units["4-downstream/boolq/fanlora"], ("adapter_model.safetensors",))
     assert not adapter.exists() and not (adapter.parent / "checkpoints").exists()
     _, ran = run_quiet(tiny_cfg(), out)
     assert ran == []  # pruned on purpose: still done
     data = tiny_data()
     data["evaluation"]["limit"] = 3  # every evaluation must run, so the adapter is needed
     _, ran = run_quiet(run_config_from(data, "test"), out)
-    assert "4-downstream/yesno/fanlora" in ran and "4-downstream/yesno/lora" not in ran
+    assert "4-downstream/boolq/fanlora" in ran and "4-downstream/boolq/lora" not in ran
     assert adapter.read_bytes() == before  # recomputed, the same weights
 
 
@@ -173,8 +173,8 @@ def test_pruned_weights_put_back_with_their_hash_are_not_trained_again(
     run_dir = RunDir(out)
     units = {u.name: u for u in build_units(tiny_cfg(), run_dir)}
     assign_keys(list(units.values()))
-    unit = units["4-downstream/yesno/fanlora"]
-    adapter = out / "4-downstream/yesno/fanlora/adapter_model.safetensors"
+    unit = units["4-downstream/boolq/fanlora"]
+    adapter = out / "4-downstream/boolq/fanlora/adapter_model.safetensors"
     before = adapter.read_bytes()
     assert run_dir.prune(unit, ("adapter_model.safetensors",))
     adapter.write_bytes(before[:-1] + bytes([before[-1] ^ 1]))  # not the recorded file
@@ -184,7 +184,7 @@ def test_pruned_weights_put_back_with_their_hash_are_not_trained_again(
     data = tiny_data()
     data["evaluation"]["limit"] = 3  # every evaluation must run and reads the adapter
     _, ran = run_quiet(run_config_from(data, "test"), out)
-    assert "5-eval/yesno/fanlora" in ran and "4-downstream/yesno/fanlora" not in ran
+    assert "5-eval/boolq/fanlora" in ran and "4-downstream/boolq/fanlora" not in ran
 
 
 def test_method_lr_gives_each_method_its_own_step_4_learning_rate(tmp_path):
@@ -193,8 +193,8 @@ def test_method_lr_gives_each_method_its_own_step_4_learning_rate(tmp_path):
 
     cfg = tiny_cfg(method_lr={"lora": 0.005})
     units = {u.name: u for u in build_units(cfg, RunDir(tmp_path / "run"))}
-    assert units["4-downstream/yesno/lora"].params["lr"] == 0.005
-    assert units["4-downstream/yesno/fanlora"].params["lr"] == tiny_data()["downstream"]["lr"]
+    assert units["4-downstream/boolq/lora"].params["lr"] == 0.005
+    assert units["4-downstream/boolq/fanlora"].params["lr"] == tiny_data()["downstream"]["lr"]
 
 
 def test_a_report_that_must_run_does_not_revive_pruned_units(finished, tasks_home, tmp_path):
@@ -208,7 +208,7 @@ def test_a_report_that_must_run_does_not_revive_pruned_units(finished, tasks_hom
     run_dir = RunDir(out)
     units = {u.name: u for u in build_units(tiny_cfg(), run_dir)}
     assign_keys(list(units.values()))
-    assert run_dir.prune(units["4-downstream/yesno/fanlora"], ("adapter_model.safetensors",))
+    assert run_dir.prune(units["4-downstream/boolq/fanlora"], ("adapter_model.safetensors",))
     _, ran = run_quiet(tiny_cfg(), out, start_from="report")
     assert ran == ["report"]
 
@@ -240,7 +240,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(tasks_home, tmp_path, finis
     from test_train import before_each_step, kill_before_step
 
     out = tmp_path / "run"
-    cfg = tiny_cfg(tasks=["yesno"], eval_base=False, decode=False)
+    cfg = tiny_cfg(tasks=["boolq"], eval_base=False, decode=False)
     with before_each_step(kill_before_step(2)), pytest.raises(KeyboardInterrupt):
         run_quiet(cfg, out)  # dies inside step 1, at its third optimizer step
     assert json.loads((out / "1-full-lora" / "stage.json").read_text())["status"] == "running"
@@ -295,7 +295,7 @@ def test_a_run_folder_of_another_format_or_not_a_run_is_refused(finished, tasks_
     [
         ({"epochs": 3}, r"unknown key\(s\) 'epochs'"),
         ({"k_max": "two"}, "key 'k_max' must be int"),
-        ({"tasks": ["yesno", "nosuch"]}, r"unknown task\(s\) \['nosuch'\]"),
+        ({"tasks": ["boolq", "nosuch"]}, r"unknown task\(s\) \['nosuch'\]"),
         ({"methods": ["fanlora", "lorra"]}, r"unknown downstream method\(s\) \['lorra'\]"),
         ({"downstream": {"rnk": 4}}, "section 'downstream': unknown key"),
         (
@@ -418,7 +418,7 @@ def test_the_pipeline_on_two_processes_equals_one(tasks_home_dir, tmp_path):
     import subprocess
     import sys
 
-    data = tiny_data(tasks=["yesno"], methods=["fanlora"], decode=False, until="eval")
+    data = tiny_data(tasks=["boolq"], methods=["fanlora"], decode=False, until="eval")
     data["full_lora"].update(dropout=0.0)
     data["downstream"].update(dropout=0.0)
     config = tmp_path / "two.yaml"
@@ -451,12 +451,12 @@ def test_the_pipeline_on_two_processes_equals_one(tasks_home_dir, tmp_path):
     finally:
         mp.undo()
     two, one = tmp_path / "two", tmp_path / "one"
-    assert json.loads((two / "4-downstream/yesno/fanlora/run.json").read_text())["world_size"] == 2
+    assert json.loads((two / "4-downstream/boolq/fanlora/run.json").read_text())["world_size"] == 2
     same = [FanLoRASetting.load(d / "3-setting/setting.json").layers for d in (two, one)]
     assert same[0] == same[1]
     scores = [json.loads((d / "2-scores/scores.json").read_text())["scores"] for d in (two, one)]
     assert max(abs(a["score"] - b["score"]) for a, b in zip(*scores, strict=True)) < 1e-3
-    assert (two / "5-eval/yesno/fanlora/metrics.json").is_file()
+    assert (two / "5-eval/boolq/fanlora/metrics.json").is_file()
     log = (two / "pipeline.log").read_text().splitlines()
     assert log.count("[1/7] 1-full-lora: starts") == 1, log
     assert len([line for line in log if line.startswith("setting: ")]) == 1, log

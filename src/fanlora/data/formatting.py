@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
+from fanlora.data.conversation import IGNORE, encode_conversation
 from fanlora.data.example import Example
 from fanlora.errors import FanLoRAError
 
-IGNORE = -100
+__all__ = ["IGNORE"]
 PLACEHOLDER = "\x00FANLORA_PROMPT\x00"
 ELLIPSIS = " ... "
 
@@ -131,7 +132,10 @@ def encode_prompt(tokenizer, example: Example) -> tuple[list[int], tuple[int, in
 def encode_example(
     tokenizer, frame: PromptFrame, example: Example, max_length: int, response: str | None = None
 ) -> dict | None:
-    """input_ids and labels (response tokens only) or None when the response cannot fit."""
+    """input_ids and labels (response tokens only; every assistant turn of a conversation)
+    or None when the response cannot fit."""
+    if example.messages and response is None:
+        return encode_conversation(tokenizer, example.messages, max_length)
     ids = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     answer = example.response if response is None else response
     prompt, anchor = encode_prompt(tokenizer, example)
@@ -163,8 +167,9 @@ def encode_options(tokenizer, frame: PromptFrame, example: Example, max_length: 
 
 
 def encode_all(tokenizer, examples: list[Example], max_length: int) -> tuple[list[dict], int]:
-    """Encode ``examples`` (two batched tokenizer calls, fast on 10^5 rows); return
-    (encoded, number dropped because the response is too long)."""
+    """Encode ``examples`` (two batched tokenizer calls, fast on 10^5 rows; a conversation
+    through :func:`~fanlora.data.conversation.encode_conversation`); return (encoded,
+    number dropped because the response, or a conversation's last exchange, is too long)."""
     frame = PromptFrame.of(tokenizer)
     enc = tokenizer(
         [e.prompt for e in examples],
@@ -178,8 +183,13 @@ def encode_all(tokenizer, examples: list[Example], max_length: int) -> tuple[lis
     ]
     answers = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
     ellipsis = tokenizer(ELLIPSIS, add_special_tokens=False)["input_ids"]
-    rows = zip(enc["input_ids"], answers, anchors, strict=True)
-    encoded = [assemble(frame, p, a, max_length, ellipsis, anchor) for p, a, anchor in rows]
+    rows = zip(examples, enc["input_ids"], answers, anchors, strict=True)
+    encoded = [
+        encode_conversation(tokenizer, e.messages, max_length)
+        if e.messages
+        else assemble(frame, p, a, max_length, ellipsis, anchor)
+        for e, p, a, anchor in rows
+    ]
     kept = [e for e in encoded if e is not None]
     if not kept:
         raise FanLoRAError(

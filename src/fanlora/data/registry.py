@@ -1,43 +1,55 @@
 """The datasets fanlora knows, their deterministic splits, and loading by name or file.
 
-``fanlora data prepare`` builds every task into ``$FANLORA_HOME/data/tasks/<name>/<split>.jsonl``
-with a ``manifest.json`` of row counts; loading a split reads one JSONL file. Splits are
-assigned by :func:`fanlora.data.example.split_of` with ``SPLIT_SEED`` and each task's
-fractions below, on the example's group (so they do not depend on file order).
+``fanlora data prepare`` builds each task into ``$FANLORA_HOME/data/tasks/<name>/<split>.jsonl``
+(a task at a time, each through a temporary folder) and records in ``manifest.json`` its row
+counts, the packages (name, version, sha256) it came from and the sha256 of its split files,
+so a task's data has an identity that the pipeline's unit keys carry. A task whose package
+cannot be had is named and skipped; the others still build, and built ones are kept.
+Splits: a split the source fixes (``meta["split"]``), else
+:func:`fanlora.data.example.split_of` with ``SPLIT_SEED`` and the task's fractions, on the
+example's group (so they do not depend on file order).
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fanlora.data.bigbench import BIGBENCH_VERSION, data_root
 from fanlora.data.example import SPLITS, Example, split_of
+from fanlora.data.hf_data import is_hf_data, load_hf_split
+from fanlora.data.packages import MissingPackage, Packages
+from fanlora.data.user_files import USER_SUFFIXES, load_user_file
 from fanlora.errors import FanLoRAError
+from fanlora.paths import fanlora_home
 from fanlora.utils.io import atomic_dir, atomic_write_json
 from fanlora.utils.registry import add
 
 SPLIT_SEED = 0
-TASKS_FORMAT_VERSION = 1
+TASKS_FORMAT_VERSION = 2
+DATA_FORMS = (
+    "a .jsonl/.json/.csv file, a .parquet/.arrow file, a save_to_disk folder, a .yaml data "
+    "spec or a Hub id (owner/name[:config])"
+)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """A dataset: how to build it, how to split it, how to score it.
 
-    ``builder()`` returns every example of the dataset from wherever it comes from (the
-    BIG-bench sources in :mod:`fanlora.data.builders`, a local file, a hub dataset); it may
-    raise :class:`FanLoRAError` saying how to get its data. A new dataset is one
-    :func:`register_task` call in the file of its source.
+    ``builder(packages)`` returns every example of the dataset, reading the files it needs
+    through :class:`~fanlora.data.packages.Packages`; it may raise :class:`FanLoRAError`
+    saying how to get its data. A new dataset is one :func:`register_task` call in the file
+    of its source (``fanlora.data.sources``). ``optional``: built only when its data is at
+    hand (BIG-bench, whose archive the index no longer serves).
     """
 
     name: str
-    builder: Callable[[], list[Example]]
-    fractions: tuple[float, float, float]  # train, dev, test
+    builder: Callable[[Packages], list[Example]]
+    fractions: tuple[float, float, float]  # train, dev, test, for rows without a fixed split
     metric: str  # loss | f1_em | sql_em | number_acc | accuracy
     role: str  # the paper's dataset this one stands in for
     source: str
@@ -45,6 +57,10 @@ class TaskSpec:
     # of the test prompts that hold a reference answer still hold it after truncation, on
     # SmolLM2's tokenizer (bench/truncation.py: SQuAD 69.8% at 192, 92.6% at 256).
     max_length: int = 192
+    license: str = ""
+    packages: tuple[str, ...] = ()  # the pinned packages it reads (name==version)
+    optional: bool = False
+    available: Callable[[Packages], bool] | None = None  # optional tasks: is the data here
 
 
 TASKS: dict[str, TaskSpec] = {}
@@ -55,6 +71,10 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     return add(TASKS, spec.name, spec, "dataset")
 
 
+def data_root() -> Path:
+    return fanlora_home() / "data"
+
+
 def tasks_dir() -> Path:
     return data_root() / "tasks"
 
@@ -63,34 +83,70 @@ def manifest_path() -> Path:
     return tasks_dir() / "manifest.json"
 
 
-def build_tasks(log: Callable[[str], None] = print) -> dict:
-    """Build every registered task's splits; return the manifest."""
-    with atomic_dir(tasks_dir()) as work:
-        counts = {}
-        for spec in TASKS.values():
-            examples = spec.builder()
-            counts[spec.name] = write_splits(work / spec.name, examples, spec.fractions)
-            log(f"  {spec.name:<9} {counts[spec.name]}")
-        manifest = {
-            "format_version": TASKS_FORMAT_VERSION,
-            "bigbench": BIGBENCH_VERSION,
-            "split_seed": SPLIT_SEED,
-            "counts": counts,
-        }
-        atomic_write_json(work / "manifest.json", manifest)
-    return manifest
+def build_tasks(
+    packages: Packages, names: list[str] | None = None, force: bool = False, log=print
+) -> tuple[dict, list[MissingPackage]]:
+    """Build the tasks ``names`` (default: every task, optional ones only when their data is
+    at hand), skipping built ones unless ``force``; return (manifest, what was missing).
+    Each task is written through a temporary folder and the manifest updated after it, so
+    nothing built is lost when a later task fails."""
+    manifest = read_manifest() or new_manifest()
+    missing = []
+    for spec in [TASKS[n] for n in names] if names else list(TASKS.values()):
+        if spec.name in manifest["tasks"] and not force and (tasks_dir() / spec.name).is_dir():
+            continue
+        if spec.optional and not names and not (spec.available and spec.available(packages)):
+            continue
+        packages.used = {}
+        try:
+            examples = spec.builder(packages)
+        except MissingPackage as exc:
+            missing.append(exc)
+            log(f"  {spec.name:<9} skipped: {exc.wheel.spec} cannot be had")
+            continue
+        manifest["tasks"][spec.name] = build_task(spec, examples, packages)
+        atomic_write_json(manifest_path(), manifest)
+        log(f"  {spec.name:<9} {manifest['tasks'][spec.name]['counts']}")
+    return manifest, missing
 
 
-def write_splits(folder: Path, examples: list[Example], fractions) -> dict[str, int]:
-    """Write ``<split>.jsonl`` files for ``examples``; return the row count per split."""
-    folder.mkdir(parents=True)
+def new_manifest() -> dict:
+    return {"format_version": TASKS_FORMAT_VERSION, "split_seed": SPLIT_SEED, "tasks": {}}
+
+
+def build_task(spec: TaskSpec, examples: list[Example], packages: Packages) -> dict:
+    """Write one task's splits (atomically); its manifest entry."""
+    with atomic_dir(tasks_dir() / spec.name) as work:
+        counts, digest = write_splits(work, examples, spec.fractions)
+    return {
+        "counts": counts,
+        "sha256": digest,
+        "packages": [w.to_dict() for w in packages.used.values()],
+        "source": spec.source,
+    }
+
+
+def split_for(example: Example, fractions) -> str:
+    fixed = example.meta.get("split")
+    return (
+        fixed if fixed in SPLITS else split_of(example.group or example.uid, fractions, SPLIT_SEED)
+    )
+
+
+def write_splits(folder: Path, examples: list[Example], fractions) -> tuple[dict[str, int], str]:
+    """Write ``<split>.jsonl`` files for ``examples``; (rows per split, sha256 of the files)."""
+    folder.mkdir(parents=True, exist_ok=True)
     lines: dict[str, list[str]] = {s: [] for s in SPLITS}
     for example in examples:
-        split = split_of(example.group or example.uid, fractions, SPLIT_SEED)
-        lines[split].append(json.dumps(example.to_dict(), ensure_ascii=False) + "\n")
+        lines[split_for(example, fractions)].append(
+            json.dumps(example.to_dict(), ensure_ascii=False) + "\n"
+        )
+    digest = hashlib.sha256()
     for split, rows in lines.items():
-        (folder / f"{split}.jsonl").write_text("".join(rows), encoding="utf-8")
-    return {split: len(rows) for split, rows in lines.items()}
+        text = "".join(rows)
+        (folder / f"{split}.jsonl").write_text(text, encoding="utf-8")
+        digest.update(f"{split}\0{text}".encode())
+    return {split: len(rows) for split, rows in lines.items()}, digest.hexdigest()
 
 
 def read_manifest() -> dict | None:
@@ -102,9 +158,27 @@ def read_manifest() -> dict | None:
 
 
 def split_counts() -> dict[str, dict[str, int]] | None:
-    """Rows per task and split, or None when the data is not prepared."""
+    """Rows per built task and split, or None when no task is prepared."""
     manifest = read_manifest()
-    return manifest["counts"] if manifest else None
+    if not manifest or not manifest["tasks"]:
+        return None
+    return {name: entry["counts"] for name, entry in manifest["tasks"].items()}
+
+
+def is_data(name: str) -> bool:
+    """Whether ``name`` names data: a registered task, a user file or a datasets form."""
+    return name in TASKS or Path(name).suffix in USER_SUFFIXES or is_hf_data(name)
+
+
+def data_identity(name: str) -> str | None:
+    """What a task's data is, for unit keys: a built task's split-file sha256, a user file's
+    sha256 (None when neither is there, or for a Hub id or folder)."""
+    manifest = read_manifest()
+    if name in TASKS:
+        entry = (manifest or {}).get("tasks", {}).get(name)
+        return entry["sha256"] if entry else None
+    path = Path(name)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def split_size(name: str, split: str) -> int:
@@ -123,13 +197,16 @@ def load_split(name: str, split: str) -> list[Example]:
         raise FanLoRAError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if Path(name).suffix in USER_SUFFIXES:
         examples = load_user_file(Path(name), split)
+    elif name not in TASKS and is_hf_data(name):
+        examples = load_hf_split(name, split)
     elif name not in TASKS:
-        raise FanLoRAError(
-            f"unknown dataset {name!r}; known: {', '.join(TASKS)}, or a .jsonl/.json/.csv file"
-        )
+        raise FanLoRAError(f"unknown dataset {name!r}; known: {', '.join(TASKS)}, or {DATA_FORMS}")
     else:
-        if read_manifest() is None:
-            raise FanLoRAError(f"dataset {name!r} is not prepared: run `fanlora data prepare`")
+        if name not in (split_counts() or {}):
+            raise FanLoRAError(
+                f"dataset {name!r} is not prepared: run `fanlora data prepare` "
+                f"(it comes from {TASKS[name].source})"
+            )
         path = tasks_dir() / name / f"{split}.jsonl"
         with open(path, encoding="utf-8") as handle:
             examples = [Example.from_dict(json.loads(line)) for line in handle]
@@ -162,133 +239,3 @@ def task_metric(name: str, examples: list[Example] | None = None) -> str:
         f"{name} is not a registered task and has no options: pass --metric "
         "(f1_em, sql_em, number_acc or accuracy)"
     )
-
-
-USER_SUFFIXES = (".jsonl", ".json", ".csv")
-USER_FRACTIONS = (0.9, 0.05, 0.05)
-
-
-def _user_rows(path: Path) -> list:
-    """The rows of a user's file: CSV records, JSONL lines, or a JSON list (or an object
-    holding one under ``examples`` or ``data``); errors name the file and the line."""
-    if not path.is_file():
-        raise FanLoRAError(f"data file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise FanLoRAError(
-            f"{path} line {line} is not UTF-8 (byte {exc.start}: {exc.reason}); save the "
-            "file as UTF-8"
-        ) from None
-    if path.suffix == ".csv":
-        return list(csv.DictReader(text.splitlines()))
-    if path.suffix == ".jsonl":
-        return [
-            _json_line(path, n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()
-        ]
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FanLoRAError(f"{path} is not valid JSON: {exc}") from None
-    if isinstance(rows, dict):
-        rows = rows.get("examples", rows.get("data"))
-    if not isinstance(rows, list):
-        raise FanLoRAError(
-            f"{path}: expected a JSON list of rows, or an object with a list under "
-            f"'examples' or 'data'; got {type(rows).__name__}"
-        )
-    return rows
-
-
-def _json_line(path: Path, number: int, line: str):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise FanLoRAError(
-            f"{path} line {number} is not valid JSON: {exc.msg} (column {exc.colno})"
-        ) from None
-
-
-def _user_example(path: Path, i: int, row: dict) -> Example:
-    where = f"{path} row {i + 1}"
-    if not isinstance(row, dict):
-        raise FanLoRAError(f"{where}: expected an object")
-    split = row.get("split") or ""
-    if split and split not in SPLITS:
-        raise FanLoRAError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-    if "messages" in row:  # chat: every turn before the last assistant turn is the prompt
-        messages = row["messages"]
-        turns_ok = isinstance(messages, list) and all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
-        )
-        if not turns_ok:
-            raise FanLoRAError(f"{where}: 'messages' must be a list of {{role, content}} objects")
-        if not messages or messages[-1].get("role") != "assistant":
-            raise FanLoRAError(f"{where}: 'messages' must end with an assistant turn")
-        prompt = "\n\n".join(m["content"] for m in messages[:-1] if m.get("role") != "system")
-        row = {**row, "output": messages[-1]["content"]}
-    elif not row.get("instruction"):
-        raise FanLoRAError(
-            f"{where}: missing instruction (need instruction, optional input, and output, "
-            "references or choices + label; or chat 'messages')"
-        )
-    else:
-        prompt = str(row["instruction"]) + (f"\n\n{row['input']}" if row.get("input") else "")
-    if "choices" in row:
-        choices, label = _user_choices(where, row)
-        return Example(
-            f"{path.name}/{i}",
-            prompt,
-            choices[label],
-            choices=choices,
-            label=label,
-            meta={"split": split},
-        )
-    references = _user_references(where, row)
-    return Example(
-        f"{path.name}/{i}", prompt, references[0], references=references, meta={"split": split}
-    )
-
-
-def _user_references(where: str, row: dict) -> tuple[str, ...]:
-    """``references`` (every acceptable answer; the first is trained on unless ``output``
-    is given, which then comes first) or ``output`` alone."""
-    refs = row.get("references")
-    if refs is not None and (
-        not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r for r in refs)
-    ):
-        raise FanLoRAError(f"{where}: 'references' must be a non-empty list of answers")
-    output = str(row["output"]) if row.get("output") not in (None, "") else None
-    if output is None and not refs:
-        raise FanLoRAError(f"{where}: missing output (or references, or choices + label)")
-    return tuple(dict.fromkeys([*([output] if output else []), *(refs or [])]))
-
-
-def _user_choices(where: str, row: dict) -> tuple[tuple[str, ...], int]:
-    """``choices`` (the options) and ``label`` (the right one's index, or its text)."""
-    choices, label = row.get("choices"), row.get("label")
-    if not isinstance(choices, list) or len(choices) < 2:
-        raise FanLoRAError(f"{where}: 'choices' must be a list of at least two options")
-    choices = tuple(str(c) for c in choices)
-    if isinstance(label, str) and label in choices:
-        label = choices.index(label)
-    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
-        raise FanLoRAError(
-            f"{where}: 'label' must be the index of the right choice "
-            f"(0-{len(choices) - 1}) or its text; got {label!r}"
-        )
-    return choices, label
-
-
-def load_user_file(path: Path, split: str) -> list[Example]:
-    """A user's JSONL/JSON/CSV rows: ``instruction`` (+ optional ``input``) with ``output``,
-    ``references`` (a list of acceptable answers) or ``choices`` + ``label`` (scored by
-    accuracy); or chat ``messages``. A ``split`` column is honoured, otherwise rows are
-    split 90/5/5 by hash."""
-    examples = [_user_example(path, i, row) for i, row in enumerate(_user_rows(path))]
-    return [e for e in examples if _user_split(e) == split]
-
-
-def _user_split(example: Example) -> str:
-    return example.meta.get("split") or split_of(example.uid, USER_FRACTIONS, SPLIT_SEED)

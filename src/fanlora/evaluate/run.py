@@ -37,7 +37,9 @@ class EvalConfig(DeviceOptions):
     adapter: str | None = field(
         default=None, metadata={"help": "PEFT adapter folder (none: the base model)"}
     )
-    task: str = field(default="yesno", metadata={"help": "dataset name or a local file"})
+    task: str = field(
+        default="boolq", metadata={"help": "dataset name, data file, folder, .yaml spec or Hub id"}
+    )
     split: str = field(
         default="test", metadata={"help": "split to evaluate", "choices": ("train", "dev", "test")}
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fanlora.data.example import SPLITS
+from fanlora.data.hf_data import is_hf_data
 from fanlora.data.registry import TASKS, load_split, split_counts, task_metric
 from fanlora.errors import FanLoRAError
 from fanlora.models import load_config
@@ -75,7 +76,7 @@ def check_run(cfg: RunConfig) -> dict[str, str]:
     split = scoring.get("split", "dev")
     check_data(scoring.get("data", STEP_DEFAULT_DATA), (split,), "scoring.data (step 2)")
     for task in cfg.tasks:
-        if task not in TASKS and not Path(task).is_file():
+        if task not in TASKS and not is_hf_data(task) and not Path(task).is_file():
             raise FanLoRAError(f"task file not found: {task}")
         check_data(task, SPLITS, f"task {task!r} (steps 4-5)")
     metrics = task_metrics(cfg)

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from fanlora.config import from_mapping, load_yaml, require_positive
-from fanlora.data.registry import TASKS, USER_SUFFIXES
+from fanlora.data.registry import DATA_FORMS, TASKS, is_data
 from fanlora.engines import ENGINES
 from fanlora.errors import FanLoRAError
 from fanlora.evaluate.run import METRICS, EvalConfig
@@ -153,11 +153,11 @@ class RunConfig(DeviceOptions):
                 f"unknown downstream method(s) {bad or '(none given)'}; choose "
                 f"from {', '.join(downstream_methods())}"
             )
-        bad = [t for t in self.tasks if t not in TASKS and Path(t).suffix not in USER_SUFFIXES]
+        bad = [t for t in self.tasks if not is_data(t)]
         if bad or not self.tasks:
             raise FanLoRAError(
-                f"unknown task(s) {bad or '(none given)'}; known: "
-                f"{', '.join(TASKS)}, or a .jsonl/.json/.csv file"
+                f"unknown task(s) {bad or '(none given)'}; known: {', '.join(TASKS)}, or "
+                f"{DATA_FORMS}"
             )
         lrs = self.method_lr or {}
         bad = [m for m, lr in lrs.items() if m not in self.methods or not isinstance(lr, float)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fanlora.data.registry import data_identity
 from fanlora.engines import describe_cost
 from fanlora.evaluate.run import EvalConfig, evaluate
 from fanlora.modules.discovery import ModuleLayout
@@ -71,10 +72,18 @@ def train_unit(
         return summary | {"method": tc.method, "rank": tc.rank, "data": tc.data}
 
     key_params = {**params, "budget": cfg.budget} if setting_unit else params
+    key_params = with_data(key_params, params.get("data", "instruct"))
     if revision := get_method(section.get("method", "")).revision:
         key_params = {**key_params, "method_revision": revision}
     deps = (setting_unit,) if setting_unit else ()
     return Unit(name, stage, key_params, run, TRAIN_OUTPUTS, deps, collective=True)
+
+
+def with_data(key_params: dict, data: str) -> dict:
+    """A unit's key parameters plus its data's identity (a built task's sha256, a file's):
+    the unit is redone when its data changes, even under the same name."""
+    identity = data_identity(data)
+    return {**key_params, "data_sha256": identity} if identity else key_params
 
 
 def placed(cfg: RunConfig) -> dict:
@@ -138,6 +147,7 @@ def scores_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:
     # Racing stops on the layer's top-K_max boundary, so adaptive scores depend on K_max;
     # exact scores do not (K_max only marks the heatmap), and are shared across K_max.
     key = params if params.get("adaptive") else {k: v for k, v in params.items() if k != "k_max"}
+    key = with_data(key, params.get("data", "instruct"))
     return Unit(SCORES, "scores", key, run, ("scores.json",), (FULL_LORA,), collective=True)
 
 
@@ -187,7 +197,8 @@ def eval_unit(cfg: RunConfig, run_dir: RunDir, task: str, method: str) -> Unit:
 
     deps = (adapter_unit,) if adapter_unit else ()
     outputs = ("metrics.json", "predictions.jsonl")
-    return Unit(eval_unit_name(task, method), "eval", params, run, outputs, deps)
+    unit = Unit(eval_unit_name(task, method), "eval", with_data(params, task), run, outputs, deps)
+    return unit
 
 
 def decode_unit(cfg: RunConfig, run_dir: RunDir) -> Unit:

@@ -20,7 +20,13 @@ class TrainConfig(DeviceOptions):
     """Everything one fine-tuning run needs; a YAML file can hold any of it."""
 
     model: str = field(default="tiny-random-llama", **_help("preset, local folder or cached HF id"))
-    data: str = field(default="instruct", **_help("dataset name or a .jsonl/.json/.csv file"))
+    data: str = field(
+        default="instruct",
+        **_help(
+            "dataset name, a data file (.jsonl/.json/.csv/.parquet/.arrow), a save_to_disk "
+            "folder, a .yaml data spec or a Hub id"
+        ),
+    )
     method: str = field(
         default="full-lora", **_help("what to train (registered methods)", choices=METHODS)
     )

@@ -11,11 +11,11 @@ import fcntl
 import hashlib
 import os
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from fanlora.errors import FanLoRAError
-from fanlora.paths import fanlora_home
 
 
 def try_lock(path: Path):
@@ -37,10 +37,11 @@ def try_lock(path: Path):
 
 
 def lock_file(target: str | Path) -> Path:
-    """Where the lock of output ``target`` lives: ``$FANLORA_HOME/locks/``, keyed by the
-    absolute path, so no file appears beside the user's output."""
+    """Where the lock of output ``target`` lives: the machine's temporary folder (locks are
+    per machine), keyed by the absolute path, so no file appears beside the user's output
+    or in their cache."""
     key = hashlib.sha256(str(Path(target).expanduser().resolve()).encode()).hexdigest()[:24]
-    return fanlora_home() / "locks" / f"{key}.lock"
+    return Path(tempfile.gettempdir()) / f"fanlora-locks-{os.getuid()}" / f"{key}.lock"
 
 
 @contextmanager

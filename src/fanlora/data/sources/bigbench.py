@@ -1,5 +1,8 @@
-"""The BIG-bench source: task files turned into :class:`Example` lists, one builder per
-dataset, and their registration (the end of this file).
+"""The BIG-bench 1.0.0 source (optional since the index stopped serving its sdist on
+2026-12-06): task files turned into :class:`Example` lists, one builder per dataset, and
+their registration (the end of this file). Built only when the archive was handed over
+(``fanlora data prepare --archive``); the names the package sources took (``instruct``,
+``squad``, ``sql``, ``math``) are ``bb-`` prefixed here.
 
 Each builder reads the extracted folder ``root`` (``.../benchmark_tasks``) and returns every
 example of its dataset; :mod:`fanlora.data.registry` assigns the splits. Another source
@@ -13,9 +16,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from fanlora.data.bigbench import extracted_dir
 from fanlora.data.example import Example
 from fanlora.data.registry import TaskSpec, register_task
+from fanlora.data.sources.bigbench_sdist import extracted_dir
 from fanlora.errors import FanLoRAError
 
 LETTERS = "ABCD"
@@ -270,23 +273,30 @@ def build_mc(root: Path) -> list[Example]:
     return out
 
 
-def from_bigbench(build: Callable[[Path], list[Example]]) -> Callable[[], list[Example]]:
+def from_bigbench(build: Callable[[Path], list[Example]]) -> Callable[..., list[Example]]:
     """A task builder reading the extracted BIG-bench folder, or saying how to get it."""
 
-    def builder() -> list[Example]:
+    def builder(packages=None) -> list[Example]:
         root = extracted_dir()
-        if not (root / "COMPLETE").is_file():
-            raise FanLoRAError("BIG-bench is not extracted yet: run `fanlora data prepare`")
+        if not bigbench_extracted():
+            raise FanLoRAError(
+                "BIG-bench is not extracted: run `fanlora data prepare --archive "
+                "bigbench-1.0.0.tar.gz` (the index no longer serves it)"
+            )
         return build(root)
 
     return builder
+
+
+def bigbench_extracted(packages=None) -> bool:
+    return (extracted_dir() / "COMPLETE").is_file()
 
 
 # The paper's datasets as BIG-bench stand-ins, in the order they are built and listed.
 # name, builder, (train, dev, test) fractions, metric, the paper's role, source[, max_length]
 BIGBENCH_TASKS = [
     (
-        "instruct",
+        "bb-instruct",
         build_instruct,
         (0.98, 0.01, 0.01),
         "loss",
@@ -297,7 +307,7 @@ BIGBENCH_TASKS = [
     # The paper tests on SQuAD's dev set; only that file ships here, so its 48 articles are
     # split into train/dev/test by article (no passage is shared across splits).
     (
-        "squad",
+        "bb-squad",
         build_squad,
         (0.6, 0.1, 0.3),
         "f1_em",
@@ -306,7 +316,7 @@ BIGBENCH_TASKS = [
         256,
     ),
     (
-        "sql",
+        "bb-sql",
         build_sql,
         (0.7, 0.1, 0.2),
         "sql_em",
@@ -315,7 +325,7 @@ BIGBENCH_TASKS = [
         512,
     ),
     (
-        "math",
+        "bb-math",
         build_math,
         (0.8, 0.1, 0.1),
         "number_acc",
@@ -356,4 +366,18 @@ BIGBENCH_TASKS = [
 ]
 
 for name, build, fractions, metric, role, source, max_length in BIGBENCH_TASKS:
-    register_task(TaskSpec(name, from_bigbench(build), fractions, metric, role, source, max_length))
+    register_task(
+        TaskSpec(
+            name,
+            from_bigbench(build),
+            fractions,
+            metric,
+            role,
+            source,
+            max_length,
+            license="Apache-2.0 (BIG-bench); see the README for each original dataset",
+            packages=("bigbench==1.0.0 (sdist)",),
+            optional=True,
+            available=bigbench_extracted,
+        )
+    )
