@@ -23,6 +23,8 @@ def grid_file(tmp_path, grid, **run) -> Path:
     )
     base["evaluation"]["limit"] = 4
     base["scoring"]["adaptive"] = False  # exact scores do not depend on K_max: shared
+    # the BIG-bench fixture's instructions (the numbers below were set on them)
+    base["full_lora"]["data"] = base["scoring"]["data"] = "bb-instruct"
     path = tmp_path / "grid.yaml"
     path.write_text(
         yaml.safe_dump(
