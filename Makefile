@@ -54,7 +54,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 # The main job: the whole FanLoRA pipeline on the embedded default (SmolLM2-135M, steps 1-4,
-# evaluation, decoding speed, report), about 35 minutes on a 2-core CPU. A second
+# evaluation, decoding speed, report), about 30 minutes on a 2-core CPU. A second
 # `make demo` finds every stage done; an interrupted one resumes.
 demo: install
 	$(VENV)/bin/fanlora data prepare

@@ -107,3 +107,33 @@ def test_bad_specs_are_clear_errors(tmp_path, content, message):
     spec.write_text(content)
     with pytest.raises(FanLoRAError, match=message):
         load_split(str(spec), "train")
+
+
+def test_score_and_eval_read_datasets_formats(tmp_path, capsys):
+    """Step 2's validation data from a save_to_disk folder; evaluation of a choice task
+    from a Parquet file (scored by accuracy, since its rows have options)."""
+    train_file = tmp_path / "echo.parquet"
+    Dataset.from_list(ALPACA).to_parquet(train_file)
+    adapter = tmp_path / "adapter"
+    args = ["--data", str(train_file), "--max-steps", "2", "--eval-every", "2"]
+    assert main(["train", *args, "--out", str(adapter)]) == 0
+    folder = tmp_path / "val"
+    DatasetDict({"validation": Dataset.from_list(ALPACA[:20])}).save_to_disk(folder)
+    scores = tmp_path / "scores.json"
+    args = ["--adapter", str(adapter), "--data", str(folder), "--split", "train"]
+    assert main(["score", *args, "--val-examples", "4", "--out", str(scores)]) == 0
+    assert len(json.loads(scores.read_text())["scores"]) == 28
+    options = [
+        {"instruction": f"Pick {i}", "choices": [str(i), "x"], "label": 0, "split": "test"}
+        for i in range(6)
+    ]
+    choice_file = tmp_path / "pick.parquet"
+    Dataset.from_list(options).to_parquet(choice_file)
+    out = tmp_path / "eval"
+    assert (
+        main(["eval", "--adapter", str(adapter), "--task", str(choice_file), "--out", str(out)])
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metric"] == "accuracy" and metrics["examples"] == 6
+    capsys.readouterr()

@@ -5,7 +5,7 @@
     setting = api.find_setting("smollm2-135m", data="instruct", out="runs/setting")
     model, tokenizer = api.load("smollm2-135m")
     peft_model = api.apply_setting(model, setting, rank=12)    # a PEFT model to fine-tune
-    metrics = api.evaluate("smollm2-135m", "yesno", adapter="runs/yesno", limit=100)
+    metrics = api.evaluate("smollm2-135m", "boolq", adapter="runs/boolq", limit=100)
     records = api.run(out="runs/demo")                          # the whole pipeline
 
 Each function is a thin layer over the same code as the command line, so results and

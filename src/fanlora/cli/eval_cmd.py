@@ -2,7 +2,7 @@
 
 Examples::
 
-    fanlora eval --model smollm2-135m --adapter runs/yesno --task yesno --out runs/yesno/eval
+    fanlora eval --model smollm2-135m --adapter runs/boolq --task boolq --out runs/boolq/eval
     fanlora eval --model smollm2-135m --task squad --limit 100 --num-beams 3 --out eval/base
 """
 

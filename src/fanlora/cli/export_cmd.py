@@ -3,7 +3,7 @@
 Examples::
 
     fanlora export vllm runs/demo/3-setting/setting.json --out deploy/ \\
-        --adapter yesno=runs/demo/4-downstream/yesno/fanlora
+        --adapter boolq=runs/demo/4-downstream/boolq/fanlora
     sh deploy/serve.sh                       # vllm serve ... --lora-target-modules ...
 
 Writes ``DIR/deployment.json`` (the runtime module names, ``LLM(...)`` keyword arguments,

@@ -4,10 +4,10 @@ for a setting's adapters, restricted to the setting's packed modules.
 Examples::
 
     fanlora serve --setting runs/demo/3-setting/setting.json \\
-        --adapter yesno=runs/demo/4-downstream/yesno/fanlora \\
+        --adapter boolq=runs/demo/4-downstream/boolq/fanlora \\
         --adapter choice=runs/demo/4-downstream/choice/fanlora --port 8000
     curl localhost:8000/v1/completions -H 'Content-Type: application/json' \\
-        -d '{"model": "yesno", "prompt": "...", "max_tokens": 16}'
+        -d '{"model": "boolq", "prompt": "...", "max_tokens": 16}'
 
 Refused before anything starts: vLLM not installed (``make vllm``), a setting for an
 architecture without vLLM names, an adapter with modules outside the deployment or a rank

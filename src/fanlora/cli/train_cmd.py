@@ -3,7 +3,7 @@
 Examples::
 
     fanlora train --model smollm2-135m --data instruct --method full-lora --rank 12 --out runs/full
-    fanlora train --data yesno --method fanlora --setting setting.json --rank 12 --out runs/yn
+    fanlora train --data boolq --method fanlora --setting setting.json --rank 12 --out runs/bq
     torchrun --nproc_per_node 2 -m fanlora.cli.main train --config train.yaml --out runs/ddp
 """
 

@@ -3,7 +3,7 @@
 A YAML file looks like the embedded default (``fanlora run --print-default``)::
 
     model: smollm2-135m
-    tasks: [yesno, choice]
+    tasks: [boolq, copa]
     methods: [fanlora, lora]
     full_lora: {max_steps: 8, ...}     # step 1: any `fanlora train` option
     scoring: {adaptive: true, ...}     # step 2: any `fanlora score` option
@@ -91,7 +91,7 @@ class RunConfig(DeviceOptions):
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
     k_max: int = field(default=2, metadata={"help": "K_max: modules kept per layer at most"})
     tasks: list[str] = field(
-        default_factory=lambda: ["yesno", "choice"], metadata={"help": "downstream tasks (step 4)"}
+        default_factory=lambda: ["boolq", "copa"], metadata={"help": "downstream tasks (step 4)"}
     )
     methods: list[str] = field(
         default_factory=lambda: ["fanlora", "lora"], metadata={"help": "methods tuned per task"}
