@@ -497,3 +497,16 @@ def test_code_version_names_the_last_commit_that_changed_the_source():
         pytest.skip("not a git checkout")
     version = code_version()
     assert version.removesuffix("-dirty") == f"{fanlora.__version__}+{last.stdout.strip()}"
+
+
+def test_unit_keys_carry_the_identity_of_their_data(tasks_home, tmp_path):
+    """A task rebuilt from other data (another sha256 in the manifest) gets new unit keys."""
+    from fanlora.data.registry import data_identity
+    from fanlora.pipeline.run import build_units
+    from fanlora.pipeline.stages import RunDir
+
+    units = {u.name: u for u in build_units(tiny_cfg(), RunDir(tmp_path / "run"))}
+    assert units["4-downstream/boolq/lora"].params["data_sha256"] == data_identity("boolq")
+    assert units["5-eval/squad/base"].params["data_sha256"] == data_identity("squad")
+    assert units["1-full-lora"].params["data_sha256"] == data_identity("instruct")
+    assert not (tmp_path / "run").exists()
