@@ -10,7 +10,6 @@ half-written, and a second prepare repairs or skips.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from fanlora.data.packages import sha256_of
 from fanlora.errors import FanLoRAError
 from fanlora.paths import fanlora_home
 
@@ -53,14 +53,6 @@ def data_root() -> Path:
 def extracted_dir() -> Path:
     """Where the extracted task folders live once prepared."""
     return data_root() / f"bigbench-{BIGBENCH_VERSION}"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_sdist(dest: Path, log: Callable[[str], None] = print) -> Path:
