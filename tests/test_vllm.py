@@ -20,6 +20,7 @@ from fanlora.select import FanLoRASetting
 from fanlora.serve.adapters import method_config, write_tenants
 from fanlora.serve.vllm_run import vllm_generate, vllm_python
 from fanlora.train.methods import random_setting
+from test_real_presets import real_preset
 
 pytestmark = pytest.mark.slow
 
@@ -48,20 +49,19 @@ def needs_vllm():
         pytest.skip(str(exc))
 
 
-@pytest.fixture(scope="module")
-def tenants(tmp_path_factory):
-    """Two FanLoRA adapters (seeded random weights, 2 modules per layer, rank 12) and the
-    greedy tokens PEFT generates with each, in fp32."""
-    base, tokenizer = load_model("smollm2-135m")
+def make_tenants(name: str, folder, count: int = 2):
+    """``count`` FanLoRA adapters on preset ``name`` (seeded random weights, 2 modules per
+    layer, rank 12) and the greedy tokens PEFT generates with each, in fp32."""
+    base, tokenizer = load_model(name)
     layout = discover_layout(base)
-    two = FanLoRASetting("smollm2-135m", 2, layout, [list(layout.kinds)[:2]] * layout.num_layers)
+    two = FanLoRASetting(name, 2, layout, [list(layout.kinds)[:2]] * layout.num_layers)
     setting = random_setting(two, seed=0)
     config = method_config("fanlora", layout, setting, 12)
-    paths = write_tenants(base, config, tmp_path_factory.mktemp("tenants"), 2)
+    paths = write_tenants(base, config, folder, count)
     prompts = [tokenizer(t)["input_ids"] for t in TEXTS]
     peft = {}
     for i, path in enumerate(paths):
-        model = PeftModel.from_pretrained(load_model("smollm2-135m")[0], str(path)).eval()
+        model = PeftModel.from_pretrained(load_model(name)[0], str(path)).eval()
         peft[f"t{i}"] = [
             model.generate(
                 torch.tensor([ids]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS
@@ -70,6 +70,25 @@ def tenants(tmp_path_factory):
         ]
     adapters = {f"t{i}": str(p) for i, p in enumerate(paths)}
     return setting, prompts, adapters, peft
+
+
+@pytest.fixture(scope="module")
+def tenants(tmp_path_factory):
+    return make_tenants("smollm2-135m", tmp_path_factory.mktemp("tenants"))
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-0.5b", "gemma3-270m"])
+def test_vllm_serves_qwen2_and_gemma3_adapters_with_peft_greedy_tokens(
+    needs_vllm, name, tasks_home_dir, tmp_path, monkeypatch
+):
+    """The real Qwen2.5 and Gemma-3 presets in vLLM's CPU build, one FanLoRA tenant."""
+    monkeypatch.setenv("FANLORA_HOME", tasks_home_dir)
+    model = str(real_preset(name))
+    _, prompts, adapters, peft = make_tenants(name, tmp_path, count=1)
+    kwargs = {"enable_lora": True, "max_lora_rank": 16, "max_loras": 1}
+    kwargs |= {"dtype": "float32", "max_model_len": 512}
+    got = vllm_generate(model, kwargs, prompts, adapters, NEW_TOKENS)["tokens"]
+    assert got["t0"] == peft["t0"]
 
 
 def test_vllm_unrestricted_gives_peft_greedy_tokens(needs_vllm, tenants):

