@@ -3,16 +3,21 @@
 Writes ``configs/measured/unit-costs.yaml``, which ``fanlora experiment`` reads to estimate a grid
 before running it (:mod:`fanlora.experiment.plan`):
 
-- ``train_tokens_per_s``: step 1 (full LoRA, rank 12, 210 modules) on `instruct`, batch 16 in
-  micro-batches of 4, ``--max-length`` 256: the median tokens/s of ``--train-steps`` steps
-  after the first (the engine's own metrics.jsonl);
+- ``train_tokens_per_s``: step 1 (full LoRA, rank 12, every module) on `instruct`, batch 16
+  in micro-batches of 4, ``--max-length`` 256: the median tokens/s of ``--train-steps``
+  steps after the first (the engine's own metrics.jsonl);
 - ``forward_tokens_per_s``: the dev evaluations of that run;
-- ``mean_tokens``: the mean encoded length of 800 seeded training rows of every task;
-- ``eval_row_s``: evaluation of ``--eval-rows`` test rows of every task, seconds per row;
+- ``mean_tokens``: the mean encoded length of 800 seeded training rows of each task;
+- ``eval_row_s``: evaluation of ``--eval-rows`` test rows of each of ``--tasks``, seconds
+  per row;
 - ``score_s``: exact fast AB-scores and first-order scores of the run's adapter on
   ``--score-examples`` validation examples, per module-example and per example.
 
+All of it for ``--model`` in ``--precision`` (auto: bf16 where the CPU computes it).
+
     python bench/unit_costs.py --out configs/measured/unit-costs.yaml
+    python bench/unit_costs.py --model qwen2.5-0.5b \
+        --out configs/measured/unit-costs-qwen2.5-0.5b.yaml
 """
 
 from __future__ import annotations
@@ -28,22 +33,24 @@ import torch
 import yaml
 
 from fanlora.data.formatting import collate, encode_all
-from fanlora.data.registry import TASKS, load_sample
+from fanlora.data.registry import load_sample
 from fanlora.evaluate.run import EvalConfig, evaluate
 from fanlora.models.loading import load_model, load_tokenizer
+from fanlora.modules import discover_layout
 from fanlora.score.run import ScoreConfig, score
 from fanlora.train import TrainConfig
 from fanlora.train.run import train
+from fanlora.utils.devices import Runtime
 from fanlora.utils.versions import versions
 
-MODEL = "smollm2-135m"
+TASKS = ("boolq", "mmlu", "copa", "squad", "math", "sql")
 
 
-def mean_tokens(max_length: int) -> dict:
-    tokenizer = load_tokenizer(MODEL)
+def mean_tokens(args) -> dict:
+    tokenizer = load_tokenizer(args.model)
     out = {}
-    for task in TASKS:
-        rows, _ = encode_all(tokenizer, load_sample(task, "train", 800, 0), max_length)
+    for task in ("instruct", *args.tasks):
+        rows, _ = encode_all(tokenizer, load_sample(task, "train", 800, 0), args.max_length)
         out[task] = statistics.mean(len(r["input_ids"]) for r in rows)
     out["default"] = max(out.values())
     return out
@@ -52,7 +59,8 @@ def mean_tokens(max_length: int) -> dict:
 def train_rate(args, folder: Path) -> float:
     """Median engine tokens/s of step 1's training steps after the first."""
     cfg = TrainConfig(
-        model=MODEL,
+        model=args.model,
+        precision=args.precision,
         data="instruct",
         method="full-lora",
         rank=12,
@@ -71,27 +79,32 @@ def train_rate(args, folder: Path) -> float:
 @torch.no_grad()
 def forward_rate(args) -> float:
     """Tokens/s of the base model's forward on 4 x max_length `instruct` tokens (median of 3)."""
-    model, tokenizer = load_model(MODEL)
+    model, tokenizer = load_model(args.model)
     rows, _ = encode_all(tokenizer, load_sample("instruct", "dev", 64, 0), args.max_length)
     rows = sorted(rows, key=lambda r: -len(r["input_ids"]))[:4]
     batch = collate(rows, tokenizer.pad_token_id)
     times = []
     for _ in range(4):
         started = time.perf_counter()
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        with Runtime.of("cpu", args.precision).autocast():
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         times.append(time.perf_counter() - started)
     return int(batch["attention_mask"].sum()) / statistics.median(times[1:])
 
 
 def eval_rates(args) -> dict:
     out = {}
-    for task in TASKS:
-        if task == "instruct":
-            continue
+    for task in args.tasks:
         with tempfile.TemporaryDirectory() as tmp:
             started = time.time()
             evaluate(
-                EvalConfig(model=MODEL, task=task, split="test", limit=args.eval_rows),
+                EvalConfig(
+                    model=args.model,
+                    task=task,
+                    split="test",
+                    limit=args.eval_rows,
+                    precision=args.precision,
+                ),
                 Path(tmp),
                 log=lambda _: None,
             )
@@ -105,7 +118,8 @@ def score_rates(args, adapter: Path) -> dict:
     for method, key in (("ab", "ab_per_module_example"), ("first-order", "first_order")):
         with tempfile.TemporaryDirectory() as tmp:
             cfg = ScoreConfig(
-                model=MODEL,
+                model=args.model,
+                precision=args.precision,
                 adapter=str(adapter),
                 val_examples=args.score_examples,
                 batch_size=2,
@@ -125,6 +139,9 @@ def score_rates(args, adapter: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="evaluated tasks")
     parser.add_argument("--train-steps", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-rows", type=int, default=16)
@@ -137,17 +154,21 @@ def main() -> None:
         costs = {
             "train_tokens_per_s": train_rate(args, adapter),
             "forward_tokens_per_s": forward_rate(args),
-            "modules": 210,
-            "mean_tokens": mean_tokens(args.max_length),
+            "modules": len(discover_layout(load_model(args.model)[0]).all_names()),
+            "mean_tokens": mean_tokens(args),
             "score_s": score_rates(args, adapter),
             "eval_row_s": eval_rates(args),
             "decode_s": 52,
         }
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+    flags = " ".join(
+        f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+    )
+    precision = Runtime.of("cpu", args.precision).precision
     header = (
         "# Measured unit costs for the grid planner (fanlora experiment --plan), written by\n"
         f"#   python bench/unit_costs.py {flags}\n"
-        f"# on SmolLM2-135M, fp32, in {time.time() - started:.0f} s.\n"
+        f"# on {args.model}, {precision}, in {time.time() - started:.0f} s.\n"
         f"# versions: {json.dumps(versions())}\n"
         "# decode_s: the pipeline's decoding unit (docs/demo-run/6-decode/stage.json).\n"
     )

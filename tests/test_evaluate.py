@@ -100,6 +100,50 @@ def test_option_loglik_is_exact_and_independent_of_batching(tiny_llama):
         assert batched_plain[i] == pytest.approx(plain, abs=1e-4)
 
 
+MIXED = [
+    Example("m0", "Is the sky " + "very " * 12 + "blue?", "Yes", ("Yes", "No", "Maybe so"), 0),
+    Example("m1", "Two?", "a", ("a", "b"), 1),
+    Example("m2", "Pick one " * 3, "x", ("x", "y y", "z z z", "w"), 2),
+    # the long option cuts this prompt shorter than the short option's: two prompts
+    Example("m3", "word " * 30, "a", ("a", "b " * 20), 0),
+]
+
+
+@pytest.mark.parametrize("name", ["tiny-random-llama", "tiny-random-qwen2", "tiny-random-gemma3"])
+def test_prompts_run_once_give_each_options_full_pass_log_likelihood(name):
+    from fanlora.data.formatting import PromptFrame
+    from fanlora.evaluate.choice import option_rows, shared_prompts
+    from fanlora.models import load_model
+
+    model, tok = load_model(name)
+    rows, owners = option_rows(tok, MIXED, 128)
+    groups, alone = shared_prompts(rows, owners)
+    assert len(groups) == 5 and not alone  # m3's options do not share a prompt
+    assert max(len(g.prefix) for g in groups) > 8 + len(PromptFrame.of(tok).pre)  # > window
+    shared, plain = option_loglik(model, tok, MIXED, 128, batch_size=5)
+    full, full_plain = option_loglik(model, tok, MIXED, 128, batch_size=3, share_prompts=False)
+    for i, example in enumerate(MIXED):
+        want = [manual_loglik(model, tok, example, o) for o in example.choices]
+        assert shared[i] == pytest.approx(want, abs=1e-4)
+        assert full[i] == pytest.approx(want, abs=1e-4)
+        assert plain[i] == pytest.approx(full_plain[i], abs=1e-4)
+
+
+def test_a_one_token_prompt_has_nothing_to_share_and_runs_whole(tiny_llama):
+    from fanlora.evaluate.choice import option_rows, shared_prompts
+
+    _, tok = tiny_llama
+    example = Example("one", "Q", "a", ("a", "b"), 0)
+    rows, owners = option_rows(tok, [example], 32)
+    frame_free = [dict(r) for r in rows]
+    for row in frame_free:  # as a tokenizer without a chat template would encode it
+        first = next(t for t, label in enumerate(row["labels"]) if label != -100)
+        row["input_ids"] = row["input_ids"][first - 1 :]
+        row["labels"] = row["labels"][first - 1 :]
+    groups, alone = shared_prompts(frame_free, owners)
+    assert groups == [] and alone == [0, 1]
+
+
 def test_acc_norm_divides_the_log_likelihood_without_eos_by_the_option_length():
     from fanlora.evaluate.run import choice_records, summarize
 

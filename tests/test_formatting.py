@@ -66,6 +66,22 @@ def test_length_grouped_batches_cover_everything_and_cut_padding():
     assert padding(batches) < 0.2 * padding(naive)
 
 
+def test_the_padding_benchmark_counts_what_micro_batches_feed_beyond_the_real_tokens():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from padding import padding_share
+
+    # one group of 4 sorted longest first: micro-batches [4, 3] and [3, 2] feed 8 + 6 tokens
+    assert padding_share([4, 2, 3, 3], batch=4, micro=2) == {
+        "real_tokens": 12,
+        "fed_tokens": 14,
+        "padding_share": pytest.approx(1 / 7),
+    }
+    assert padding_share([5, 5, 5, 5], batch=4, micro=4)["padding_share"] == 0
+
+
 def test_collate_pads_right_and_masks_labels():
     rows = [{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [8], "labels": [8]}]
     batch = collate(rows, pad_id=0)

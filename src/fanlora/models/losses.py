@@ -42,6 +42,13 @@ def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep if keep.numel() else torch.zeros(1, dtype=torch.long, device=labels.device)
 
 
+def forward_accepts(model, argument: str) -> bool:
+    """Whether the transformers model under ``model`` (a PEFT wrapper or not) takes
+    ``argument`` in its forward; PEFT passes unknown keywords through to it."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return argument in inspect.signature(base.forward).parameters
+
+
 def labelled_logits(model, base, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [B, K, V] at :func:`labelled_positions`, those K positions) of ``model``'s
     forward on ``batch``. ``base`` (the unwrapped transformers model) says whether the
@@ -49,7 +56,7 @@ def labelled_logits(model, base, batch: dict) -> tuple[torch.Tensor, torch.Tenso
     softmax every other position; otherwise all logits are computed and the kept ones taken."""
     keep = labelled_positions(batch["labels"])
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if "logits_to_keep" in inspect.signature(base.forward).parameters:
+    if forward_accepts(base, "logits_to_keep"):
         return model(**inputs, logits_to_keep=keep).logits, keep
     return model(**inputs).logits.index_select(1, keep), keep
 
