@@ -5,7 +5,7 @@ For each task, the same seeded draw of test rows is scored by ``option_loglik`` 
 prompt once, its options on copies of its cache), alternating, after a warm-up, in fp32 and
 (where the CPU computes it natively) bf16 autocast. Reports median rows/s, option rows/s,
 tokens/s of what each path feeds the model, the speed-up, and how far the two paths' log
-likelihoods and choices differ.
+likelihoods and choices differ; in bf16 also how far each is from the fp32 full pass.
 
     FANLORA_HOME=... python bench/choice_eval.py --out bench/results/choice_eval.json
 """
@@ -49,6 +49,13 @@ def argmax(scores: list[float]) -> int:
     return max(range(len(scores)), key=scores.__getitem__)
 
 
+def agreement(a: list[list[float]], b: list[list[float]]) -> tuple[float, float]:
+    """(max |log-likelihood difference|, share of rows choosing the same option)."""
+    pairs = list(zip(a, b, strict=True))
+    diffs = [abs(x - y) for u, v in pairs for x, y in zip(u, v, strict=True)]
+    return max(diffs), sum(argmax(u) == argmax(v) for u, v in pairs) / len(pairs)
+
+
 def compare(model, tok, task: str, args, precision: str) -> dict:
     examples = load_sample(task, "test", args.rows, 0)
     length = task_max_length(task)
@@ -74,9 +81,13 @@ def compare(model, tok, task: str, args, precision: str) -> dict:
             "fed_tokens": fed[name],
             "tokens_per_s": fed[name] / median,
         }
-    pairs = list(zip(scores[False], scores[True], strict=True))
-    diffs = [abs(a - b) for x, y in pairs for a, b in zip(x, y, strict=True)]
-    same = sum(argmax(x) == argmax(y) for x, y in pairs)
+    diff, same = agreement(scores[False], scores[True])
+    if precision != "fp32":  # each path against the fp32 full pass
+        _, fp32 = timed(model, tok, examples, length, args.batch_size, False, "fp32")
+        for share, name in ((False, "full"), (True, "shared")):
+            paths[name]["max_abs_diff_to_fp32"], paths[name]["same_choice_as_fp32"] = agreement(
+                scores[share], fp32
+            )
     result = {
         "task": task,
         "precision": precision,
@@ -85,13 +96,13 @@ def compare(model, tok, task: str, args, precision: str) -> dict:
         "max_length": length,
         **paths,
         "speedup": paths["full"]["median_s"] / paths["shared"]["median_s"],
-        "max_abs_loglik_diff": max(diffs),
-        "same_choice": same / len(examples),
+        "max_abs_loglik_diff": diff,
+        "same_choice": same,
     }
     print(
         f"{task} {precision}: {paths['full']['rows_per_s']:.2f} -> "
         f"{paths['shared']['rows_per_s']:.2f} rows/s ({result['speedup']:.2f}x), "
-        f"max |diff| {result['max_abs_loglik_diff']:.2e}, same choice {same}/{len(examples)}"
+        f"max |diff| {diff:.2e}, same choice {100 * same:.0f}%"
     )
     return result
 

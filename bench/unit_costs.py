@@ -11,7 +11,8 @@ before running it (:mod:`fanlora.experiment.plan`):
 - ``eval_row_s``: evaluation of ``--eval-rows`` test rows of each of ``--tasks``, seconds
   per row;
 - ``score_s``: exact fast AB-scores and first-order scores of the run's adapter on
-  ``--score-examples`` validation examples, per module-example and per example.
+  ``--score-examples`` validation examples at ``--score-max-length``, per module-example
+  and per drawn example.
 
 All of it for ``--model`` in ``--precision`` (auto: bf16 where the CPU computes it).
 
@@ -123,7 +124,7 @@ def score_rates(args, adapter: Path) -> dict:
                 adapter=str(adapter),
                 val_examples=args.score_examples,
                 batch_size=2,
-                max_length=160,
+                max_length=args.score_max_length,
                 method=method,
             )
             started = time.time()
@@ -145,7 +146,10 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--eval-rows", type=int, default=16)
-    parser.add_argument("--score-examples", type=int, default=2)
+    parser.add_argument("--score-examples", type=int, default=4, help="drawn from dev")
+    parser.add_argument(
+        "--score-max-length", type=int, default=768, help="69 of 81 `instruct` dev dialogues fit"
+    )
     parser.add_argument("--out", default="configs/measured/unit-costs.yaml")
     args = parser.parse_args()
     started = time.time()

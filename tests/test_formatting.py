@@ -82,6 +82,27 @@ def test_the_padding_benchmark_counts_what_micro_batches_feed_beyond_the_real_to
     assert padding_share([5, 5, 5, 5], batch=4, micro=4)["padding_share"] == 0
 
 
+def test_a_short_schedule_replaces_each_row_too_long_by_another(tiny_llama):
+    import random
+
+    from fanlora.data.formatting import encode_all, encode_reached
+
+    _, tok = tiny_llama
+    examples = [
+        Example(f"r{i}", f"q{i}", "a" * (200 if i % 3 == 0 else 5)) for i in range(60)
+    ]  # every third response is too long for 64 tokens
+    kept, dropped = encode_reached(tok, examples, 20, 64, seed=1)
+    assert len(kept) == 20 and dropped > 0  # 20 distinct rows that fit, not 20 - dropped
+    assert len({tuple(r["input_ids"]) for r in kept}) == 20
+    assert all(len(r["input_ids"]) <= 64 for r in kept)
+    # with nothing too long, the rows are the seeded draw of before, in its order
+    short = [Example(f"s{i}", f"q{i}", "a" * (i % 7 + 1)) for i in range(60)]
+    want, _ = encode_all(tok, random.Random(1).sample(short, 20), 64)
+    assert encode_reached(tok, short, 20, 64, seed=1) == (want, 0)
+    with pytest.raises(FanLoRAError, match="no example fits"):
+        encode_reached(tok, examples[::3], 5, 64, seed=1)
+
+
 def test_collate_pads_right_and_masks_labels():
     rows = [{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [8], "labels": [8]}]
     batch = collate(rows, pad_id=0)

@@ -170,6 +170,18 @@ def encode_all(tokenizer, examples: list[Example], max_length: int) -> tuple[lis
     """Encode ``examples`` (two batched tokenizer calls, fast on 10^5 rows; a conversation
     through :func:`~fanlora.data.conversation.encode_conversation`); return (encoded,
     number dropped because the response, or a conversation's last exchange, is too long)."""
+    encoded = encode_or_none(tokenizer, examples, max_length)
+    kept = [e for e in encoded if e is not None]
+    if not kept:
+        raise FanLoRAError(
+            f"no example fits in max length {max_length}: every response is "
+            "longer; raise --max-length"
+        )
+    return kept, len(encoded) - len(kept)
+
+
+def encode_or_none(tokenizer, examples: list[Example], max_length: int) -> list[dict | None]:
+    """Each example encoded, or None where it does not fit (:func:`encode_all`)."""
     frame = PromptFrame.of(tokenizer)
     enc = tokenizer(
         [e.prompt for e in examples],
@@ -184,19 +196,44 @@ def encode_all(tokenizer, examples: list[Example], max_length: int) -> tuple[lis
     answers = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
     ellipsis = tokenizer(ELLIPSIS, add_special_tokens=False)["input_ids"]
     rows = zip(examples, enc["input_ids"], answers, anchors, strict=True)
-    encoded = [
+    return [
         encode_conversation(tokenizer, e.messages, max_length)
         if e.messages
         else assemble(frame, p, a, max_length, ellipsis, anchor)
         for e, p, a, anchor in rows
     ]
-    kept = [e for e in encoded if e is not None]
+
+
+def encode_reached(
+    tokenizer, examples: list[Example], reach: int, max_length: int, seed: int
+) -> tuple[list[dict], int]:
+    """(``reach`` encoded rows that fit, the number dropped on the way) for a schedule that
+    sees at most ``reach`` rows: a seeded draw of ``reach`` examples, each one that does not
+    fit replaced by the next of the others in a seeded order, so a schedule of 400 x 16 on
+    dialogues a third of which are too long still sees 6,400 distinct rows. Encodes only
+    what it draws (tokenizing 10^5 dialogues to keep 10^3 takes minutes)."""
+    drawn = random.Random(seed).sample(range(len(examples)), reach)
+    chosen = set(drawn)
+    rest = [i for i in range(len(examples)) if i not in chosen]
+    random.Random(seed).shuffle(rest)
+    kept, dropped, queue = [], 0, drawn
+    while queue and len(kept) < reach:
+        encoded = encode_or_none(tokenizer, [examples[i] for i in queue], max_length)
+        for row in encoded:
+            if len(kept) == reach:
+                break
+            if row is None:
+                dropped += 1
+            else:
+                kept.append(row)
+        missing = reach - len(kept)  # about twice as many: a third may not fit again
+        queue, rest = rest[: 2 * missing], rest[2 * missing :]
     if not kept:
         raise FanLoRAError(
             f"no example fits in max length {max_length}: every response is "
             "longer; raise --max-length"
         )
-    return kept, len(encoded) - len(kept)
+    return kept, dropped
 
 
 def length_grouped_batches(

@@ -23,7 +23,6 @@ file's first rows.
 from __future__ import annotations
 
 import math
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from fanlora.data.formatting import collate, encode_all, length_grouped_batches
+from fanlora.data.formatting import collate, encode_all, encode_reached, length_grouped_batches
 from fanlora.data.registry import load_sample
 from fanlora.errors import FanLoRAError
 from fanlora.models.losses import kept_sequence_losses, labelled_logits
@@ -70,8 +69,9 @@ def prepare_data(cfg: TrainConfig, tokenizer) -> Batches:
     batch = cfg.effective_batch_size(len(train_rows))
     reach = cfg.max_steps * batch if cfg.max_steps is not None else len(train_rows)
     if reach < len(train_rows):  # a short schedule sees at most `reach` rows: encode only those
-        train_rows = random.Random(cfg.seed).sample(train_rows, reach)
-    train, dropped = encode_all(tokenizer, train_rows, cfg.max_length)
+        train, dropped = encode_reached(tokenizer, train_rows, reach, cfg.max_length, cfg.seed)
+    else:
+        train, dropped = encode_all(tokenizer, train_rows, cfg.max_length)
     dev, _ = encode_all(tokenizer, dev_rows, cfg.max_length)
     per_epoch = math.ceil(len(train) / batch)
     total = math.ceil(cfg.max_epochs * per_epoch)
