@@ -115,11 +115,12 @@ def continuation_losses(model, groups: list[Shared], rows: list[dict], pad: int)
     index = torch.tensor(owner, device=prefix_mask.device)
     cache.reorder_cache(index)  # one copy of the prompt's cache per option row
     before = prefix_mask.index_select(0, index)
-    positions = before.sum(1, keepdim=True) + torch.arange(batch["input_ids"].shape[1])
+    width = batch["input_ids"].shape[1]
+    positions = before.sum(1, keepdim=True) + torch.arange(width, device=before.device)
     logits = model(
         input_ids=batch["input_ids"],
         attention_mask=torch.cat([before, batch["attention_mask"]], 1),
-        position_ids=positions.to(before.device),
+        position_ids=positions,
         use_cache=True,
         **{cache_keyword(model): cache},
     ).logits
