@@ -174,6 +174,38 @@ def test_keys_linked_with_the_seed_are_part_of_the_replicate():
     assert all("decode" not in s for s in summary)
 
 
+def test_a_stage_seed_is_a_replicate_too():
+    from fanlora.experiment.aggregate import summarize
+
+    rows = [
+        {"seed": 0, "downstream.seed": s, "k_max": 2, "task": "boolq", "method": "fanlora"}
+        | {"metric": "accuracy", "value": 60.0 + s, "trainable_params": 1}
+        for s in (0, 1, 2)
+    ]
+    (summary,) = summarize(rows, ["downstream.seed", "k_max"])
+    assert (summary["runs"], summary["median"], summary["min"]) == (3, 61.0, 60.0)
+    assert "downstream.seed" not in summary
+
+
+def test_step_4_is_replicated_on_one_step_1_adapter_by_its_own_seed(tasks_home, tmp_path):
+    path = grid_file(tmp_path, {"downstream.seed": [0, 1]}, methods=["fanlora", "random"])
+    results = run_experiment(path, log=lambda _: None)
+    assert set(results["runs"].values()) == {"finished"}
+    runs = tmp_path / "runs"
+    log = (runs / "downstream.seed=1" / "pipeline.log").read_text()
+    assert "1-full-lora: same unit as" in log and "2-scores: same unit as" in log
+    for method in ("fanlora", "random"):
+        a, b = (
+            json.loads(
+                (runs / f"downstream.seed={s}/4-downstream/yesno/{method}/run.json").read_text()
+            )
+            for s in (0, 1)
+        )
+        assert (a["config"]["seed"], b["config"]["seed"]) == (0, 1), method
+    summary = {s["method"]: s for s in results["summary"]}
+    assert {s["runs"] for s in summary.values()} == {2}, summary
+
+
 def test_results_markdown_shows_varying_columns_and_decoding():
     from fanlora.experiment.aggregate import render_markdown
 

@@ -472,11 +472,33 @@ def test_the_pipeline_runs_on_an_explicit_device_in_bf16(tasks_home, tmp_path):
     assert scores["config"]["precision"] == "bf16"
 
 
-def test_device_and_precision_are_set_at_the_top_level_only(tmp_path):
+def test_the_device_is_set_at_the_top_level_only(tmp_path):
     data = tiny_data()
-    data["scoring"]["precision"] = "bf16"
-    with pytest.raises(FanLoRAError, match="set model, seed, k_max, device and precision"):
+    data["scoring"]["device"] = "cpu"
+    with pytest.raises(FanLoRAError, match="set model, seed, k_max and device at the top"):
         run_config_from(data, "test")
+
+
+def test_a_section_precision_the_machine_refuses_is_refused_with_its_section():
+    data = tiny_data()
+    data["evaluation"]["precision"] = "fp16"  # refused on a CPU
+    with pytest.raises(FanLoRAError, match=r"evaluation.*fp16"):
+        run_config_from(data, "test")
+
+
+def test_a_section_precision_wins_over_the_top_level_for_its_stage_only(tasks_home, tmp_path):
+    """Train and score in one precision, evaluate in another: each stage records its own."""
+    data = tiny_data(device="cpu", precision="fp32", methods=["fanlora"], decode=False)
+    data["evaluation"]["precision"] = "auto"
+    cfg = run_config_from(data, "test")
+    run_quiet(cfg, tmp_path / "mixed")
+    step1 = json.loads((tmp_path / "mixed/1-full-lora/run.json").read_text())
+    scores = json.loads((tmp_path / "mixed/2-scores/scores.json").read_text())
+    evals = list((tmp_path / "mixed/5-eval").glob("*/*/metrics.json"))
+    assert step1["config"]["precision"] == "fp32" and scores["config"]["precision"] == "fp32"
+    assert evals, "no evaluation ran"
+    for path in evals:
+        assert json.loads(path.read_text())["config"]["precision"] == "auto", path
 
 
 def test_code_version_names_the_last_commit_that_changed_the_source():

@@ -97,10 +97,16 @@ def point_rows(point, folder: Path) -> list[dict]:
     return rows
 
 
+def is_seed(key: str) -> bool:
+    """Whether a grid key (linked keys joined by ``+``) holds a seed: the run's ``seed`` or a
+    stage's (``downstream.seed``: step 4 replicated on one step-1 adapter)."""
+    return any(k == "seed" or k.endswith(".seed") for k in key.split("+"))
+
+
 def group_keys(grid_keys: list[str]) -> list[str]:
-    """The grid keys a summary groups by: all but the seed and any key linked with it
+    """The grid keys a summary groups by: all but the seeds and any key linked with one
     (``seed+decode``: decode varies with the seed, so it is part of the replicate)."""
-    return [k for key in grid_keys if "seed" not in key.split("+") for k in key.split("+")]
+    return [k for key in grid_keys if not is_seed(key) for k in key.split("+")]
 
 
 def summarize(rows: list[dict], grid_keys: list[str]) -> list[dict]:
@@ -153,7 +159,7 @@ def aggregate(name: str, out: Path, points, axis: tuple[str, list] | None = None
     scores = finished_scores(out, points)
     agreement = score_agreement(scores, k_max)
     paired = paired_summary(rows, out, group_keys(grid_keys))
-    seeds = [k for key in grid_keys if "seed" in key.split("+") for k in key.split("+")]
+    seeds = [k for key in grid_keys if is_seed(key) for k in key.split("+")]
     along = axis_summary(rows, out, group_keys(grid_keys), seeds, *axis) if axis else []
     return {
         "format": "fanlora-experiment",

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from fanlora.config import load_yaml
 from fanlora.errors import FanLoRAError
-from fanlora.experiment.aggregate import aggregate, write_results
+from fanlora.experiment.aggregate import aggregate, is_seed, write_results
 from fanlora.experiment.plan import COSTS_FILE, describe, load_costs, plan, total_hours
 from fanlora.pipeline.config import RunConfig, run_config_from
 from fanlora.pipeline.run import build_units, run_pipeline
@@ -117,7 +117,7 @@ def compare_axis(path: str | Path) -> tuple[str, list] | None:
             raise FanLoRAError(f"{path}: 'compare_reference' needs a 'compare' key")
         return None
     values = (doc.get("grid") or {}).get(axis)
-    if not isinstance(values, list) or len(values) < 2 or "seed" in str(axis).split("+"):
+    if not isinstance(values, list) or len(values) < 2 or is_seed(str(axis)):
         raise FanLoRAError(
             f"{path}: 'compare' must name a grid key with 2 or more values, not the seed"
         )

@@ -72,11 +72,15 @@ class DecodeConfig:
 
 
 # section name -> (dataclass, keys the pipeline sets itself)
-PLACED = ("device", "precision")  # set once at the top level, for every stage
+# the device is set once at the top level, for every stage; the top-level precision is every
+# stage's too, unless a section sets its own (train in bf16, evaluate in fp32: bf16 changes
+# the chosen option of some rows, bench/choice_eval.py)
+PLACED = ("device",)
 SECTIONS = {
     "full_lora": (TrainConfig, ("model", "method", "setting", "seed", *PLACED)),
     "scoring": (ScoreConfig, ("model", "adapter", "k_max", "seed", *PLACED)),
-    "downstream": (TrainConfig, ("model", "method", "data", "setting", "seed", *PLACED)),
+    # downstream.seed: step 4's own seed, over the top-level one (step 1 once, step 4 replicated)
+    "downstream": (TrainConfig, ("model", "method", "data", "setting", *PLACED)),
     "evaluation": (EvalConfig, ("model", "adapter", "task", "split", "seed", *PLACED)),
     "decoding": (DecodeConfig, ()),
 }
@@ -85,7 +89,8 @@ SECTIONS = {
 @dataclass
 class RunConfig(DeviceOptions):
     """What ``fanlora run`` does; ``sections`` hold each stage's validated overrides.
-    ``device`` and ``precision`` apply to every stage."""
+    ``device`` applies to every stage, ``precision`` to every stage whose section does not
+    set its own."""
 
     model: str = field(default="smollm2-135m", metadata={"help": "the backbone"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
@@ -200,7 +205,7 @@ def parse_sections(data: dict, source: str) -> dict[str, dict]:
             keys = ", ".join(map(repr, taken))
             raise FanLoRAError(
                 f"{where}: key(s) {keys} are set by the pipeline itself; "
-                "set model, seed, k_max, device and precision at the top level"
+                "set model, seed, k_max and device at the top level"
             )
         from_mapping(cls, section, where)  # validates keys and types
         sections[name] = section

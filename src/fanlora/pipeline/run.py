@@ -87,7 +87,8 @@ def with_data(key_params: dict, data: str) -> dict:
 
 
 def placed(cfg: RunConfig) -> dict:
-    """The top-level options every stage shares: model, seed, device, precision."""
+    """The top-level options every stage shares: model, seed, device, precision (a stage's
+    section may set its own precision, which wins: the callers put the section last)."""
     return {"model": cfg.model, "seed": cfg.seed, "device": cfg.device, "precision": cfg.precision}
 
 
@@ -101,7 +102,7 @@ def matched_ranks(cfg: RunConfig, section: dict, setting_path: str | None, log=p
         return {}
     setting = FanLoRASetting.load(setting_path)
     target = section.get("rank", TrainConfig.rank) * setting.params_per_rank()
-    matched = method.match_budget(setting, target, cfg.seed)
+    matched = method.match_budget(setting, target, section.get("seed", cfg.seed))
     if matched is None:
         return {}
     options, match = matched
