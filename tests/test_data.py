@@ -7,7 +7,7 @@ from fanlora.cli.main import main
 from fanlora.data import TASKS, load_split
 from fanlora.data.example import Example, split_of
 from fanlora.data.packages import Packages
-from fanlora.data.registry import build_tasks, split_counts
+from fanlora.data.registry import build_tasks, split_counts, stratified_sample
 from fanlora.data.sources.bigbench_sdist import extract_folders, install_extracted, sha256_of
 from fanlora.data.user_files import load_user_file
 from fanlora.errors import FanLoRAError
@@ -247,3 +247,23 @@ def test_a_dataset_from_another_source_is_one_registration(tmp_path, tasks_home_
             register_task(TASKS["toy"])
     finally:
         TASKS.pop("toy")
+
+
+def test_a_stratified_draw_keeps_each_answers_share_and_is_fixed():
+    rows = [
+        Example(uid=str(i), prompt="q", response="a", choices=("no", "yes"), label=int(i % 10 < 3))
+        for i in range(1000)
+    ]
+    drawn = stratified_sample(rows, 101, seed=3)
+    assert len(drawn) == len({e.uid for e in drawn}) == 101
+    assert sum(e.label for e in drawn) == 30  # 30.3 of 101: the larger remainder goes to "no"
+    assert [e.uid for e in drawn] == [e.uid for e in stratified_sample(rows, 101, seed=3)]
+    assert [e.uid for e in drawn] != [e.uid for e in stratified_sample(rows, 101, seed=4)]
+    assert sorted(e.label for e in drawn[:20]) != [e.label for e in drawn[:20]]  # shuffled
+
+
+def test_a_stratified_draw_of_rows_without_answers_is_the_plain_draw():
+    import random
+
+    rows = [Example(uid=str(i), prompt="q", response="a") for i in range(50)]
+    assert stratified_sample(rows, 7, seed=5) == random.Random(5).sample(rows, 7)

@@ -7,6 +7,7 @@ import torch
 
 from fanlora.cli.main import main
 from fanlora.data.example import Example
+from fanlora.data.registry import load_split, stratified_sample
 from fanlora.errors import FanLoRAError
 from fanlora.evaluate.choice import option_loglik
 from fanlora.evaluate.generate import generate, generate_ids, prompt_ids
@@ -191,6 +192,14 @@ def test_evaluate_writes_metrics_that_trace_to_predictions(tasks_home, tmp_path)
         saved = json.loads((tmp_path / task / "metrics.json").read_text())
         assert saved["value"] == doc["value"] and saved["metric"] == doc["metric"]
     assert json.loads((tmp_path / "squad" / "metrics.json").read_text())["metric"] == "f1_em"
+
+
+def test_evaluate_draws_a_stratified_subset_when_asked(tasks_home, tmp_path):
+    cfg = EvalConfig(task="yesno", limit=8, stratified=True)
+    evaluate(cfg, tmp_path / "s", log=lambda _: None)
+    rows = (tmp_path / "s" / "predictions.jsonl").read_text().splitlines()
+    expected = stratified_sample(load_split("yesno", "test"), 8, seed=cfg.seed)
+    assert [json.loads(r)["uid"] for r in rows] == [e.uid for e in expected]
 
 
 def test_eval_cli_refuses_unknown_task_and_bad_adapter(tasks_home, tmp_path, capsys):

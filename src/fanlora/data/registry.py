@@ -215,13 +215,41 @@ def load_split(name: str, split: str) -> list[Example]:
     return examples
 
 
-def load_sample(name: str, split: str, n: int | None, seed: int = 0) -> list[Example]:
+def load_sample(
+    name: str, split: str, n: int | None, seed: int = 0, stratified: bool = False
+) -> list[Example]:
     """At most ``n`` examples of the split: a seeded draw (``random.Random(seed).sample``),
-    not the file's first rows, which may all come from one source."""
+    not the file's first rows, which may all come from one source; ``stratified``: each
+    answer's share kept (:func:`stratified_sample`)."""
     examples = load_split(name, split)
     if n is not None and len(examples) > n:
+        if stratified:
+            return stratified_sample(examples, n, seed)
         examples = random.Random(seed).sample(examples, n)
     return examples
+
+
+def stratified_sample(examples: list[Example], n: int, seed: int = 0) -> list[Example]:
+    """``n`` of ``examples`` drawn so each right answer (``label``: BoolQ's no/yes, MMLU's
+    letter) keeps its share of the split: stratum s gets n * N_s / N rows rounded by largest
+    remainder, drawn by ``random.Random(seed)``; the rows are then shuffled by the same
+    generator. Rows without a label form one stratum, so a task without options gets the
+    plain draw. (A dozen lines by hand: scikit-learn's ``train_test_split(stratify=)`` does
+    this but is not a dependency.)"""
+    strata: dict[int, list[Example]] = {}
+    for example in examples:
+        strata.setdefault(example.label, []).append(example)
+    rng = random.Random(seed)
+    if len(strata) == 1:
+        return rng.sample(examples, n)
+    exact = {label: n * len(rows) / len(examples) for label, rows in strata.items()}
+    quota = {label: int(share) for label, share in exact.items()}
+    by_remainder = sorted(exact, key=lambda label: (quota[label] - exact[label], label))
+    for label in by_remainder[: n - sum(quota.values())]:
+        quota[label] += 1
+    drawn = [row for label in sorted(strata) for row in rng.sample(strata[label], quota[label])]
+    rng.shuffle(drawn)
+    return drawn
 
 
 def task_max_length(name: str) -> int:

@@ -44,6 +44,10 @@ class EvalConfig(DeviceOptions):
         default="test", metadata={"help": "split to evaluate", "choices": ("train", "dev", "test")}
     )
     limit: int | None = field(default=None, metadata={"help": "a seeded draw of N examples"})
+    stratified: bool = field(
+        default=False,
+        metadata={"help": "with --limit: keep each right answer's share of the split"},
+    )
     metric: str | None = field(
         default=None, metadata={"help": "default: the task's (A.2)", "choices": METRICS}
     )
@@ -159,7 +163,7 @@ def evaluate(
     """Evaluate and write ``out``/predictions.jsonl and ``out``/metrics.json; return the
     metrics. ``model``/``tokenizer`` may be passed in to skip loading them again."""
     started = time.time()
-    examples = load_sample(cfg.task, cfg.split, cfg.limit, cfg.seed)
+    examples = load_sample(cfg.task, cfg.split, cfg.limit, cfg.seed, cfg.stratified)
     if cfg.max_length is None:
         cfg = replace(cfg, max_length=task_max_length(cfg.task))
     metric = cfg.metric or task_metric(cfg.task, examples)
