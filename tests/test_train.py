@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -21,6 +23,7 @@ from fanlora.train.engine import Trainer, prepare_data
 from fanlora.train.methods import build_peft_config
 from fanlora.train.outputs import RunFolder
 from fanlora.train.run import train
+from fanlora.utils.stopping import Stopped, stop_on_signals
 
 WORDS = ["apple", "pear", "plum", "fig", "kiwi", "lime", "date", "sloe"]
 
@@ -174,6 +177,36 @@ def test_resume_equals_uninterrupted(tmp_path, data_file):
     assert latest_checkpoint(broken / "checkpoints").name == "step-4"
     train(cfg(data_file, dropout=0.1), broken, resume=True, log=lambda _: None)
     assert_same_run(straight, broken)
+
+
+def test_a_stop_signal_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(
+    tmp_path, data_file
+):
+    straight = tmp_path / "straight"
+    train(cfg(data_file, dropout=0.1), straight, log=lambda _: None)
+
+    def terminate_during_step_6(trainer):
+        if trainer.state.step == 5:  # step 6 runs on, then the stop (no eval at 6)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    broken = tmp_path / "broken"
+    before = signal.getsignal(signal.SIGTERM)
+    with before_each_step(terminate_during_step_6), pytest.raises(Stopped, match="SIGTERM"):
+        train(cfg(data_file, dropout=0.1), broken, log=lambda _: None)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    assert latest_checkpoint(broken / "checkpoints").name == "step-6"
+    assert len(losses(broken)) == 6
+    train(cfg(data_file, dropout=0.1), broken, resume=True, log=lambda _: None)
+    assert_same_run(straight, broken)
+
+
+def test_a_second_stop_signal_interrupts_at_once():
+    with stop_on_signals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs between bytecodes: the sleep is cut short
 
 
 def test_reload_through_plain_peft_gives_identical_logits(tmp_path, data_file):

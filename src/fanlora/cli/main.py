@@ -20,6 +20,7 @@ from fanlora import __version__
 from fanlora.errors import FanLoRAError
 from fanlora.utils.devices import end_processes, is_main_rank
 from fanlora.utils.locks import output_lock
+from fanlora.utils.stopping import Stopped
 
 # Subcommand name -> module under fanlora.cli exposing register(subparsers).
 COMMANDS = {
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except FanLoRAError as exc:
         print(f"fanlora {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"fanlora {args.command}: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"fanlora {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -47,6 +47,7 @@ from fanlora.train.config import TrainConfig
 from fanlora.train.methods import get_method
 from fanlora.train.outputs import RunFolder
 from fanlora.utils.devices import check_distributed, make_accelerator
+from fanlora.utils.stopping import Stopped, StopRequest, stop_on_signals
 
 MAX_GRAD_NORM = 1.0
 
@@ -201,6 +202,9 @@ class Trainer:
             state.stopped_early = state.bad_evals >= self.cfg.patience
 
     def run(self) -> TrainState:
+        """Train to the last step or an early stop. On SIGTERM or SIGINT the step under way
+        finishes, a checkpoint is written and :class:`~fanlora.utils.stopping.Stopped` is
+        raised: the same command resumes from it (a second signal stops at once)."""
         cfg, data, state = self.cfg, self.data, self.state
         bar = tqdm(
             total=data.total_steps,
@@ -210,43 +214,73 @@ class Trainer:
             desc=f"train {cfg.method}",
         )
         epochs = math.ceil(data.total_steps / data.steps_per_epoch)
-        while state.step < data.total_steps and not state.stopped_early:
-            batches = length_grouped_batches(
-                [len(r["input_ids"]) for r in data.train], data.batch_size, cfg.seed + state.epoch
-            )
-            while state.batch_in_epoch < len(batches) and state.step < data.total_steps:
-                started = time.perf_counter()
-                loss, tokens, penalty = self.train_step(batches[state.batch_in_epoch])
-                state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
-                state.tokens += tokens
-                record = {
-                    "step": state.step,
-                    "epoch": state.epoch,
-                    "loss": loss,
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "tokens_per_s": tokens * self.world / (time.perf_counter() - started),
-                }
-                if penalty is not None:
-                    record[self.method.step_loss_name] = penalty
-                if state.step % cfg.eval_every == 0 or state.step == data.total_steps:
-                    record["dev_loss"] = self.evaluate()
-                    self.after_eval(record["dev_loss"])
-                    self.checkpoint()
-                self.folder.append_metrics(record, self.acc.is_main_process)
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=record["tokens_per_s"])
-                bar.update(1)
-                if state.stopped_early:
-                    self.log(
-                        f"early stop at step {state.step}: no better dev loss in "
-                        f"{cfg.patience} evaluations"
-                    )
+        with stop_on_signals() as stop:
+            while state.step < data.total_steps and not state.stopped_early:
+                batches = length_grouped_batches(
+                    [len(r["input_ids"]) for r in data.train],
+                    data.batch_size,
+                    cfg.seed + state.epoch,
+                )
+                while state.batch_in_epoch < len(batches) and state.step < data.total_steps:
+                    record = self.step_and_record(batches[state.batch_in_epoch])
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=record["tokens_per_s"])
+                    bar.update(1)
+                    if self.stop_asked(stop):
+                        bar.close()
+                        self.stop_here(stop, checkpointed="dev_loss" in record)
+                    if state.stopped_early:
+                        self.log(
+                            f"early stop at step {state.step}: no better dev loss in "
+                            f"{cfg.patience} evaluations"
+                        )
+                        break
+                if state.batch_in_epoch >= len(batches):
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                if state.epoch >= epochs:
                     break
-            if state.batch_in_epoch >= len(batches):
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            if state.epoch >= epochs:
-                break
         bar.close()
         return state
+
+    def step_and_record(self, indices) -> dict:
+        """One optimizer step, its metrics line, and the dev evaluation and checkpoint every
+        ``eval_every`` steps and at the last."""
+        cfg, state = self.cfg, self.state
+        started = time.perf_counter()
+        loss, tokens, penalty = self.train_step(indices)
+        state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
+        state.tokens += tokens
+        record = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "loss": loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": tokens * self.world / (time.perf_counter() - started),
+        }
+        if penalty is not None:
+            record[self.method.step_loss_name] = penalty
+        if state.step % cfg.eval_every == 0 or state.step == self.data.total_steps:
+            record["dev_loss"] = self.evaluate()
+            self.after_eval(record["dev_loss"])
+            self.checkpoint()
+        self.folder.append_metrics(record, self.acc.is_main_process)
+        return record
+
+    def stop_asked(self, stop: StopRequest) -> bool:
+        """Whether any process received a stop signal (all stop at the same step)."""
+        if self.world == 1:
+            return stop.requested
+        asked = torch.tensor([float(stop.requested)], device=self.acc.device)
+        return bool(self.acc.reduce(asked, reduction="sum").item() > 0)
+
+    def stop_here(self, stop: StopRequest, checkpointed: bool) -> None:
+        if not checkpointed:
+            self.checkpoint()
+        signal_name = stop.name or "a signal on another process"
+        raise Stopped(
+            f"stopped on {signal_name} after step {self.state.step} of "
+            f"{self.data.total_steps}: checkpoint step-{self.state.step} written; the same "
+            "command resumes from it"
+        )
 
     def rank_checksums(self) -> list[float]:
         """Sum of the trainable weights on every process (equal when DDP kept them in sync)."""
