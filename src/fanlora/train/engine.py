@@ -266,11 +266,11 @@ class Trainer:
         return record
 
     def stop_asked(self, stop: StopRequest) -> bool:
-        """Whether any process received a stop signal (all stop at the same step)."""
-        if self.world == 1:
-            return stop.requested
-        asked = torch.tensor([float(stop.requested)], device=self.acc.device)
-        return bool(self.acc.reduce(asked, reduction="sum").item() > 0)
+        """Whether any process received a stop signal: accelerate's trigger, reduced over
+        the processes, so that all stop after the same step."""
+        if stop.requested:
+            self.acc.set_trigger()
+        return self.acc.check_trigger()
 
     def stop_here(self, stop: StopRequest, checkpointed: bool) -> None:
         if not checkpointed:

@@ -4,9 +4,9 @@
 thread; elsewhere it changes nothing) by one that records the first signal: the long loop
 reads ``stop.requested`` at its next safe point, saves what resumes it and raises
 :class:`Stopped`. A second signal interrupts at once, as Python's default SIGINT does. The
-previous handlers are restored on exit. Written by hand: accelerate and transformers'
-Trainer offer no such hook for a loop of one's own (transformers' ``TrainerControl`` stops
-on a callback, not on a signal).
+previous handlers are restored on exit. Several processes agree on the step through
+accelerate's ``set_trigger``/``check_trigger`` (the trainer's ``stop_asked``); the handler is
+written by hand, as neither accelerate nor transformers installs one for a loop of one's own.
 """
 
 from __future__ import annotations
