@@ -14,11 +14,16 @@ before running it (:mod:`fanlora.experiment.plan`):
   ``--score-examples`` validation examples at ``--score-max-length``, per module-example
   and per drawn example.
 
-All of it for ``--model`` in ``--precision`` (auto: bf16 where the CPU computes it).
+All of it for ``--model`` in ``--precision`` (auto: bf16 where the CPU computes it), and
+``eval_row_s`` again in each of ``--eval-precisions`` that differs from it, as a section
+named by the precision (``fp32: {eval_row_s: ...}``: the planner prices a grid's fp32
+evaluation from it). ``--add-sections`` measures only those sections and adds them to the
+existing ``--out``.
 
     python bench/unit_costs.py --out configs/measured/unit-costs.yaml
     python bench/unit_costs.py --model qwen2.5-0.5b \
         --out configs/measured/unit-costs-qwen2.5-0.5b.yaml
+    python bench/unit_costs.py --add-sections --out configs/measured/unit-costs.yaml
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from fanlora.score.run import ScoreConfig, score
 from fanlora.train import TrainConfig
 from fanlora.train.run import train
 from fanlora.utils.devices import Runtime
+from fanlora.utils.io import atomic_write_text
 from fanlora.utils.versions import versions
 
 TASKS = ("boolq", "mmlu", "copa", "squad", "math", "sql")
@@ -93,7 +99,7 @@ def forward_rate(args) -> float:
     return int(batch["attention_mask"].sum()) / statistics.median(times[1:])
 
 
-def eval_rates(args) -> dict:
+def eval_rates(args, precision: str) -> dict:
     out = {}
     for task in args.tasks:
         with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +110,7 @@ def eval_rates(args) -> dict:
                     task=task,
                     split="test",
                     limit=args.eval_rows,
-                    precision=args.precision,
+                    precision=precision,
                 ),
                 Path(tmp),
                 log=lambda _: None,
@@ -138,10 +144,37 @@ def score_rates(args, adapter: Path) -> dict:
     return out
 
 
+def precision_sections(args) -> dict:
+    """``eval_row_s`` in each of ``--eval-precisions`` other than the measured precision."""
+    measured = Runtime.of("cpu", args.precision).precision
+    others = [p for p in args.eval_precisions if Runtime.of("cpu", p).precision != measured]
+    return {p: {"eval_row_s": eval_rates(args, p)} for p in others}
+
+
+def measure(args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = Path(tmp) / "step1"
+        return {
+            "precision": Runtime.of("cpu", args.precision).precision,
+            "train_tokens_per_s": train_rate(args, adapter),
+            "forward_tokens_per_s": forward_rate(args),
+            "modules": len(discover_layout(load_model(args.model)[0]).all_names()),
+            "mean_tokens": mean_tokens(args),
+            "score_s": score_rates(args, adapter),
+            "eval_row_s": eval_rates(args, args.precision),
+            "decode_s": 52,
+            **precision_sections(args),
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--eval-precisions", nargs="*", default=["fp32"])
+    parser.add_argument(
+        "--add-sections", action="store_true", help="only the --eval-precisions, into --out"
+    )
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="evaluated tasks")
     parser.add_argument("--train-steps", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
@@ -153,31 +186,38 @@ def main() -> None:
     parser.add_argument("--out", default="configs/measured/unit-costs.yaml")
     args = parser.parse_args()
     started = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        adapter = Path(tmp) / "step1"
-        costs = {
-            "train_tokens_per_s": train_rate(args, adapter),
-            "forward_tokens_per_s": forward_rate(args),
-            "modules": len(discover_layout(load_model(args.model)[0]).all_names()),
-            "mean_tokens": mean_tokens(args),
-            "score_s": score_rates(args, adapter),
-            "eval_row_s": eval_rates(args),
-            "decode_s": 52,
-        }
-    flags = " ".join(
-        f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
-        for k, v in vars(args).items()
-    )
-    precision = Runtime.of("cpu", args.precision).precision
-    header = (
-        "# Measured unit costs for the grid planner (fanlora experiment --plan), written by\n"
-        f"#   python bench/unit_costs.py {flags}\n"
-        f"# on {args.model}, {precision}, in {time.time() - started:.0f} s.\n"
+    out = Path(args.out)
+    if args.add_sections:
+        text = out.read_text()
+        header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+        costs = yaml.safe_load(text)
+        costs.setdefault("precision", Runtime.of("cpu", args.precision).precision)
+        costs.update(precision_sections(args))
+        what = "Sections added by"
+    else:
+        header, costs = "", measure(args)
+        what = "Measured unit costs for the grid planner (fanlora experiment --plan), written by"
+    header += (
+        f"# {what}\n#   python bench/unit_costs.py {command_flags(args)}\n"
+        f"# on {args.model}, {costs['precision']}, in {time.time() - started:.0f} s.\n"
         f"# versions: {json.dumps(versions())}\n"
-        "# decode_s: the pipeline's decoding unit (docs/demo-run/6-decode/stage.json).\n"
     )
-    Path(args.out).write_text(header + yaml.safe_dump(costs, sort_keys=False))
-    print(Path(args.out).read_text())
+    if not args.add_sections:
+        header += "# decode_s: the pipeline's decoding unit (docs/demo-run/6-decode/stage.json).\n"
+    atomic_write_text(out, header + yaml.safe_dump(costs, sort_keys=False))
+    print(out.read_text())
+
+
+def command_flags(args) -> str:
+    """The command line that reproduces ``args`` (switches named only when on)."""
+    flags = []
+    for key, value in vars(args).items():
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        else:
+            flags.append(f"{flag} {' '.join(value) if isinstance(value, list) else value}")
+    return " ".join(flags)
 
 
 if __name__ == "__main__":

@@ -473,6 +473,20 @@ def test_the_plan_costs_the_random_placement_as_any_other_step_4_method(tasks_ho
     assert todo["4-downstream/yesno/random"] == todo["4-downstream/yesno/lora"] == 2000
 
 
+def test_the_plan_prices_a_unit_from_the_costs_measured_in_its_own_precision(tasks_home, tmp_path):
+    """Evaluation in fp32 (the grid's ``evaluation.precision``) is priced from the file's
+    ``fp32`` section (3 s a row x 4 rows), training at the top level's measured precision."""
+    from fanlora.experiment.plan import plan
+
+    path = grid_file(tmp_path, {"seed": [0], "evaluation.precision": ["fp32"]})
+    _, out, points = load_experiment(path)
+    costs = {**COSTS, "fp32": {"eval_row_s": {"default": 3.0}}}
+    todo = {p.unit.name: p.seconds for p in plan(points, out, [], costs)}
+    assert todo["5-eval/yesno/lora"] == 12 and todo["4-downstream/yesno/lora"] == 2000
+    todo = {p.unit.name: p.seconds for p in plan(points, out, [], COSTS)}
+    assert todo["5-eval/yesno/lora"] == 4  # no fp32 section: the measured precision's cost
+
+
 def test_the_plan_costs_refined_first_order_with_the_exact_units_it_recomputes():
     """Refined first order = first order (8 examples x 1 s) + 0.28 of the 28 modules
     recomputed exactly (x 8 examples x 1 s per module-example)."""

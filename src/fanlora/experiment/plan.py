@@ -14,6 +14,11 @@ machine (``configs/measured/unit-costs.yaml``, written by ``python bench/unit_co
   modules it recomputes (:data:`REFINED_SHARE`); Shapley: not estimated (shown as unknown);
 - evaluation: test rows x the task's measured seconds per row;
 - decoding: its measured seconds; setting and report: nothing.
+
+The costs are measured in one precision (``precision`` in the file: bf16 where the CPU
+computes it); a unit whose own precision has a measured section in the file
+(``fp32: {eval_row_s: ...}``) is priced from that section (evaluation in fp32 is about 1.7x
+slower than in bf16 on AVX512-BF16 CPUs, ``bench/results/choice_eval.json``).
 """
 
 from __future__ import annotations
@@ -89,8 +94,16 @@ def eval_seconds(params: dict, costs: dict) -> float:
     return rows * per_row
 
 
+def at_precision(costs: dict, precision: str | None) -> dict:
+    """The costs of a unit run in ``precision``: the file's section measured in that
+    precision, where there is one, over the top-level costs."""
+    section = costs.get(precision) if precision else None
+    return {**costs, **section} if isinstance(section, dict) else costs
+
+
 def unit_seconds(unit: Unit, costs: dict) -> float | None:
     """The estimated seconds of one unit (see the module docstring)."""
+    costs = at_precision(costs, unit.params.get("precision"))
     if unit.stage in ("full-lora", "downstream"):
         return train_seconds(unit.params, costs)
     if unit.stage == "scores":
