@@ -487,6 +487,30 @@ def test_the_plan_prices_a_unit_from_the_costs_measured_in_its_own_precision(tas
     assert todo["5-eval/yesno/lora"] == 4  # no fp32 section: the measured precision's cost
 
 
+def test_only_runs_the_selected_points_and_refuses_a_selection_it_cannot_match(
+    tasks_home, tmp_path, capsys
+):
+    """``--only seed=1`` runs that point (a linked key's part named alone) and nothing else;
+    a key the grid lacks or a value no point has is refused before anything is created."""
+    path = grid_file(tmp_path, {"seed+decode": [[0, False], [1, False]], "until": ["full-lora"]})
+    runs = tmp_path / "runs"
+    for only, message in (
+        ("lr=3", "one of the grid's keys (decode, seed, until)"),
+        ("seed=5", "no grid point has these values"),
+        ("seed", "KEY=VALUE"),
+    ):
+        assert main(["experiment", str(path), "--only", only, "--yes"]) == 2
+        assert message in capsys.readouterr().err and not runs.exists()
+    assert main(["experiment", str(path), "--only", "seed=1", "--plan"]) == 0
+    assert "full-lora      1 unit(s)" in capsys.readouterr().out
+    results = run_experiment(path, log=lambda _: None, only=["seed=1"])
+    assert results["runs"] == {
+        "seed+decode=0+False": "not finished",
+        "seed+decode=1+False": "finished",
+    }
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["seed+decode=1+False"]
+
+
 def test_the_plan_costs_refined_first_order_with_the_exact_units_it_recomputes():
     """Refined first order = first order (8 examples x 1 s) + 0.28 of the 28 modules
     recomputed exactly (x 8 examples x 1 s per module-example)."""

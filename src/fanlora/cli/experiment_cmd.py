@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from fanlora.experiment.grid import check_plan, load_experiment, reuse_folders, run_experiment
+from fanlora.experiment.grid import (
+    check_plan,
+    load_experiment,
+    reuse_folders,
+    run_experiment,
+    select_points,
+)
 
 
 def register(sub) -> None:
@@ -22,6 +28,12 @@ def register(sub) -> None:
     )
     p.add_argument("--yes", action="store_true", help="run the grid whatever its estimate")
     p.add_argument("--costs", help="measured unit costs (default configs/measured/unit-costs.yaml)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="run (or plan) only the grid points with these values, e.g. seed=0",
+    )
     p.set_defaults(func=run, writes=grid_output)
 
 
@@ -33,11 +45,16 @@ def grid_output(args) -> str | None:
 def run(args) -> int:
     if args.plan:
         _, out, points = load_experiment(args.config)
+        points = select_points(points, args.only)
         check_plan(points, out, reuse_folders(args.config), None, args.costs)
         return 0
     budget = None if args.yes else args.budget_hours
     results = run_experiment(
-        args.config, aggregate_only=args.aggregate_only, budget_hours=budget, costs_path=args.costs
+        args.config,
+        aggregate_only=args.aggregate_only,
+        budget_hours=budget,
+        costs_path=args.costs,
+        only=args.only,
     )
     failed = {k: v for k, v in results["runs"].items() if v == "failed"}
     print(f"results: {len(results['rows'])} rows; runs {results['runs']}")

@@ -22,7 +22,8 @@ Every point's config is built and checked before anything runs, so a typo in a m
 task or key fails at once. Points run in order; a finished point is skipped (its units are
 done), a unit another point already computed with the same key is copied, and a point
 that crashes is recorded and the grid goes on. Then every run is aggregated
-(:mod:`fanlora.experiment.aggregate`).
+(:mod:`fanlora.experiment.aggregate`). ``--only seed=0`` runs only the points with those
+values (a sitting's share of a long grid); the aggregation still reads every point's folder.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import itertools
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from fanlora.config import load_yaml
 from fanlora.errors import FanLoRAError
@@ -166,6 +169,28 @@ def load_experiment(path: str | Path) -> tuple[str, Path, list[Point]]:
     return name, out, points
 
 
+def select_points(points: list[Point], only: list[str] | None) -> list[Point]:
+    """The points whose grid values match every ``KEY=VALUE`` of ``only`` (a linked key's
+    parts may be named alone: ``seed=0`` matches ``seed+decode: [0, true]``); a key the
+    grid does not vary, or a selection that matches no point, is refused."""
+    if not only:
+        return points
+    keys = {k for p in points for k in p.flat_values()}
+    chosen = points
+    for item in only:
+        key, sep, text = item.partition("=")
+        if not sep or key not in keys:
+            raise FanLoRAError(
+                f"--only {item!r}: give KEY=VALUE with KEY one of the grid's keys "
+                f"({', '.join(sorted(keys))})"
+            )
+        value = yaml.safe_load(text)
+        chosen = [p for p in chosen if p.flat_values()[key] == value]
+    if not chosen:
+        raise FanLoRAError(f"--only {' '.join(only)}: no grid point has these values")
+    return chosen
+
+
 def check_plan(
     points, out: Path, reuse: list[Path], budget_hours: float | None, costs_path=None, log=print
 ) -> float | None:
@@ -218,20 +243,21 @@ def run_experiment(
     aggregate_only: bool = False,
     budget_hours: float | None = None,
     costs_path=None,
+    only: list[str] | None = None,
 ) -> dict:
-    """Run every point (skipping finished ones), then aggregate; return the results. With
-    ``budget_hours``, a grid whose remaining units are estimated above it is refused."""
+    """Run every point (skipping finished ones), or those ``only`` selects, then aggregate
+    every point; return the results. With ``budget_hours``, a grid whose remaining units
+    are estimated above it is refused."""
     name, out, points = load_experiment(path)
-    log(f"experiment {name}: {len(points)} run(s) under {out}")
+    chosen = [] if aggregate_only else select_points(points, only)
+    log(f"experiment {name}: {len(points)} run(s) under {out}, {len(chosen)} to run now")
     failures = {}
     folders = [out / p.name for p in points] + reuse_folders(path)
-    if not aggregate_only:
-        check_plan(points, out, reuse_folders(path), budget_hours, costs_path, log)
-    for i, point in enumerate(points, 1):
+    if chosen:
+        check_plan(chosen, out, reuse_folders(path), budget_hours, costs_path, log)
+    for i, point in enumerate(chosen, 1):
         folder = out / point.name
-        if aggregate_only:
-            continue
-        log(f"=== [{i}/{len(points)}] {point.name}")
+        log(f"=== [{i}/{len(chosen)}] {point.name}")
         try:
             run_pipeline(point.config, folder, reuse=folders)
             if stages := prune_stages(path):
