@@ -487,6 +487,23 @@ def test_the_plan_prices_a_unit_from_the_costs_measured_in_its_own_precision(tas
     assert todo["5-eval/yesno/lora"] == 4  # no fp32 section: the measured precision's cost
 
 
+def test_the_plan_prices_a_stopped_training_unit_from_its_checkpoint(tasks_home, tmp_path):
+    """Step 1 stopped after step 2 of 4 resumes there: 2 steps x 4 examples x 50 tokens at
+    1 token/s + 2 dev evaluations x 8 x 50 = 1200 s, not 2000 (a step-4 unit is untouched)."""
+    from fanlora.experiment.plan import plan
+
+    path = grid_file(tmp_path, {"seed": [0]})
+    _, out, points = load_experiment(path)
+    checkpoints = out / "default" / "1-full-lora" / "checkpoints"
+    (checkpoints / "step-2").mkdir(parents=True)
+    (checkpoints / "step-2" / "state.json").write_text(json.dumps({"step": 2}))
+    (checkpoints / "latest").write_text("step-2\n")
+    todo = {p.unit.name: p.seconds for p in plan(points, out, [], COSTS)}
+    assert todo["1-full-lora"] == 1200 and todo["4-downstream/yesno/lora"] == 2000
+    (checkpoints / "latest").write_text("step-3\n")  # names no complete checkpoint
+    assert {p.unit.name: p.seconds for p in plan(points, out, [], COSTS)}["1-full-lora"] == 2000
+
+
 def test_only_runs_the_selected_points_and_refuses_a_selection_it_cannot_match(
     tasks_home, tmp_path, capsys
 ):

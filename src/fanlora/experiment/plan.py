@@ -7,7 +7,8 @@ pipeline then trains it again). The rest are estimated from measured unit costs 
 machine (``configs/measured/unit-costs.yaml``, written by ``python bench/unit_costs.py``):
 
 - training (steps 1 and 4): examples x mean tokens / training tokens per second, plus the dev
-  evaluations: (steps / eval_every + 1) x eval_examples x mean tokens / forward tokens per s;
+  evaluations: (steps / eval_every + 1) x eval_examples x mean tokens / forward tokens per s,
+  counting only the steps after the checkpoint a stopped unit resumes from;
 - scoring: exact AB (fast, or racing that falls back) modules x validation examples x the
   measured seconds per module-example; first order and sensitivity: validation examples x
   their seconds per example; refined first order adds exact AB's cost for the share of
@@ -32,7 +33,9 @@ from fanlora.config import load_yaml
 from fanlora.data.registry import split_size
 from fanlora.pipeline.run import build_units
 from fanlora.pipeline.stages import RunDir, Unit, assign_keys, revived
+from fanlora.train.checkpoint import checkpoint_step
 from fanlora.train.config import TrainConfig
+from fanlora.train.outputs import RunFolder
 
 COSTS_FILE = Path(__file__).resolve().parents[3] / "configs" / "measured" / "unit-costs.yaml"
 SCORE_METHODS_PER_EXAMPLE = {"first-order": "first_order", "sensitivity": "sensitivity"}
@@ -52,7 +55,7 @@ def load_costs(path: str | Path | None = None) -> dict:
     return load_yaml(path or COSTS_FILE)
 
 
-def train_seconds(params: dict, costs: dict) -> float:
+def train_seconds(params: dict, costs: dict, from_step: int = 0) -> float:
     # the schedule does not depend on the method: read it as full LoRA's (no setting needed);
     # a unit's key may hold more than TrainConfig takes (budget, method_revision)
     schedule = {f.name for f in fields(TrainConfig)} - {"method", "setting", "rank_pattern"}
@@ -66,6 +69,7 @@ def train_seconds(params: dict, costs: dict) -> float:
     steps = math.ceil(cfg.max_epochs * math.ceil(rows / batch))
     if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
+    steps = max(steps - from_step, 0)
     evals = steps // cfg.eval_every + 1
     train = steps * batch * tokens / costs["train_tokens_per_s"]
     dev = evals * cfg.eval_examples * tokens / costs["forward_tokens_per_s"]
@@ -101,11 +105,12 @@ def at_precision(costs: dict, precision: str | None) -> dict:
     return {**costs, **section} if isinstance(section, dict) else costs
 
 
-def unit_seconds(unit: Unit, costs: dict) -> float | None:
-    """The estimated seconds of one unit (see the module docstring)."""
+def unit_seconds(unit: Unit, costs: dict, from_step: int = 0) -> float | None:
+    """The estimated seconds of one unit (see the module docstring); a training unit from
+    ``from_step``, the step its checkpoint resumes from."""
     costs = at_precision(costs, unit.params.get("precision"))
     if unit.stage in ("full-lora", "downstream"):
-        return train_seconds(unit.params, costs)
+        return train_seconds(unit.params, costs, from_step)
     if unit.stage == "scores":
         return score_seconds(unit.params, costs)
     if unit.stage == "eval":
@@ -132,7 +137,8 @@ def plan(points, out: Path, reuse: list[Path], costs: dict) -> list[PlannedUnit]
             done = run_dir.is_done(unit) or any(o.is_done(unit) for o in others)
             if done and unit.name not in revive:
                 continue
-            todo.append(PlannedUnit(point.name, unit, unit_seconds(unit, costs)))
+            step = checkpoint_step(RunFolder(run_dir.folder(unit)).checkpoints)
+            todo.append(PlannedUnit(point.name, unit, unit_seconds(unit, costs, step)))
     return todo
 
 

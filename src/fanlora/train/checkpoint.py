@@ -75,6 +75,12 @@ def latest_checkpoint(root: Path) -> Path | None:
     return folder if (folder / "state.json").is_file() else None
 
 
+def checkpoint_step(root: Path) -> int:
+    """The step a run resumes from: its newest complete checkpoint's (0 when none)."""
+    folder = latest_checkpoint(root)
+    return json.loads((folder / "state.json").read_text())["step"] if folder else 0
+
+
 def load_checkpoint(folder: Path, model, optimizer, scheduler) -> tuple[TrainState, dict | None]:
     """Restore weights, optimizer and scheduler from ``folder``; return its state and the
     method's own state (None when it has none)."""
