@@ -8,7 +8,7 @@ import pytest
 
 from fanlora.data.conversation import IGNORE, encode_conversation, exchanges
 from fanlora.data.example import Example
-from fanlora.data.formatting import encode_all, encode_example
+from fanlora.data.formatting import PromptFrame, encode_all, encode_example
 from fanlora.data.user_files import load_user_file
 from fanlora.errors import FanLoRAError
 from fanlora.models import load_tokenizer
@@ -119,3 +119,20 @@ def test_a_user_file_keeps_conversations_whole(tmp_path, chatml):
     bad.write_text(json.dumps({"messages": [{"role": "robot", "content": "x"}]}))
     with pytest.raises(FanLoRAError, match="turn 0 must have a role"):
         load_user_file(bad, "train")
+
+
+def test_a_conversation_longer_than_the_model_is_cut_without_the_tokenizers_warning(chatml):
+    """Whole dialogues are tokenized before they are cut to ``max_length``: the tokenizer's
+    "longer than the specified maximum" warning would be noise (it is flagged in
+    ``deprecation_warnings`` when given, so the check can fail)."""
+    tok = copy.deepcopy(chatml)
+    tok.model_max_length = 16
+    flag = "sequence-length-is-longer-than-the-specified-maximum"
+    chat = turns(("user", "word " * 20), ("assistant", "a short answer"))
+    long_prompt = Example(uid="p", prompt="word " * 40, response="yes")
+    assert encode_conversation(tok, chat, 256) is not None
+    encode_example(tok, PromptFrame.of(tok), long_prompt, 64)
+    encode_all(tok, [long_prompt], 64)
+    assert flag not in tok.deprecation_warnings
+    tok(chat[0]["content"])
+    assert tok.deprecation_warnings[flag]

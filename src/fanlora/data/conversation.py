@@ -88,8 +88,11 @@ def segments(tokenizer, messages) -> list[tuple[int, str, bool]]:
     return pieces
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+def token_ids(tokenizer, text: str) -> list[int]:
+    """``text``'s token ids, no special tokens added. Whole conversations are longer than
+    the model's context before they are cut to ``max_length``: the tokenizer's warning
+    about it is silenced (``verbose=False``)."""
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] if text else []
 
 
 def encode_conversation(tokenizer, messages, max_length: int) -> dict | None:
@@ -99,7 +102,7 @@ def encode_conversation(tokenizer, messages, max_length: int) -> dict | None:
     plain = not getattr(tokenizer, "chat_template", None)
     turns: dict[int, list[tuple[list[int], bool]]] = {}
     for k, text, trained in segments(tokenizer, messages):
-        ids = _ids(tokenizer, text)
+        ids = token_ids(tokenizer, text)
         if trained and plain:
             ids = [*ids, tokenizer.eos_token_id]
         turns.setdefault(k, []).append((ids, trained))

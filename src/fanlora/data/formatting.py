@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fanlora.data.conversation import IGNORE, encode_conversation
+from fanlora.data.conversation import IGNORE, encode_conversation, token_ids
 from fanlora.data.example import Example
 from fanlora.errors import FanLoRAError
 
@@ -49,10 +49,10 @@ class PromptFrame:
             before, _, after = text.partition(PLACEHOLDER)
         else:  # plain LM: "prompt\n" then the response
             before, after = "", "\n"
-        ids = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"] if s else []  # noqa: E731
         if tokenizer.eos_token_id is None:
             raise FanLoRAError("the tokenizer has no eos token; set one before training")
-        return cls(pre=ids(before), post=ids(after), eos=tokenizer.eos_token_id)
+        pre, post = token_ids(tokenizer, before), token_ids(tokenizer, after)
+        return cls(pre=pre, post=post, eos=tokenizer.eos_token_id)
 
 
 def fit_prompt(
@@ -123,7 +123,10 @@ def assemble(
 def encode_prompt(tokenizer, example: Example) -> tuple[list[int], tuple[int, int] | None]:
     """The prompt's token ids and the answer's token span in them (see :func:`answer_anchor`)."""
     enc = tokenizer(
-        example.prompt, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast
+        example.prompt,
+        add_special_tokens=False,
+        return_offsets_mapping=tokenizer.is_fast,
+        verbose=False,  # a long prompt is cut to fit (fit_prompt): no warning about its length
     )
     offsets = enc.get("offset_mapping")
     return enc["input_ids"], answer_anchor(example, offsets) if offsets is not None else None
@@ -136,10 +139,10 @@ def encode_example(
     or None when the response cannot fit."""
     if example.messages and response is None:
         return encode_conversation(tokenizer, example.messages, max_length)
-    ids = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     answer = example.response if response is None else response
     prompt, anchor = encode_prompt(tokenizer, example)
-    return assemble(frame, prompt, ids(answer), max_length, ids(ELLIPSIS), anchor)
+    ellipsis = token_ids(tokenizer, ELLIPSIS)
+    return assemble(frame, prompt, token_ids(tokenizer, answer), max_length, ellipsis, anchor)
 
 
 def encode_options(tokenizer, frame: PromptFrame, example: Example, max_length: int) -> list[dict]:
@@ -151,12 +154,11 @@ def encode_options(tokenizer, frame: PromptFrame, example: Example, max_length: 
     """
     if not example.choices:
         raise FanLoRAError(f"example {example.uid} has no options; this task is not a choice task")
-    ids = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompt, anchor = encode_prompt(tokenizer, example)  # once, for every option
-    ellipsis = ids(ELLIPSIS)
+    ellipsis = token_ids(tokenizer, ELLIPSIS)
     rows = []
     for j, option in enumerate(example.choices):
-        row = assemble(frame, prompt, ids(option), max_length, ellipsis, anchor)
+        row = assemble(frame, prompt, token_ids(tokenizer, option), max_length, ellipsis, anchor)
         if row is None or all(t == IGNORE for t in row["labels"][1:]):
             raise FanLoRAError(
                 f"option {j} of example {example.uid} does not fit in max length "
@@ -187,6 +189,7 @@ def encode_or_none(tokenizer, examples: list[Example], max_length: int) -> list[
         [e.prompt for e in examples],
         add_special_tokens=False,
         return_offsets_mapping=tokenizer.is_fast,
+        verbose=False,  # long prompts are cut to fit (fit_prompt)
     )
     offsets = enc.get("offset_mapping") or [None] * len(examples)
     anchors = [
@@ -194,7 +197,7 @@ def encode_or_none(tokenizer, examples: list[Example], max_length: int) -> list[
         for e, o in zip(examples, offsets, strict=True)
     ]
     answers = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
-    ellipsis = tokenizer(ELLIPSIS, add_special_tokens=False)["input_ids"]
+    ellipsis = token_ids(tokenizer, ELLIPSIS)
     rows = zip(examples, enc["input_ids"], answers, anchors, strict=True)
     return [
         encode_conversation(tokenizer, e.messages, max_length)
