@@ -171,8 +171,8 @@ def load_experiment(path: str | Path) -> tuple[str, Path, list[Point]]:
 
 def select_points(points: list[Point], only: list[str] | None) -> list[Point]:
     """The points whose grid values match every ``KEY=VALUE`` of ``only`` (a linked key's
-    parts may be named alone: ``seed=0`` matches ``seed+decode: [0, true]``); a key the
-    grid does not vary, or a selection that matches no point, is refused."""
+    parts may be named alone: ``seed=0`` matches ``seed+decode: [0, true]``); a key that
+    is not in the grid, or a selection that matches no point, is refused."""
     if not only:
         return points
     keys = {k for p in points for k in p.flat_values()}
