@@ -1,6 +1,8 @@
 """Step 2 on the tiny preset: AB-score (fast = straightforward), Shapley, sensitivity."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ import torch
 
 from fanlora.errors import FanLoRAError
 from fanlora.score.run import ScoreConfig, score
+from fanlora.utils.stopping import Stopped
 
 WORDS = ["apple", "pear", "plum", "fig", "kiwi", "lime", "date", "sloe"]
 
@@ -227,6 +230,41 @@ def test_resume_recomputes_nothing_finished(tmp_path, adapter, data_file, monkey
     assert cost["capture_seconds"] >= 3.0
     assert cost["full_evaluation_s"] == pytest.approx(cost["capture_seconds"] / 2, rel=1e-12)
     assert cost["full_evaluation_s"] > max(e["seconds"] for e in entries[:2])
+
+
+def test_scoring_stops_cleanly_on_sigterm_and_resumes_to_the_same_scores(
+    tmp_path, adapter, data_file, monkeypatch
+):
+    """SIGTERM during the 5th unit: that unit finishes and is journalled, then Stopped
+    (the handler put back); the same command computes only the rest, to the same scores."""
+    from fanlora.score import scorer
+
+    straight = run_score(tmp_path, adapter, data_file, "straight.json")
+    original, calls = scorer.fast, {"n": 0, "kill": True}
+
+    def signalling_fast(model, gates, valset, store=None):
+        inner = original(model, gates, valset, store)
+
+        def evaluate(open_keys, layer, base):
+            calls["n"] += 1
+            # all and none take a call each, a module two: call 7 is module 3's first
+            if calls["n"] == 7 and calls["kill"]:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return inner(open_keys, layer, base)
+
+        return evaluate
+
+    monkeypatch.setattr(scorer, "fast", signalling_fast)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped, match="stopped on SIGTERM after 5 scoring units"):
+        run_score(tmp_path, adapter, data_file, "stopped.json")
+    assert signal.getsignal(signal.SIGTERM) is before
+    lines = (tmp_path / "stopped.json.journal" / "rank-0.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 5 and not (tmp_path / "stopped.json").exists()
+    calls.update(n=0, kill=False)
+    resumed = run_score(tmp_path, adapter, data_file, "stopped.json")
+    assert calls["n"] == 2 * (28 - 3)  # the modules the journal lacked, two models each
+    assert [r["score"] for r in resumed["scores"]] == [r["score"] for r in straight["scores"]]
 
 
 def test_journal_of_another_run_is_refused(tmp_path, adapter, data_file):

@@ -26,6 +26,7 @@ from fanlora.score.scorer import SCORERS, Context, Scorer, get_scorer
 from fanlora.select.scores import ScoreRecord
 from fanlora.utils.devices import DeviceOptions, Runtime, process_state
 from fanlora.utils.io import atomic_write_json
+from fanlora.utils.stopping import Stopped, stop_on_signals
 
 # The layout of the journal's entries; a journal of another layout is another run.
 JOURNAL_FORMAT = 2
@@ -265,26 +266,36 @@ def score(
 def run_units(scorer: Scorer, ctx: Context, state) -> None:
     """This process's share of the scorer's units; each finished one is journalled. A
     scorer whose units depend on earlier ones (first order, refined) lists more once those
-    are journalled: every process reloads the journal and asks again, until none are new."""
+    are journalled: every process reloads the journal and asks again, until none are new.
+    On SIGTERM or SIGINT the unit under way finishes and is journalled, then
+    :class:`Stopped` (each process on its own signal: their units are independent)."""
     units: list[str] = []
-    while len(listed := scorer.units(ctx)) > len(units):
-        mine = listed[len(units) :][state.process_index :: state.num_processes]
-        bar = tqdm(
-            total=len(mine),
-            unit=scorer.unit,
-            desc=f"score {scorer.name} ({ctx.cfg.mode})",
-            disable=not state.is_main_process,
-        )
-        for key in mine:
-            if key not in ctx.journal:
-                started = time.perf_counter()
-                values = scorer.compute(ctx, key)
-                ctx.journal.write(key, **values, seconds=time.perf_counter() - started)
-            bar.update(1)
-        bar.close()
-        state.wait_for_everyone()
-        ctx.journal.reload()
-        units = listed
+    with stop_on_signals() as stop:
+        while len(listed := scorer.units(ctx)) > len(units):
+            mine = listed[len(units) :][state.process_index :: state.num_processes]
+            bar = tqdm(
+                total=len(mine),
+                unit=scorer.unit,
+                desc=f"score {scorer.name} ({ctx.cfg.mode})",
+                disable=not state.is_main_process,
+            )
+            for key in mine:
+                if key not in ctx.journal:
+                    started = time.perf_counter()
+                    values = scorer.compute(ctx, key)
+                    ctx.journal.write(key, **values, seconds=time.perf_counter() - started)
+                bar.update(1)
+                if stop.requested:
+                    bar.close()
+                    raise Stopped(
+                        f"stopped on {stop.name} after {len(ctx.journal.entries)} scoring "
+                        f"units: they are journalled in {ctx.journal.folder}; the same "
+                        "command resumes from them"
+                    )
+            bar.close()
+            state.wait_for_everyone()
+            ctx.journal.reload()
+            units = listed
 
 
 def write_scores(ctx: Context, method: str, out: Path, records, wall, log) -> dict:
