@@ -18,8 +18,8 @@ machine (``configs/measured/unit-costs.yaml``, written by ``python bench/unit_co
 
 The costs are measured in one precision (``precision`` in the file: bf16 where the CPU
 computes it); a unit whose own precision has a measured section in the file
-(``fp32: {eval_row_s: ...}``) is priced from that section (evaluation in fp32 is about 1.7x
-slower than in bf16 on AVX512-BF16 CPUs, ``bench/results/choice_eval.json``).
+(``fp32: {eval_row_s: ...}``) is priced from that section (evaluation in fp32 takes
+1.1-1.4x bf16's seconds a row on this AVX512-BF16 CPU, ``configs/measured/unit-costs.yaml``).
 """
 
 from __future__ import annotations

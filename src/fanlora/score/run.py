@@ -273,29 +273,28 @@ def run_units(scorer: Scorer, ctx: Context, state) -> None:
     with stop_on_signals() as stop:
         while len(listed := scorer.units(ctx)) > len(units):
             mine = listed[len(units) :][state.process_index :: state.num_processes]
-            bar = tqdm(
-                total=len(mine),
-                unit=scorer.unit,
-                desc=f"score {scorer.name} ({ctx.cfg.mode})",
-                disable=not state.is_main_process,
-            )
-            for key in mine:
-                if key not in ctx.journal:
-                    started = time.perf_counter()
-                    values = scorer.compute(ctx, key)
-                    ctx.journal.write(key, **values, seconds=time.perf_counter() - started)
-                bar.update(1)
-                if stop.requested:
-                    bar.close()
-                    raise Stopped(
-                        f"stopped on {stop.name} after {len(ctx.journal.entries)} scoring "
-                        f"units: they are journalled in {ctx.journal.folder}; the same "
-                        "command resumes from them"
-                    )
-            bar.close()
+            run_share(scorer, ctx, mine, stop, state.is_main_process)
             state.wait_for_everyone()
             ctx.journal.reload()
             units = listed
+
+
+def run_share(scorer: Scorer, ctx: Context, keys: list[str], stop, show: bool) -> None:
+    """Compute and journal each of ``keys`` the journal lacks; after a unit, honour a stop."""
+    desc = f"score {scorer.name} ({ctx.cfg.mode})"
+    with tqdm(total=len(keys), unit=scorer.unit, desc=desc, disable=not show) as bar:
+        for key in keys:
+            if key not in ctx.journal:
+                started = time.perf_counter()
+                values = scorer.compute(ctx, key)
+                ctx.journal.write(key, **values, seconds=time.perf_counter() - started)
+            bar.update(1)
+            if stop.requested:
+                raise Stopped(
+                    f"stopped on {stop.name} after {len(ctx.journal.entries)} scoring units: "
+                    f"they are journalled in {ctx.journal.folder}; the same command resumes "
+                    "from them"
+                )
 
 
 def write_scores(ctx: Context, method: str, out: Path, records, wall, log) -> dict:
