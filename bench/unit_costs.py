@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +47,7 @@ from fanlora.modules import discover_layout
 from fanlora.score.run import ScoreConfig, score
 from fanlora.train import TrainConfig
 from fanlora.train.run import train
-from fanlora.utils.devices import Runtime
+from fanlora.utils.devices import Runtime, cpu_machine
 from fanlora.utils.io import atomic_write_text
 from fanlora.utils.versions import versions
 
@@ -155,6 +156,7 @@ def measure(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         adapter = Path(tmp) / "step1"
         return {
+            "machine": cpu_machine(),
             "precision": Runtime.of("cpu", args.precision).precision,
             "train_tokens_per_s": train_rate(args, adapter),
             "forward_tokens_per_s": forward_rate(args),
@@ -191,6 +193,11 @@ def main() -> None:
         text = out.read_text()
         header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
         costs = yaml.safe_load(text)
+        if costs.get("machine", cpu_machine()) != cpu_machine():
+            sys.exit(
+                f"--add-sections: {out} was measured on {costs['machine']}; this machine is "
+                f"{cpu_machine()}: measure the whole file here (without --add-sections)"
+            )
         costs.setdefault("precision", Runtime.of("cpu", args.precision).precision)
         costs.update(precision_sections(args))
         what = "Sections added by"

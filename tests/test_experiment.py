@@ -487,6 +487,40 @@ def test_the_plan_prices_a_unit_from_the_costs_measured_in_its_own_precision(tas
     assert todo["5-eval/yesno/lora"] == 4  # no fp32 section: the measured precision's cost
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_the_plan_resolves_precision_auto_for_this_machine(
+    tasks_home, tmp_path, monkeypatch, native
+):
+    """``precision: auto`` is bf16 on a CPU with AVX512-BF16 and fp32 elsewhere: without it
+    training is priced from the file's fp32 section (2 tokens/s, its dev passes too: 1000 s,
+    not 2000)."""
+    from fanlora.experiment.plan import plan
+    from fanlora.utils import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
+    path = grid_file(tmp_path, {"seed": [0], "precision": ["auto"]})
+    _, out, points = load_experiment(path)
+    costs = {
+        **COSTS,
+        "precision": "bf16",
+        "fp32": {"train_tokens_per_s": 2.0, "forward_tokens_per_s": 2.0},
+    }
+    todo = {p.unit.name: p.seconds for p in plan(points, out, [], costs)}
+    assert todo["4-downstream/yesno/lora"] == (2000 if native else 1000)
+
+
+def test_the_plan_says_when_its_costs_come_from_another_kind_of_cpu():
+    from fanlora.experiment.plan import machine_note
+
+    zen = {"cpu": "AMD EPYC 9B14", "native_bf16": True}
+    xeon = {"cpu": "Intel(R) Xeon(R) Processor @ 2.80GHz", "native_bf16": False}
+    assert machine_note({**COSTS, "machine": zen}, here=zen) is None
+    assert machine_note(COSTS, here=xeon) is None  # a file that does not say
+    note = machine_note({**COSTS, "machine": zen}, here=xeon)
+    assert "AMD EPYC 9B14 (native bf16)" in note and "(no native bf16)" in note
+    assert "bench/unit_costs.py" in note
+
+
 def test_the_plan_prices_a_stopped_training_unit_from_its_checkpoint(tasks_home, tmp_path):
     """Step 1 stopped after step 2 of 4 resumes there: 2 steps x 4 examples x 50 tokens at
     1 token/s + 2 dev evaluations x 8 x 50 = 1200 s, not 2000 (a step-4 unit is untouched)."""

@@ -67,6 +67,12 @@ def run_score(tmp_path, adapter, data_file, name="s.json", **kw):
     return score(cfg, tmp_path / name, log=lambda _: None)
 
 
+def journal_file(folder, rank=0):
+    """The one journal file of ``rank`` in ``folder`` (named by its run's identity)."""
+    (path,) = Path(folder).glob(f"rank-{rank}.*.jsonl")
+    return path
+
+
 def by_key(doc):
     return {(r["layer"], r["module"]): r for r in doc["scores"]}
 
@@ -214,7 +220,7 @@ def test_resume_recomputes_nothing_finished(tmp_path, adapter, data_file, monkey
     calls["kill"] = True
     with pytest.raises(KeyboardInterrupt):
         run_score(tmp_path, adapter, data_file, "killed.json")
-    lines = (tmp_path / "killed.json.journal" / "rank-0.jsonl").read_text().splitlines()
+    lines = journal_file(tmp_path / "killed.json.journal").read_text().splitlines()
     keys = [json.loads(line)["key"] for line in lines[1:]]
     assert keys[:2] == ["all", "none"] and len(keys) == 2 + 8  # module 9 was cut short
     calls.update(n=0, kill=False)
@@ -259,7 +265,7 @@ def test_scoring_stops_cleanly_on_sigterm_and_resumes_to_the_same_scores(
     with pytest.raises(Stopped, match="stopped on SIGTERM after 5 scoring units"):
         run_score(tmp_path, adapter, data_file, "stopped.json")
     assert signal.getsignal(signal.SIGTERM) is before
-    lines = (tmp_path / "stopped.json.journal" / "rank-0.jsonl").read_text().splitlines()
+    lines = journal_file(tmp_path / "stopped.json.journal").read_text().splitlines()
     assert len(lines) == 1 + 5 and not (tmp_path / "stopped.json").exists()
     calls.update(n=0, kill=False)
     resumed = run_score(tmp_path, adapter, data_file, "stopped.json")
@@ -267,12 +273,56 @@ def test_scoring_stops_cleanly_on_sigterm_and_resumes_to_the_same_scores(
     assert [r["score"] for r in resumed["scores"]] == [r["score"] for r in straight["scores"]]
 
 
-def test_journal_of_another_run_is_refused(tmp_path, adapter, data_file):
+def test_journal_of_another_run_is_kept_aside_not_mixed(tmp_path, adapter, data_file):
+    """A second run with another identity into the same output leaves the first run's file
+    as it was, uses none of its units (it gives what it gives alone) and says so."""
     run_score(tmp_path, adapter, data_file, "s.json")
-    before = (tmp_path / "s.json.journal" / "rank-0.jsonl").read_text()
-    with pytest.raises(FanLoRAError, match="different scoring run"):
-        run_score(tmp_path, adapter, data_file, "s.json", metric="loss", seed=5)
-    assert (tmp_path / "s.json.journal" / "rank-0.jsonl").read_text() == before
+    first = journal_file(tmp_path / "s.json.journal")
+    before = first.read_text()
+    lines = []
+    cfg = ScoreConfig(adapter=adapter, data=data_file, val_examples=16, batch_size=16, seed=5)
+    other = score(cfg, tmp_path / "s.json", log=lines.append)
+    alone = score(cfg, tmp_path / "alone.json", log=lambda _: None)
+    assert first.read_text() == before
+    assert len(list((tmp_path / "s.json.journal").glob("rank-0.*.jsonl"))) == 2
+    assert other["scores"] == alone["scores"]
+    assert any(
+        "30 journalled units of another scoring run" in x and "differs in seed)" in x for x in lines
+    )
+
+
+def test_journal_keeps_each_precision_apart(tmp_path):
+    """Units journalled in bf16 are not used by an fp32 run (eq. 3 subtracts S's: mixed, V
+    would hold the precisions' difference); each run finds its own again. A file from before
+    the identity digest (``rank-0.jsonl``) is read and appended to."""
+    from fanlora.score.journal import Journal
+
+    folder = tmp_path / "s.json.journal"
+    bf16, fp32 = {"seed": 0, "precision": "bf16"}, {"seed": 0, "precision": "fp32"}
+    folder.mkdir()
+    legacy = folder / "rank-0.jsonl"
+    legacy.write_text(json.dumps({"identity": bf16}) + '\n{"key": "all", "s": 1.0}\n{"key')
+    journal = Journal(folder, fp32)
+    assert "all" not in journal and "differs in precision" in journal.describe_aside()
+    journal.write("all", s=2.0)
+    journal.close()
+    journal = Journal(folder, bf16)
+    assert journal.get("all")["s"] == 1.0 and journal.path == legacy
+    journal.write("none", s=0.5)
+    journal.close()
+    journal = Journal(folder, fp32)
+    assert journal.get("all")["s"] == 2.0 and "none" not in journal
+    assert journal.aside == {legacy: (2, bf16)}
+
+
+def test_journal_identity_holds_the_precision_passes_run_in(adapter, data_file):
+    from fanlora.score.run import identity
+    from fanlora.utils.devices import native_bf16
+
+    cfg = ScoreConfig(adapter=adapter, data=data_file, precision="auto")
+    native = native_bf16(torch.device("cpu"))
+    assert identity(cfg)["precision"] == ("bf16" if native else "fp32")
+    assert identity(cfg, "bf16")["precision"] == "bf16"
 
 
 def test_a_second_scoring_process_on_the_same_output_is_refused(tmp_path, adapter, data_file):
@@ -309,7 +359,7 @@ def test_a_second_scoring_process_on_the_same_output_is_refused(tmp_path, adapte
     finally:
         holder.close()
     assert proc.returncode == 2 and "another scoring process" in proc.stderr, proc.stderr
-    lines = (tmp_path / "s.json.journal" / "rank-0.jsonl").read_text().splitlines()
+    lines = journal_file(tmp_path / "s.json.journal").read_text().splitlines()
     assert len(lines) == 2 and not (tmp_path / "s.json").exists()
 
 
@@ -608,8 +658,8 @@ def test_two_processes_shard_modules_with_the_same_scores(tmp_path, adapter, dat
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    journals = sorted(p.name for p in (tmp_path / "two.json.journal").glob("*.jsonl"))
-    assert journals == ["rank-0.jsonl", "rank-1.jsonl"]  # the work was shared
+    journals = sorted(p.name.split(".")[0] for p in (tmp_path / "two.json.journal").glob("*.jsonl"))
+    assert journals == ["rank-0", "rank-1"]  # the work was shared
     two = json.loads((tmp_path / "two.json").read_text())
     assert [r["score"] for r in two["scores"]] == pytest.approx(
         [r["score"] for r in one["scores"]], abs=1e-6
@@ -689,7 +739,7 @@ def test_sensitivity_is_journalled_per_batch_and_resumes(tmp_path, adapter, data
     from fanlora.score import sensitivity as sens
 
     doc = run_score(tmp_path, adapter, data_file, "g.json", method="sensitivity", batch_size=4)
-    lines = (tmp_path / "g.json.journal" / "rank-0.jsonl").read_text().splitlines()
+    lines = journal_file(tmp_path / "g.json.journal").read_text().splitlines()
     keys = [json.loads(line)["key"] for line in lines[1:]]
     assert keys == [f"grad:b{i}" for i in range(4)] and len(doc["scores"]) == 28
     calls = []
@@ -736,7 +786,7 @@ def test_two_processes_share_sensitivity_batches_with_the_same_scores(tmp_path, 
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rank1 = (tmp_path / "two.json.journal" / "rank-1.jsonl").read_text().splitlines()
+    rank1 = journal_file(tmp_path / "two.json.journal", rank=1).read_text().splitlines()
     assert [json.loads(line)["key"] for line in rank1[1:]] == ["grad:b1", "grad:b3"]
     two = json.loads((tmp_path / "two.json").read_text())
     assert [r["score"] for r in two["scores"]] == pytest.approx(

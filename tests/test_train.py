@@ -179,6 +179,29 @@ def test_resume_equals_uninterrupted(tmp_path, data_file):
     assert_same_run(straight, broken)
 
 
+def test_each_sitting_is_recorded_and_a_change_of_precision_is_said(tmp_path, data_file):
+    """A run resumed on another machine records where each sitting started and what it
+    computed in (here the first sitting's checkpoint is rewritten as made in bf16)."""
+    folder = tmp_path / "run"
+    with before_each_step(kill_before_step(6)), pytest.raises(KeyboardInterrupt):
+        train(cfg(data_file), folder, log=lambda _: None)
+    state_file = latest_checkpoint(folder / "checkpoints") / "state.json"
+    state = json.loads(state_file.read_text())
+    assert [(s["from_step"], s["precision"]) for s in state["sittings"]] == [(0, "fp32")]
+    state["sittings"][0]["precision"] = "bf16"
+    state_file.write_text(json.dumps(state))
+    lines = []
+    record = train(cfg(data_file), folder, resume=True, log=lines.append)
+    assert [(s["from_step"], s["precision"]) for s in record["sittings"]] == [
+        (0, "bf16"),
+        (4, "fp32"),
+    ]
+    assert all(s["device"] for s in record["sittings"])
+    assert any("earlier steps of this run computed in bf16" in line for line in lines)
+    done = json.loads((folder / "run.json").read_text())
+    assert done["sittings"] == record["sittings"]
+
+
 def test_a_stop_signal_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(
     tmp_path, data_file
 ):

@@ -38,7 +38,14 @@ import yaml
 from fanlora.config import load_yaml
 from fanlora.errors import FanLoRAError
 from fanlora.experiment.aggregate import aggregate, is_seed, write_results
-from fanlora.experiment.plan import COSTS_FILE, describe, load_costs, plan, total_hours
+from fanlora.experiment.plan import (
+    COSTS_FILE,
+    describe,
+    load_costs,
+    machine_note,
+    plan,
+    total_hours,
+)
 from fanlora.pipeline.config import RunConfig, run_config_from
 from fanlora.pipeline.run import build_units, run_pipeline
 from fanlora.pipeline.stages import RunDir, assign_keys
@@ -200,8 +207,11 @@ def check_plan(
     if not path.is_file():
         log(f"no measured unit costs ({path}): the grid's cost is not estimated")
         return None
-    todo = plan(points, out, reuse, load_costs(path))
+    costs = load_costs(path)
+    todo = plan(points, out, reuse, costs)
     log(f"plan: units left to compute, estimated from {path}:\n{describe(todo)}")
+    if note := machine_note(costs):
+        log(note)
     hours = total_hours(todo)
     if budget_hours is not None and hours > budget_hours:
         raise FanLoRAError(

@@ -17,9 +17,11 @@ machine (``configs/measured/unit-costs.yaml``, written by ``python bench/unit_co
 - decoding: its measured seconds; setting and report: nothing.
 
 The costs are measured in one precision (``precision`` in the file: bf16 where the CPU
-computes it); a unit whose own precision has a measured section in the file
-(``fp32: {eval_row_s: ...}``) is priced from that section (evaluation in fp32 takes
-1.1-1.4x bf16's seconds a row on this AVX512-BF16 CPU, ``configs/measured/unit-costs.yaml``).
+computes it); a unit whose own precision (``auto`` resolved for this machine) has a measured
+section in the file (``fp32: {eval_row_s: ...}``) is priced from that section (evaluation in
+fp32 takes 1.1-1.4x bf16's seconds a row on an AVX512-BF16 CPU,
+``configs/measured/unit-costs.yaml``). The file names the machine it was measured on
+(``machine``); :func:`machine_note` says when this one differs.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from pathlib import Path
 
 from fanlora.config import load_yaml
 from fanlora.data.registry import split_size
+from fanlora.errors import FanLoRAError
 from fanlora.pipeline.run import build_units
 from fanlora.pipeline.stages import RunDir, Unit, assign_keys, revived
 from fanlora.train.checkpoint import checkpoint_step
 from fanlora.train.config import TrainConfig
 from fanlora.train.outputs import RunFolder
+from fanlora.utils.devices import cpu_machine, resolve_device, resolve_precision
 
 COSTS_FILE = Path(__file__).resolve().parents[3] / "configs" / "measured" / "unit-costs.yaml"
 SCORE_METHODS_PER_EXAMPLE = {"first-order": "first_order", "sensitivity": "sensitivity"}
@@ -98,17 +102,40 @@ def eval_seconds(params: dict, costs: dict) -> float:
     return rows * per_row
 
 
-def at_precision(costs: dict, precision: str | None) -> dict:
-    """The costs of a unit run in ``precision``: the file's section measured in that
-    precision, where there is one, over the top-level costs."""
+def at_precision(costs: dict, precision: str | None, device: str = "auto") -> dict:
+    """The costs of a unit run in ``precision`` (``auto`` as it resolves on ``device``
+    here): the file's section measured in that precision, where there is one, over the
+    top-level costs."""
+    if precision == "auto":
+        try:
+            precision = resolve_precision(precision, resolve_device(device))
+        except FanLoRAError:  # a device this machine lacks: priced at the file's precision
+            precision = None
     section = costs.get(precision) if precision else None
     return {**costs, **section} if isinstance(section, dict) else costs
+
+
+def machine_note(costs: dict, here: dict | None = None) -> str | None:
+    """A warning when the costs were measured on another kind of CPU than this one (its
+    name, or whether it computes bf16 natively: emulated bf16 is ~30x slower, and
+    ``--precision auto`` resolves to fp32 there); None when it is the same or unknown."""
+    there, here = costs.get("machine"), here or cpu_machine()
+    if not isinstance(there, dict) or there == here:
+        return None
+    bf16 = {True: "native bf16", False: "no native bf16"}
+    return (
+        f"note: these costs were measured on {there.get('cpu')} "
+        f"({bf16.get(there.get('native_bf16'), 'bf16 unknown')}); this machine is "
+        f"{here['cpu']} ({bf16[here['native_bf16']]}), so the estimate may be far off: "
+        "measure here with `python bench/unit_costs.py --out FILE` and pass --costs FILE"
+    )
 
 
 def unit_seconds(unit: Unit, costs: dict, from_step: int = 0) -> float | None:
     """The estimated seconds of one unit (see the module docstring); a training unit from
     ``from_step``, the step its checkpoint resumes from."""
-    costs = at_precision(costs, unit.params.get("precision"))
+    precision, device = unit.params.get("precision"), unit.params.get("device") or "auto"
+    costs = at_precision(costs, precision, device)
     if unit.stage in ("full-lora", "downstream"):
         return train_seconds(unit.params, costs, from_step)
     if unit.stage == "scores":

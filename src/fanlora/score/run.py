@@ -170,8 +170,10 @@ def draw_examples(cfg: ScoreConfig):
     return load_sample(cfg.data, cfg.split, cfg.val_examples, cfg.seed)
 
 
-def identity(cfg: ScoreConfig) -> dict:
-    """What a journal must share with this run to be resumed by it."""
+def identity(cfg: ScoreConfig, precision: str | None = None) -> dict:
+    """What a journal must share with this run to be resumed by it. ``precision`` is the
+    one the forward passes run in (``auto`` resolved for this machine): a bf16 S(all) less
+    an fp32 S(all without m) would be the precisions' difference, not the module's."""
     keys = (
         "model",
         "data",
@@ -190,11 +192,11 @@ def identity(cfg: ScoreConfig) -> dict:
         "min_sequences",
         "k_max",
         "dtype",
-        "precision",
     )
     # not ``layers``: journal entries are per layer, so runs on other layers share them
     return {
         **{k: getattr(cfg, k) for k in keys},
+        "precision": precision or cfg.runtime().precision,
         "adapter_sha256": adapter_hash(cfg.adapter),
         "journal_format": JOURNAL_FORMAT,
     }
@@ -247,7 +249,11 @@ def score(
     model, gates, valset = build_and_gate(cfg, runtime, valset, allow_other_model)
     scorer.check(cfg, gates)  # refuse before the journal is opened
     out = Path(out)
-    journal = Journal(out.with_name(out.name + ".journal"), identity(cfg), state.process_index)
+    journal = Journal(
+        out.with_name(out.name + ".journal"), identity(cfg, runtime.precision), state.process_index
+    )
+    if state.is_main_process and (aside := journal.describe_aside()):
+        log(aside)
     try:
         ctx = Context(cfg, model, gates, valset, journal, store=plan.store(runtime.device))
         ctx.notes.update(runtime=runtime.describe(), memory_plan=plan.describe())

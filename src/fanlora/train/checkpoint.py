@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +37,8 @@ class TrainState:
     best_step: int = -1
     bad_evals: int = 0
     stopped_early: bool = False
+    # where each sitting started and what it computed on: {from_step, device, precision}
+    sittings: list[dict] = field(default_factory=list)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

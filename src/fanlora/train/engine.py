@@ -46,7 +46,7 @@ from fanlora.train.checkpoint import (
 from fanlora.train.config import TrainConfig
 from fanlora.train.methods import get_method
 from fanlora.train.outputs import RunFolder
-from fanlora.utils.devices import check_distributed, make_accelerator
+from fanlora.utils.devices import check_distributed, cpu_machine, make_accelerator
 from fanlora.utils.stopping import Stopped, StopRequest, stop_on_signals
 
 MAX_GRAD_NORM = 1.0
@@ -101,7 +101,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, folder: RunFolder, log=print):
         self.cfg, self.folder, self.log = cfg, folder, log
-        self.acc = make_accelerator(cfg.runtime())
+        self.runtime = cfg.runtime()
+        self.acc = make_accelerator(self.runtime)
         check_distributed(self.acc)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
 
@@ -135,6 +136,24 @@ class Trainer:
         self.method.restore(self.peft_model, method_state)
         self.folder.truncate_metrics(self.state.step)
         self.log(f"resumed from {checkpoint.name} (step {self.state.step})")
+
+    def begin_sitting(self) -> None:
+        """Note where this sitting starts and what it computes on, in the state that each
+        checkpoint keeps; say so when an earlier sitting computed in another precision."""
+        device = self.runtime.describe(precision=False)
+        sitting = {
+            "from_step": self.state.step,
+            "device": cpu_machine()["cpu"] if self.runtime.device.type == "cpu" else device,
+            "precision": self.runtime.precision,
+        }
+        before = {s["precision"] for s in self.state.sittings} - {sitting["precision"]}
+        if before:
+            self.log(
+                f"note: earlier steps of this run computed in {', '.join(sorted(before))}; "
+                f"from step {self.state.step} it computes in {sitting['precision']} here "
+                "(run.json's `sittings` records each)"
+            )
+        self.state.sittings.append(sitting)
 
     def train_step(self, indices: list[int]) -> tuple[float, int, float | None]:
         """One optimizer step on this process's share of ``indices``; (loss over the whole

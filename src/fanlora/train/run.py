@@ -102,6 +102,7 @@ def _train(cfg, folder, cfg_hash, setting, resume, overwrite, log, started) -> d
         folder.write_run(record)
     if resume:
         trainer.resume()
+    trainer.begin_sitting()
     state = trainer.run()
     checksums = trainer.rank_checksums()
     if trainer.acc.is_main_process:
@@ -120,7 +121,8 @@ def _train(cfg, folder, cfg_hash, setting, resume, overwrite, log, started) -> d
             best_dev_loss=state.best_loss,
             stopped_early=state.stopped_early,
             tokens=state.tokens,
-            wall_time_s=time.time() - started,
+            wall_time_s=time.time() - started,  # this sitting's
+            sittings=state.sittings,
             rank_weight_checksums=checksums,
         )
         folder.write_run(record)

@@ -63,15 +63,26 @@ def resolve_device(spec: str) -> torch.device:
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX). Read from
-    /proc/cpuinfo by hand: torch has no public check. Without them bf16 is emulated, and a
-    bf16-autocast step of the engine took 31x fp32's on an AVX2 host (bench/precision.py)."""
+def cpu_info() -> str:
+    """/proc/cpuinfo ('' where there is none): torch has no public check of CPU features."""
     try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8")
     except OSError:
-        return False
+        return ""
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX). Without them
+    bf16 is emulated, and a bf16-autocast step of the engine took 31x fp32's on an AVX2 host
+    (bench/precision.py)."""
+    flags = cpu_info().split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_machine() -> dict:
+    """This CPU's name and whether it computes bf16 natively: what measured speeds depend on."""
+    names = re.findall(r"^model name\s*:\s*(.+)$", cpu_info(), flags=re.MULTILINE)
+    return {"cpu": names[0].strip() if names else "unknown", "native_bf16": cpu_has_native_bf16()}
 
 
 def native_bf16(device: torch.device) -> bool:
