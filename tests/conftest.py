@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 
 import pytest
 import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest-xdist workers on a 2-core machine: one torch thread each
+    # (and in the processes they start), or their OpenMP threads oversubscribe the cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 # Small configs, one per architecture in fanlora's table plus one that is not (OPT).
 # the LLaMA-like families share one small shape; head_dim where the family needs it given
@@ -34,6 +40,14 @@ TINY_CONFIGS: dict[str, dict] = {
         word_embed_proj_dim=64,
     ),
 }
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a test that starts a server or a
+    ``torch.distributed`` group (a fixed port collides with a test in the other worker)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def build_tiny(model_type: str, vocab_size: int = 300, seed: int = 0, **overrides):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import free_port
 from fanlora.cli.main import main
 from fanlora.errors import FanLoRAError
 from fanlora.pipeline.config import load_run_config, run_config_from
@@ -429,7 +430,7 @@ def test_the_pipeline_on_two_processes_equals_one(tasks_home_dir, tmp_path):
         [
             *launch,
             "--master_port",
-            "29541",
+            str(free_port()),
             "-m",
             "fanlora.cli.main",
             "run",

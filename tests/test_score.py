@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port
 from fanlora.errors import FanLoRAError
 from fanlora.score.run import ScoreConfig, score
 from fanlora.utils.stopping import Stopped
@@ -636,7 +637,7 @@ def test_two_processes_shard_modules_with_the_same_scores(tmp_path, adapter, dat
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29541",
+            str(free_port()),
             "-m",
             "fanlora.cli.main",
             "score",
@@ -762,7 +763,7 @@ def test_two_processes_share_sensitivity_batches_with_the_same_scores(tmp_path, 
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29547",
+            str(free_port()),
             "-m",
             "fanlora.cli.main",
             "score",

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from peft import LoraConfig, get_peft_model
 
+from conftest import free_port
 from fanlora.cli.main import main
 from fanlora.models import load_model
 from fanlora.modules import discover_layout
@@ -79,12 +80,6 @@ def deployment(tmp_path_factory):
     wide = LoraConfig(r=4, lora_alpha=8, target_modules=["o_proj", "v_proj"])
     get_peft_model(load_model("tiny-random-llama")[0], wide).save_pretrained(folder / "wide")
     return str(path), str(folder / "yesno"), str(folder / "wide")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gone(pid: int) -> bool:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import free_port
 from fanlora.cli.main import main
 from fanlora.errors import FanLoRAError
 from fanlora.models import load_model
@@ -422,7 +423,7 @@ def test_two_processes_on_cpu_agree(tmp_path, data_file):
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29533",
+            str(free_port()),
             "-m",
             "fanlora.cli.main",
             "train",

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -12,6 +11,7 @@ import pytest
 import torch
 from peft import PeftModel
 
+from conftest import free_port
 from fanlora.errors import FanLoRAError
 from fanlora.models import load_model, resolve_model
 from fanlora.modules import discover_layout
@@ -123,9 +123,7 @@ def test_fanlora_serve_restricted_to_the_setting_answers_with_peft_greedy_tokens
     tenant's own tokens, then stops on Ctrl-C."""
     setting, prompts, adapters, peft = tenants
     path = setting.save(tmp_path / "setting.json")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "fanlora.cli.main", "serve", "--setting", str(path)]
     command += [f"--adapter={n}={p}" for n, p in adapters.items()]
     command += ["--port", str(port), "--dtype", "float32", "--max-model-len", "512"]
