@@ -390,6 +390,7 @@ def test_cli_with_yaml_config_and_flag_override(tmp_path, data_file):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "is_gradient_checkpointing" not in proc.stderr  # PEFT's deprecated read, hidden
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["config"]["rank"] == 3 and run["config"]["max_steps"] == 2
     bad = tmp_path / "bad.yaml"

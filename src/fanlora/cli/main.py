@@ -14,6 +14,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from contextlib import nullcontext
 
 from fanlora import __version__
@@ -21,6 +22,10 @@ from fanlora.errors import FanLoRAError
 from fanlora.utils.devices import end_processes, is_main_rank
 from fanlora.utils.locks import output_lock
 from fanlora.utils.stopping import Stopped
+
+# PEFT reads `model.is_gradient_checkpointing` whenever it wraps a model, which transformers 5
+# deprecates with a FutureWarning: printed at every adapter, and nothing a user can change
+warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
 
 # Subcommand name -> module under fanlora.cli exposing register(subparsers).
 COMMANDS = {
